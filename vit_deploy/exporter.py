@@ -1,0 +1,138 @@
+"""The export step: checkpoint -> validated, simplified FP32 ONNX artifact directory.
+
+One library call behind ``vit-deploy export``. The artifact is built in a staging folder and
+moved into place only when complete (see ``fileio``), with ``manifest.json`` written last.
+A numeric validation failure still lands the artifact (for inspection; its manifest says
+``"passed": false``) and then raises ``ValidationFailed`` naming where it is.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ValidationFailed
+from .fileio import staged_directory
+from .manifest import file_entry, new_manifest, package_versions, write_manifest
+from .progress import Progress
+from .specs import TOLERANCES, VALIDATION_BATCHES, ModelConfig
+
+MODEL_FILE = "model.onnx"
+ATTENTION_FORM = "MatMul(Q*scale, K^T) -> Softmax -> MatMul(., V)"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    variant: str
+    img_size: int
+    num_classes: int | None = None
+    weights: str | None = None
+    opset: int = 17
+    out_dir: Path | None = None
+    simplify: bool = True
+    force: bool = False
+    seed: int = 0
+
+
+def default_out_dir(variant: str, img_size: int) -> Path:
+    return Path("artifacts") / f"{variant}-{img_size}"
+
+
+def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the export; returns the summary (paths, sizes, node counts, validation, manifest)."""
+    # Heavy imports here, not at module level, so `vit-deploy --help` stays fast.
+    from .model.factory import build_model
+    from .onnx.export import check_opset, export_onnx
+    from .onnx.graph import io_signature, save_model
+    from .onnx.simplify import SimplifyResult, simplify
+    from .onnx.validate import check_graph, validate_against_torch
+
+    check_opset(opts.opset)  # fail before the slow steps
+    progress = progress or Progress(enabled=False)
+    progress.total = 6 if opts.simplify else 5
+    out_dir = (opts.out_dir or default_out_dir(opts.variant, opts.img_size)).absolute()
+    tol = TOLERANCES["fp32"]
+
+    with progress.step("Building the model"):
+        model, provenance = build_model(opts.variant, opts.img_size, opts.num_classes, opts.weights, opts.seed)
+    cfg: ModelConfig = model.cfg
+
+    with staged_directory(out_dir, opts.force) as stage:
+        with progress.step(f"Exporting to ONNX (opset {opts.opset})"):
+            raw_dir = stage / "raw"
+            raw_dir.mkdir()
+            graph = export_onnx(model, cfg, raw_dir / MODEL_FILE, opts.opset)
+        if opts.simplify:
+            with progress.step("Simplifying with onnxsim"):
+                result = simplify(graph)
+            if not result.simplified:
+                progress.note(f"  warning: keeping the unsimplified graph: {result.error}")
+        else:
+            n = len(graph.graph.node)
+            result = SimplifyResult(graph, False, n, n, "skipped (--no-simplify)")
+        with progress.step("Saving and checking the graph"):
+            names = save_model(result.model, stage / MODEL_FILE)
+            shutil.rmtree(raw_dir)
+            checker_error = check_graph(stage / MODEL_FILE)
+        batches = ", ".join(map(str, VALIDATION_BATCHES))
+        with progress.step(f"Validating on ONNX Runtime vs PyTorch (batches {batches})"):
+            validation = validate_against_torch(model, cfg, stage / MODEL_FILE, VALIDATION_BATCHES, tol, opts.seed)
+        validation["onnx_checker"] = checker_error or "passed"
+        validation["passed"] = validation["passed"] and checker_error is None
+
+        with progress.step("Writing the manifest"):
+            model_section = cfg.to_dict()
+            preprocessing = model_section.pop("preprocessing")
+            files = [file_entry(stage, names[0], "model")] + [file_entry(stage, n, "external_data") for n in names[1:]]
+            manifest = new_manifest(
+                "onnx", "fp32",
+                model=model_section,
+                preprocessing=preprocessing,
+                io=io_signature(result.model),
+                files=files,
+                parent=None,
+                onnx={
+                    "opset": opts.opset,
+                    "exporter": "torch.onnx TorchScript (dynamo=False)",
+                    "attention": ATTENTION_FORM,
+                    "nodes_exported": result.nodes_before,
+                    "nodes": result.nodes_after,
+                    "simplified": result.simplified,
+                    "simplify_note": result.error,
+                },
+                checkpoint=provenance,
+                versions=package_versions("torch", "onnx", "onnxruntime", "onnxsim", "numpy"),
+                validation=validation,
+            )
+            write_manifest(stage, manifest)
+
+    summary = {
+        "artifact": str(out_dir),
+        "model_file": str(out_dir / MODEL_FILE),
+        "bytes": sum(f["bytes"] for f in files),
+        "files": [f["path"] for f in files],
+        "nodes_exported": result.nodes_before,
+        "nodes": result.nodes_after,
+        "simplified": result.simplified,
+        "validation": validation,
+        "manifest": manifest,
+    }
+    return summary
+
+
+def raise_if_failed(summary: dict[str, Any]) -> None:
+    v = summary["validation"]
+    if v["passed"]:
+        return
+    w, tol = v["worst"], v["tolerance"]
+    reason = (
+        f"onnx.checker: {v['onnx_checker']}" if v["onnx_checker"] != "passed" else
+        f"rel L2 {w['rel_l2']:.2e} (limit {tol['max_rel_l2']:.0e}), max abs {w['max_abs']:.2e} "
+        f"(limit {tol['max_abs']:.0e})"
+    )
+    raise ValidationFailed(
+        f"validation failed: {reason}. The artifact is kept for inspection at {summary['artifact']} "
+        "(its manifest records \"passed\": false)"
+    )

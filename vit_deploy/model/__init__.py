@@ -1,0 +1,1 @@
+"""The reference PyTorch ViT, its checkpoint loaders and position-embedding resampling."""

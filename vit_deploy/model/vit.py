@@ -1,0 +1,119 @@
+"""The reference Vision Transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words").
+
+Patch embedding by a strided conv, a class token, learned position embeddings, pre-LayerNorm
+encoder blocks (multi-head self-attention, GELU MLP), a final LayerNorm and a linear head on
+the class token. Parameter names follow timm's ``VisionTransformer`` so timm state dicts load
+as they are; the other formats are mapped onto these names in ``checkpoint.py``.
+
+Attention is written out as ``softmax((q * scale) @ k^T) @ v`` rather than calling
+``F.scaled_dot_product_attention``: it exports to a plain MatMul-Softmax-MatMul chain with the
+scale applied to Q *before* the first MatMul, the form TensorRT's attention fusion requires
+("TensorRT requires Q or K to be multiplied with attention scale ... before going into the
+first BMM", TensorRT docs, Working with Transformers > Fused Attention). ONNX Runtime's CPU
+attention fusion and ModelOpt's quantizer also recognise this chain; the opset-23 ``Attention``
+op would need opset 23, which the TorchScript exporter cannot emit and older runtimes lack.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..specs import ModelConfig
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # [B, grid*grid, dim]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn = attn.softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()  # exact (erf) GELU, as in the paper's JAX code, timm and HF
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.attn = Attention(cfg.dim, cfg.heads)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.mlp = Mlp(cfg.dim, cfg.mlp_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """ViT classifier: ``forward(images [B, 3, H, W]) -> logits [B, num_classes]``.
+
+    H and W must equal ``cfg.img_size``: the position embeddings are fixed at build time (use
+    ``pos_embed.resample_pos_embed`` on the weights to move a checkpoint to another size).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.dim))
+        self.blocks = nn.Sequential(*[Block(cfg) for _ in range(cfg.depth)])
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.head = nn.Linear(cfg.dim, cfg.num_classes)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """timm's default init (truncated normal, std 0.02). Seed torch first for determinism."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(images)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = torch.cat((cls, x), dim=1) + self.pos_embed
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])
+
+
+def create_model(cfg: ModelConfig, seed: int = 0) -> VisionTransformer:
+    """A seeded, randomly initialised model in eval mode (load weights into it afterwards)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = VisionTransformer(cfg)
+    return model.eval()

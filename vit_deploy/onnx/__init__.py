@@ -1,0 +1,1 @@
+"""ONNX graph steps: export from PyTorch, simplification, and ONNX Runtime validation."""

@@ -1,0 +1,48 @@
+"""Backend-agnostic comparison of logits against a reference (numpy only).
+
+The metrics every validation in the package reports, and the verdict against a tolerance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .specs import Tolerance
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Max/mean abs error, relative L2 (||c - r|| / ||r||), worst per-sample cosine, top-1 agreement."""
+    if reference.shape != candidate.shape:
+        raise ValueError(f"shape mismatch: reference {reference.shape}, candidate {candidate.shape}")
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    diff = cand - ref
+    ref_norm = float(np.linalg.norm(ref))
+    rel_l2 = float(np.linalg.norm(diff)) / ref_norm if ref_norm > 0 else float(np.linalg.norm(diff))
+    dots = np.sum(ref * cand, axis=-1)
+    norms = np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1)
+    cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 1.0)
+    return {
+        "max_abs": float(np.max(np.abs(diff))) if diff.size else 0.0,
+        "mean_abs": float(np.mean(np.abs(diff))) if diff.size else 0.0,
+        "rel_l2": rel_l2,
+        "min_cosine": float(np.min(cosine)) if cosine.size else 1.0,
+        "top1_agreement": float(np.mean(ref.argmax(-1) == cand.argmax(-1))) if ref.size else 1.0,
+    }
+
+
+def within(metrics: dict[str, float], tol: Tolerance) -> bool:
+    return metrics["rel_l2"] <= tol.max_rel_l2 and metrics["max_abs"] <= tol.max_abs
+
+
+def worst(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """The worst value of each metric over several runs (max for errors, min for agreements)."""
+    return {
+        "max_abs": max(r["max_abs"] for r in runs),
+        "mean_abs": max(r["mean_abs"] for r in runs),
+        "rel_l2": max(r["rel_l2"] for r in runs),
+        "min_cosine": min(r["min_cosine"] for r in runs),
+        "top1_agreement": min(r["top1_agreement"] for r in runs),
+    }

@@ -1,0 +1,162 @@
+"""The variants table, the model and preprocessing configs, and numeric tolerances.
+
+Standard library only: the CLI, the manifest and the runtime read these without importing torch.
+Sizes follow the ViT paper (Dosovitskiy et al. 2021, table 1) and timm; "ti16" is DeiT-Tiny's
+shape, which timm and the augreg checkpoints call ViT-Ti/16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class VariantShape:
+    patch_size: int
+    dim: int
+    depth: int
+    heads: int
+    mlp_dim: int
+
+
+VARIANTS: dict[str, VariantShape] = {
+    "ti16": VariantShape(patch_size=16, dim=192, depth=12, heads=3, mlp_dim=768),
+    "s16": VariantShape(patch_size=16, dim=384, depth=12, heads=6, mlp_dim=1536),
+    "b16": VariantShape(patch_size=16, dim=768, depth=12, heads=12, mlp_dim=3072),
+    "b32": VariantShape(patch_size=32, dim=768, depth=12, heads=12, mlp_dim=3072),
+    "l16": VariantShape(patch_size=16, dim=1024, depth=24, heads=16, mlp_dim=4096),
+    "l32": VariantShape(patch_size=32, dim=1024, depth=24, heads=16, mlp_dim=4096),
+    "h14": VariantShape(patch_size=14, dim=1280, depth=32, heads=16, mlp_dim=5120),
+}
+
+DEFAULT_RESOLUTION = 224
+DEFAULT_NUM_CLASSES = 1000
+# timm and the JAX checkpoints use 1e-6; Hugging Face's ViTConfig defaults to 1e-12, and the
+# HF loader passes that through, because at random init the difference is visible in FP32.
+DEFAULT_LAYER_NORM_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a caller turns an RGB image into the model input. Travels into every manifest.
+
+    Resize the shorter side to ``resize`` with ``interpolation``, center-crop ``crop`` x ``crop``,
+    scale to [0, 1], then ``(x - mean) / std`` per channel; RGB order, NCHW float32.
+    """
+
+    resize: int
+    crop: int
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+
+
+def default_preprocessing(img_size: int) -> Preprocessing:
+    # The augreg/timm convention: mean = std = 0.5, bicubic; crop_pct 0.875 at 224 only.
+    resize = round(img_size / 0.875) if img_size == 224 else img_size
+    return Preprocessing(resize=resize, crop=img_size)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build the reference model; the manifest stores it verbatim."""
+
+    variant: str
+    img_size: int
+    num_classes: int
+    patch_size: int
+    dim: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    layer_norm_eps: float = DEFAULT_LAYER_NORM_EPS
+    in_chans: int = 3
+    preprocessing: Preprocessing = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.preprocessing is None:
+            object.__setattr__(self, "preprocessing", default_preprocessing(self.img_size))
+
+    @property
+    def grid(self) -> int:
+        return self.img_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid * self.grid + 1
+
+    def with_(self, **changes: Any) -> ModelConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preprocessing"] = self.preprocessing.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        return cls(**{**d, "preprocessing": Preprocessing.from_dict(d["preprocessing"])})
+
+
+def model_config(
+    variant: str,
+    img_size: int = DEFAULT_RESOLUTION,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    **overrides: Any,
+) -> ModelConfig:
+    """The config of a named variant, with the user's inputs checked."""
+    if variant not in VARIANTS:
+        raise UsageError(f"unknown model {variant!r}; choose one of: {', '.join(VARIANTS)}")
+    shape = VARIANTS[variant]
+    if img_size <= 0 or img_size % shape.patch_size:
+        lower = max(shape.patch_size, img_size - img_size % shape.patch_size)
+        raise UsageError(
+            f"resolution {img_size} is not a positive multiple of {variant}'s patch size "
+            f"{shape.patch_size}; try --res {lower} or --res {lower + shape.patch_size}"
+        )
+    if num_classes <= 0:
+        raise UsageError(f"--num-classes must be positive, got {num_classes}")
+    return ModelConfig(
+        variant=variant,
+        img_size=img_size,
+        num_classes=num_classes,
+        patch_size=shape.patch_size,
+        dim=shape.dim,
+        depth=shape.depth,
+        heads=shape.heads,
+        mlp_dim=shape.mlp_dim,
+        **overrides,
+    )
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Bounds an artifact's logits must meet against the PyTorch FP32 reference."""
+
+    max_rel_l2: float
+    max_abs: float
+
+
+# Export-time check of the FP32 ONNX graph (issue 2). Precision graphs add their own rows here.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_rel_l2=1e-5, max_abs=1e-4),
+}
+
+# Batch sizes of the export-time check: none equals the traced batch (2), which is what proves
+# the batch dimension really is dynamic.
+TRACE_BATCH = 2
+VALIDATION_BATCHES = (1, 3, 8)
