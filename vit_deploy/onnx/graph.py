@@ -27,13 +27,14 @@ def weight_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def save_model(model: onnx.ModelProto, path: Path, external_threshold: int = PROTOBUF_LIMIT) -> list[str]:
+def save_model(model: onnx.ModelProto, path: Path, external_threshold: int | None = None) -> list[str]:
     """Save ``model`` to ``path``; returns the names of the files written (relative to its folder).
 
     Weights go to one ``<name>.data`` file beside it when they would push the proto past
     ``external_threshold`` (default: the protobuf limit, with headroom for the graph itself).
     """
-    if weight_bytes(model) + (64 << 20) < external_threshold:
+    limit = PROTOBUF_LIMIT if external_threshold is None else external_threshold
+    if weight_bytes(model) + (64 << 20) < limit:
         onnx.save_model(model, str(path))
         return [path.name]
     data_name = path.name + ".data"
