@@ -46,17 +46,16 @@ def export(
     out_dir: Path | None, no_simplify: bool, force: bool, seed: int, as_json: bool,
 ) -> None:
     """Export a ViT to a validated ONNX artifact with a dynamic batch dimension."""
-    from .exporter import ExportOptions, export_artifact, raise_if_failed
-    from .specs import model_config
+    from .exporter import ExportOptions, export_artifact, preflight, raise_if_failed
 
-    model_config(variant, img_size, num_classes or 1)  # reject bad names/sizes before any slow import
+    opts = ExportOptions(variant, img_size, num_classes, weights, opset, out_dir, not no_simplify, force, seed)
+    preflight(opts)  # bad names, sizes, opsets and output folders fail before anything slow
     if weights is None:
         click.secho(
             f"WARNING: no --weights given: {variant} gets RANDOM weights (seed {seed}), it is NOT PRETRAINED "
             "and its predictions mean nothing. Pass --weights FILE or a hub id for a real model.",
             fg="yellow", bold=True, err=True,
         )
-    opts = ExportOptions(variant, img_size, num_classes, weights, opset, out_dir, not no_simplify, force, seed)
     summary = export_artifact(opts, Progress(enabled=True))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -95,15 +94,15 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:  # bad options: click's message, but exit 1 as for any user error
         click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(1)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:  # click turns Ctrl-C (and EOF at a prompt) into Abort
+        if isinstance(e.__cause__, KeyboardInterrupt):
+            click.echo("interrupted: nothing was left behind that looks finished", err=True)
+            sys.exit(130)
         click.echo("error: aborted", err=True)
         sys.exit(1)
     except VitDeployError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: nothing was left behind that looks finished", err=True)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

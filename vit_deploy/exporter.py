@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ValidationFailed
-from .fileio import staged_directory
+from .fileio import check_can_write, staged_directory
 from .manifest import file_entry, new_manifest, package_versions, write_manifest
 from .progress import Progress
-from .specs import TOLERANCES, VALIDATION_BATCHES, ModelConfig
+from .specs import DEFAULT_NUM_CLASSES, TOLERANCES, VALIDATION_BATCHES, ModelConfig, model_config
 
 MODEL_FILE = "model.onnx"
 ATTENTION_FORM = "MatMul(Q*scale, K^T) -> Softmax -> MatMul(., V)"
@@ -40,19 +40,32 @@ def default_out_dir(variant: str, img_size: int) -> Path:
     return Path("artifacts") / f"{variant}-{img_size}"
 
 
+def out_dir_of(opts: ExportOptions) -> Path:
+    return (opts.out_dir or default_out_dir(opts.variant, opts.img_size)).absolute()
+
+
+def preflight(opts: ExportOptions) -> None:
+    """The cheap checks of the user's options, so bad input fails before any slow step."""
+    from .onnx.export import check_opset
+
+    model_config(opts.variant, opts.img_size, opts.num_classes or DEFAULT_NUM_CLASSES)
+    check_opset(opts.opset)
+    check_can_write(out_dir_of(opts), opts.force)
+
+
 def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Run the export; returns the summary (paths, sizes, node counts, validation, manifest)."""
     # Heavy imports here, not at module level, so `vit-deploy --help` stays fast.
     from .model.factory import build_model
-    from .onnx.export import check_opset, export_onnx
+    from .onnx.export import export_onnx
     from .onnx.graph import io_signature, save_model
     from .onnx.simplify import SimplifyResult, simplify
     from .onnx.validate import check_graph, validate_against_torch
 
-    check_opset(opts.opset)  # fail before the slow steps
+    preflight(opts)
     progress = progress or Progress(enabled=False)
     progress.total = 6 if opts.simplify else 5
-    out_dir = (opts.out_dir or default_out_dir(opts.variant, opts.img_size)).absolute()
+    out_dir = out_dir_of(opts)
     tol = TOLERANCES["fp32"]
 
     with progress.step("Building the model"):

@@ -1,0 +1,90 @@
+"""The manifest schema and the crash-safe file helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from vit_deploy.errors import ArtifactError
+from vit_deploy.fileio import atomic_write_text, staged_directory
+from vit_deploy.manifest import (
+    MANIFEST_NAME, SCHEMA_VERSION, file_entry, new_manifest, read_manifest, sha256_file, verify_files, write_manifest,
+)
+
+
+def make_artifact(directory):
+    (directory / "model.onnx").write_bytes(b"graph bytes")
+    m = new_manifest("onnx", "fp32", model={}, preprocessing={}, io={}, files=[file_entry(directory, "model.onnx", "model")])
+    write_manifest(directory, m)
+    return m
+
+
+def test_sha256_matches_hashlib(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"x" * 5_000_000)
+    assert sha256_file(p, chunk=1 << 20) == hashlib.sha256(b"x" * 5_000_000).hexdigest()
+
+
+def test_round_trip_and_verify(tmp_path):
+    m = make_artifact(tmp_path)
+    assert read_manifest(tmp_path) == m
+    verify_files(tmp_path, m)
+
+
+def test_changed_file_names_both_hashes(tmp_path):
+    m = make_artifact(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(b"tampered")
+    with pytest.raises(ArtifactError) as e:
+        verify_files(tmp_path, m)
+    assert hashlib.sha256(b"tampered").hexdigest()[:12] in str(e.value)
+    assert m["files"][0]["sha256"][:12] in str(e.value)
+
+
+def test_missing_listed_file(tmp_path):
+    m = make_artifact(tmp_path)
+    (tmp_path / "model.onnx").unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        verify_files(tmp_path, m)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "not a finished vit-deploy artifact"),
+        ("{not json", "unreadable"),
+        ('{"schema": "other"}', "not a vit-deploy manifest"),
+        (json.dumps({"schema": "vit-deploy/manifest", "schema_version": SCHEMA_VERSION + 1}), "upgrade vit-deploy"),
+        (json.dumps({"schema": "vit-deploy/manifest", "schema_version": 1, "kind": "onnx"}), "lacks precision"),
+    ],
+)
+def test_bad_manifests(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / MANIFEST_NAME).write_text(content)
+    with pytest.raises(ArtifactError, match=message):
+        read_manifest(tmp_path)
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    atomic_write_text(tmp_path / "a.json", "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_staged_directory_failure_removes_everything(tmp_path):
+    with pytest.raises(RuntimeError), staged_directory(tmp_path / "art", force=False) as stage:
+        (stage / "model.onnx").write_bytes(b"half")
+        raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_staged_directory_replaces_only_with_force(tmp_path):
+    target = tmp_path / "art"
+    with staged_directory(target, force=False) as stage:
+        (stage / "v").write_text("1")
+    with pytest.raises(ArtifactError, match="--force"), staged_directory(target, force=False):
+        pass
+    with staged_directory(target, force=True) as stage:
+        (stage / "v").write_text("2")
+    assert (target / "v").read_text() == "2"
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]

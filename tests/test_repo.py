@@ -1,0 +1,27 @@
+"""The README opens with the two set-up commands, and CI runs the second one verbatim."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def setup_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    body = text.split("\n", 1)[1].lstrip()  # after the title line
+    block = re.match(r"```(?:bash|sh)?\n(.*?)```", body, re.S)
+    assert block, "README must open (after its title) with the set-up commands"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_readme_opens_with_exactly_two_commands():
+    install_run, install_test = setup_commands()
+    assert "vit-deploy export --model b16 --res 384" in install_run
+    assert "pytest" in install_test
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert setup_commands()[1] in ci
