@@ -30,11 +30,14 @@ VARIANTS: dict[str, VariantShape] = {
     "l16": VariantShape(patch_size=16, dim=1024, depth=24, heads=16, mlp_dim=4096),
     "l32": VariantShape(patch_size=32, dim=1024, depth=24, heads=16, mlp_dim=4096),
     "h14": VariantShape(patch_size=14, dim=1280, depth=32, heads=16, mlp_dim=5120),
-    # Not a paper variant: a tiny shape (like timm's test_vit) that runs the whole pipeline in
-    # a second, for tests and smoke runs. Use it at small resolutions (32, 48, ...).
+    # Not paper variants. "mini" is the shape of the small reference model trained on offline
+    # data (tools/train_digits.py) for accuracy checks of the precision graphs; "test" is a tiny
+    # shape (like timm's test_vit) that runs the whole pipeline in a second, for tests and smoke
+    # runs. Use both at small resolutions (32, 48, ...).
+    "mini": VariantShape(patch_size=8, dim=96, depth=6, heads=3, mlp_dim=384),
     "test": VariantShape(patch_size=8, dim=32, depth=2, heads=2, mlp_dim=64),
 }
-PAPER_VARIANTS = tuple(v for v in VARIANTS if v != "test")
+PAPER_VARIANTS = ("ti16", "s16", "b16", "b32", "l16", "l32", "h14")
 
 DEFAULT_RESOLUTION = 224
 DEFAULT_NUM_CLASSES = 1000
