@@ -10,13 +10,21 @@ import pytest
 from vit_deploy.errors import ArtifactError
 from vit_deploy.fileio import atomic_write_text, staged_directory
 from vit_deploy.manifest import (
-    MANIFEST_NAME, SCHEMA_VERSION, file_entry, new_manifest, read_manifest, sha256_file, verify_files, write_manifest,
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    file_entry,
+    new_manifest,
+    read_manifest,
+    sha256_file,
+    verify_files,
+    write_manifest,
 )
 
 
 def make_artifact(directory):
     (directory / "model.onnx").write_bytes(b"graph bytes")
-    m = new_manifest("onnx", "fp32", model={}, preprocessing={}, io={}, files=[file_entry(directory, "model.onnx", "model")])
+    files = [file_entry(directory, "model.onnx", "model")]
+    m = new_manifest("onnx", "fp32", model={}, preprocessing={}, io={}, files=files)
     write_manifest(directory, m)
     return m
 

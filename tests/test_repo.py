@@ -25,3 +25,16 @@ def test_readme_opens_with_exactly_two_commands():
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert setup_commands()[1] in ci
+
+
+def test_ruff_clean():
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        import pytest
+
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    r = subprocess.run([ruff, "check", "vit_deploy", "tests", "tools"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout

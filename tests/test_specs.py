@@ -51,7 +51,9 @@ def test_unknown_model_lists_the_valid_ones():
         model_config("vit_b16")
 
 
-@pytest.mark.parametrize(("variant", "res", "hint"), [("b16", 380, "--res 368 or --res 384"), ("h14", 224 + 1, "--res 224")])
+@pytest.mark.parametrize(
+    ("variant", "res", "hint"), [("b16", 380, "--res 368 or --res 384"), ("h14", 224 + 1, "--res 224")]
+)
 def test_resolution_must_be_a_multiple_of_the_patch(variant, res, hint):
     with pytest.raises(UsageError, match=hint):
         model_config(variant, res)

@@ -25,12 +25,13 @@ def build_model(
         cfg = model_config(variant, img_size, classes)
         return create_model(cfg, seed), {"pretrained": False, "init": "random", "seed": seed}
 
-    from .checkpoint import load_into, read_checkpoint
+    from .checkpoint import load_into, preprocessing_overrides, read_checkpoint
 
     ckpt = read_checkpoint(weights)
     cfg = model_config(variant, img_size, classes, **ckpt.config_overrides)
-    if ckpt.preprocessing:
-        cfg = _with_preprocessing(cfg, ckpt.preprocessing)
+    # the checkpoint's processor config describes its own resolution: adapt it to img_size
+    if prep := preprocessing_overrides(ckpt, img_size):
+        cfg = _with_preprocessing(cfg, prep)
     model = create_model(cfg, seed)
     facts = load_into(model, ckpt)
     return model, {"pretrained": True, "source": str(weights), "format": ckpt.format, "sha256": ckpt.sha256, **facts}
