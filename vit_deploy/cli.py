@@ -64,6 +64,92 @@ def export(
     raise_if_failed(summary)
 
 
+@cli.command("build-engine")
+@click.option("--artifact", type=click.Path(path_type=Path), default=None,
+              help="An FP32 export, or an FP16/INT8 graph folder (default: the newest export in ./artifacts).")
+@click.option("--fp16", "precision", flag_value="fp16", help="FP16 mixed precision (FP32 I/O).")
+@click.option("--int8", "precision", flag_value="int8", help="INT8 explicit Q/DQ from calibration (needs --calib).")
+@click.option("--calib", default=None, help="Calibration images: a folder, or a definition file (calibration/*.txt).")
+@click.option("--calib-method", default="entropy", show_default=True, help="entropy, percentile or minmax.")
+@click.option("--calib-images", type=int, default=256, show_default=True, help="Use at most N images (seeded sample).")
+@click.option("--calib-batch", type=int, default=8, show_default=True, help="Calibration batch size.")
+@click.option("--val-images", default=None,
+              help="Images to validate on (a folder with labels.csv adds accuracy); default: the calibration set.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default: <artifact>-<precision>).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling images.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+def build_engine(
+    artifact: Path | None, precision: str | None, calib: str | None, calib_method: str, calib_images: int,
+    calib_batch: int, val_images: str | None, out_dir: Path | None, force: bool, seed: int, as_json: bool,
+) -> None:
+    """Make the FP16/INT8 graph (validated on the CPU), then the TensorRT engine where TensorRT runs.
+
+    Exit 3 when the graph is ready but this machine cannot build the engine (no TensorRT or GPU).
+    """
+    from .errors import EngineUnavailable, UsageError
+    from .exporter import raise_if_failed
+    from .onnx.int8 import CALIBRATION_METHODS
+    from .precision import PrecisionOptions, build_precision_artifact, open_parent
+    from .trt import unavailable_reason
+
+    if calib_method not in CALIBRATION_METHODS:
+        choices = ", ".join(CALIBRATION_METHODS)
+        raise UsageError(f"--calib-method {calib_method!r} is unknown; choose one of {choices}")
+    source_dir, source = open_parent(artifact)
+    summary: dict[str, Any] = {"artifact": str(source_dir), "precision": source["precision"]}
+    if precision is not None and precision != source["precision"]:
+        opts = PrecisionOptions(precision, source_dir, out_dir, force, calib, calib_method, calib_images, calib_batch,
+                                val_images, seed)
+        summary = build_precision_artifact(opts, Progress(enabled=True))
+        summary["precision"] = precision
+        if not as_json:
+            click.echo(_precision_text(summary))
+        if not summary["validation"]["passed"]:
+            if as_json:
+                click.echo(json.dumps(summary, indent=2))
+            raise_if_failed(summary)  # exit 2: the failing graph stays on disk, nothing goes to TensorRT
+    reason = unavailable_reason()
+    summary["engine"] = {"built": False, "reason": reason}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    raise EngineUnavailable(
+        f"engine not built: {reason}. The validated {summary['precision']} graph is kept at {summary['artifact']}; "
+        f"on a GPU host with TensorRT run: vit-deploy build-engine --artifact {summary['artifact']}"
+    )
+
+
+def _precision_text(s: dict[str, Any]) -> str:
+    m, v = s["manifest"], s["validation"]
+    met, tol = v["metrics"], v["tolerance"]
+    lines = [
+        f"{m['precision'].upper()} graph of {m['model']['variant']} @ {m['model']['img_size']} from {s['parent']}",
+        f"  file      {s['model_file']} ({s['bytes'] / 1e6:.1f} MB)",
+        f"  policy    {_policy_text(m['precision_policy'])}",
+    ]
+    if m.get("calibration"):
+        c = m["calibration"]
+        lines.append(f"  calib     {c['images']} images ({c['skipped']} skipped), {c['method']}, batch {c['batch']}")
+    lines += [
+        f"  checked   on {v['inputs']} vs {v['reference']}",
+        f"  parity    cosine {met["min_cosine"]:.7f} (>= {tol.get('min_cosine')}), rel L2 {met['rel_l2']:.2e}, "
+        f"top-1 agreement {met['top1_agreement']:.2%}"
+        + ("" if v["top1_agreement_gated"] else " (not gated: random weights)"),
+    ]
+    if "accuracy" in met:
+        lines.append(f"  accuracy  top-1 {met['accuracy']:.2%} vs FP32 {met['reference_accuracy']:.2%} "
+                     f"(drop {met['accuracy_drop_points']:.2f} points, limit {tol.get('max_accuracy_drop')})")
+    lines.append(f"  verdict   {'PASS' if v['passed'] else 'FAIL: ' + '; '.join(v['failures'])}")
+    return "\n".join(lines)
+
+
+def _policy_text(policy: dict[str, Any]) -> str:
+    if "keep_fp32_ops" in policy:
+        return f"FP16, kept in FP32: {', '.join(policy['keep_fp32_ops']) or 'nothing'}; FP32 inputs/outputs"
+    return f"INT8 Q/DQ on {', '.join(policy['op_types'])}; attention {policy['attention']}"
+
+
 def _export_text(s: dict[str, Any]) -> str:
     m, v = s["manifest"], s["validation"]
     model, io = m["model"], m["io"]

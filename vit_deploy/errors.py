@@ -33,3 +33,13 @@ class ValidationFailed(VitDeployError):
     """
 
     exit_code = 2
+
+
+class EngineUnavailable(VitDeployError):
+    """The (validated) precision graph is ready but no TensorRT engine can be built on this machine.
+
+    Exit code 3, distinct from failure (1, 2): the CPU half of ``build-engine`` succeeded and the
+    message says where to finish (a GPU host with TensorRT).
+    """
+
+    exit_code = 3

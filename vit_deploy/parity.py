@@ -33,8 +33,25 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, fl
     }
 
 
-def within(metrics: dict[str, float], tol: Tolerance) -> bool:
-    return metrics["rel_l2"] <= tol.max_rel_l2 and metrics["max_abs"] <= tol.max_abs
+def failures(metrics: dict[str, float], tol: Tolerance, gate_top1: bool = True) -> list[str]:
+    """Every bound of ``tol`` that ``metrics`` break, as readable strings (empty: pass)."""
+    out = []
+    if tol.max_rel_l2 is not None and metrics["rel_l2"] > tol.max_rel_l2:
+        out.append(f"rel L2 {metrics['rel_l2']:.2e} > {tol.max_rel_l2:.0e}")
+    if tol.max_abs is not None and metrics["max_abs"] > tol.max_abs:
+        out.append(f"max abs {metrics['max_abs']:.2e} > {tol.max_abs:.0e}")
+    if tol.min_cosine is not None and metrics["min_cosine"] < tol.min_cosine:
+        out.append(f"cosine {metrics['min_cosine']:.6f} < {tol.min_cosine}")
+    if gate_top1 and tol.min_top1_agreement is not None and metrics["top1_agreement"] < tol.min_top1_agreement:
+        out.append(f"top-1 agreement {metrics['top1_agreement']:.2%} < {tol.min_top1_agreement:.1%}")
+    drop = metrics.get("accuracy_drop_points")
+    if tol.max_accuracy_drop is not None and drop is not None and drop > tol.max_accuracy_drop:
+        out.append(f"top-1 accuracy drop {drop:.2f} points > {tol.max_accuracy_drop}")
+    return out
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(logits.argmax(-1) == labels))
 
 
 def worst(runs: list[dict[str, Any]]) -> dict[str, float]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
-from typing import TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO, TypeVar
+
+T = TypeVar("T")
 
 
 class Progress:
@@ -17,6 +19,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.timings: dict[str, float] = {}
+        self._counter: Any = None
 
     def note(self, message: str) -> None:
         if self.enabled:
@@ -38,3 +41,31 @@ class Progress:
         self.timings[label] = round(elapsed, 2)
         if self.enabled:
             print(f" {elapsed:.1f}s", file=self.stream, flush=True)
+
+    def bar(self, items: Iterable[T], label: str) -> Iterable[T]:
+        """A progress bar over ``items`` (tqdm on stderr), silent when progress is disabled."""
+        if not self.enabled:
+            return items
+        from tqdm import tqdm
+
+        return tqdm(items, desc=f"  {label}", file=self.stream, leave=False, dynamic_ncols=True)
+
+    def tick(self, n: int = 1) -> None:
+        """Advance the bar opened by ``counter``, if any."""
+        if self._counter is not None:
+            self._counter.update(n)
+
+    @contextlib.contextmanager
+    def counter(self, total: int, label: str) -> Iterator[None]:
+        """A bar advanced by ``tick()`` from code that owns no loop (e.g. a library callback)."""
+        if not self.enabled:
+            yield
+            return
+        from tqdm import tqdm
+
+        self._counter = tqdm(total=total, desc=f"  {label}", file=self.stream, leave=False, dynamic_ncols=True)
+        try:
+            yield
+        finally:
+            self._counter.close()
+            self._counter = None

@@ -70,3 +70,29 @@ def io_signature(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
 def has_symbolic_batch(model: onnx.ModelProto, name: str = "batch") -> bool:
     sig = io_signature(model)
     return all(e["shape"] and e["shape"][0] == name for e in sig["inputs"] + sig["outputs"])
+
+
+def topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with its nodes in dependency order (ONNX requires it; some converters
+    append the Cast nodes they insert at the end of the list). Stable: keeps the original
+    order wherever dependencies allow."""
+    graph = model.graph
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        still = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                still.append(node)
+        if len(still) == len(pending):
+            raise ValueError(f"graph has a cycle or a dangling input near node {still[0].name!r}")
+        pending = still
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(ordered)
+    return out

@@ -15,7 +15,7 @@ import onnx
 import torch
 
 from ..inputs import random_images
-from ..parity import compare_logits, within, worst
+from ..parity import compare_logits, failures, worst
 from ..specs import ModelConfig, Tolerance
 from .export import INPUT_NAME, OUTPUT_NAME
 
@@ -51,5 +51,5 @@ def validate_against_torch(
         "tolerance": asdict(tol),
         "runs": runs,
         "worst": summary,
-        "passed": within(summary, tol),
+        "failures": failures(summary, tol),
     }
