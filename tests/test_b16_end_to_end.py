@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from conftest import hf_logits, hf_vit
+
 from vit_deploy.inputs import random_images
 from vit_deploy.manifest import read_manifest, verify_files
 from vit_deploy.specs import Preprocessing

@@ -133,7 +133,7 @@ def _precision_text(s: dict[str, Any]) -> str:
         lines.append(f"  calib     {c['images']} images ({c['skipped']} skipped), {c['method']}, batch {c['batch']}")
     lines += [
         f"  checked   on {v['inputs']} vs {v['reference']}",
-        f"  parity    cosine {met["min_cosine"]:.7f} (>= {tol.get('min_cosine')}), rel L2 {met['rel_l2']:.2e}, "
+        f"  parity    cosine {met['min_cosine']:.7f} (>= {tol.get('min_cosine')}), rel L2 {met['rel_l2']:.2e}, "
         f"top-1 agreement {met['top1_agreement']:.2%}"
         + ("" if v["top1_agreement_gated"] else " (not gated: random weights)"),
     ]
