@@ -104,6 +104,9 @@ def quantize_int8(
         "CalibTensorRangeSymmetric": True,
         "CalibStridedMinMax": 1,  # one batch per collection round (see _BatchReader)
         "CalibPercentile": PERCENTILE,
+        # ORT would quantize biases to INT32 DequantizeLinear nodes; TensorRT's quantized types are
+        # INT8/FP8/INT4/FP4 only ("Working with Quantized Types"), and it fuses float biases itself
+        "QuantizeBias": False,
         # TensorRT wants per-channel scales on the output-channel axis: 1 for a MatMul weight [K, N]
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
     }

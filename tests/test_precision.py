@@ -1,0 +1,257 @@
+"""The precision step (FP16 / INT8 graphs) and `build-engine` on the tiny ``test`` variant."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from PIL import Image
+
+from vit_deploy.errors import ArtifactError, UsageError
+from vit_deploy.exporter import ExportOptions, export_artifact
+from vit_deploy.manifest import read_manifest, sha256_file
+from vit_deploy.onnx.graph import topologically_sorted
+from vit_deploy.onnx.int8 import attention_matmuls
+from vit_deploy.precision import PrecisionOptions, build_precision_artifact
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = ROOT / "calibration" / "photos.txt"
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIT_DEPLOY_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("art") / "test-32"
+    export_artifact(ExportOptions("test", 32, num_classes=5, out_dir=out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp32_long(tmp_path_factory) -> Path:
+    """23 x 23 patches + class token = 530 tokens: above TensorRT's 512-token INT8 attention limit."""
+    out = tmp_path_factory.mktemp("art") / "test-184"
+    export_artifact(ExportOptions("test", 184, num_classes=5, out_dir=out))
+    return out
+
+
+def photos_folder(tmp_path: Path, n: int = 6) -> Path:
+    """n real photographs (from the shipped definition) copied into a folder."""
+    from vit_deploy.calibration import list_sources
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path, _ in list_sources(PHOTOS)[:n]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in graph.node for o in n.output}
+
+
+def test_fp16_graph_keeps_fp32_io_and_layernorm(fp32, tmp_path):
+    s = build_precision_artifact(PrecisionOptions("fp16", fp32, tmp_path / "fp16", calib=str(PHOTOS)))
+    model = onnx.load(s["model_file"])
+    g = model.graph
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert [i.type.tensor_type.elem_type for i in g.input] == [f32]
+    assert [o.type.tensor_type.elem_type for o in g.output] == [f32]
+    weights = {t.name: t.data_type for t in g.initializer}
+    matmul_weights = [i for n in g.node if n.op_type == "MatMul" for i in n.input if i in weights]
+    assert matmul_weights and all(weights[w] == f16 for w in matmul_weights)
+    # every LayerNormalization computes in FP32: its scale is an FP32 weight
+    for ln in (n for n in g.node if n.op_type == "LayerNormalization"):
+        assert weights[ln.input[1]] == f32
+    m = read_manifest(s["artifact"])
+    assert m["precision"] == "fp16" and m["precision_policy"]["keep_fp32_ops"] == ["LayerNormalization"]
+    assert m["parent"]["sha256"] == sha256_file(fp32 / "model.onnx")
+    v = m["validation"]
+    assert v["passed"] and v["reference"] == "pytorch fp32" and "20 images" in v["inputs"]
+    assert v["metrics"]["min_cosine"] >= 0.9999
+
+
+def check_symmetric_qdq(graph: onnx.GraphProto) -> None:
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for n in qdq:
+        zero_point = inits[n.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any(), n.name
+
+
+def test_int8_graph_is_symmetric_per_channel_with_attention_quantized(fp32, tmp_path):
+    s = build_precision_artifact(PrecisionOptions("int8", fp32, tmp_path / "int8", calib=str(PHOTOS), calib_batch=4))
+    g = onnx.load(s["model_file"]).graph
+    check_symmetric_qdq(g)
+    inits = {t.name: t for t in g.initializer}
+    prod = producers(g)
+    for mm in (n for n in g.node if n.op_type == "MatMul"):
+        a, b = (prod.get(i) for i in mm.input)
+        assert a is not None and a.op_type == "DequantizeLinear", mm.name  # activation input quantized
+        if b is not None and b.input[0] in inits and inits[b.input[0]].data_type == onnx.TensorProto.INT8:
+            weight = numpy_helper.to_array(inits[b.input[0]])
+            scale = numpy_helper.to_array(inits[b.input[1]])
+            axis = next(a.i for a in b.attribute if a.name == "axis")
+            assert axis == 1 and scale.shape == (weight.shape[1],)  # per output channel of [K, N]
+    m = read_manifest(s["artifact"])
+    assert m["precision_policy"]["excluded_nodes"] == []
+    assert m["calibration"]["images"] == 20 and m["validation"]["metrics"]["min_cosine"] >= 0.99
+
+
+def test_int8_keeps_attention_in_float_above_512_tokens(fp32_long, tmp_path):
+    s = build_precision_artifact(
+        PrecisionOptions("int8", fp32_long, tmp_path / "int8", calib=str(PHOTOS), calib_images=8, calib_batch=4)
+    )
+    g = onnx.load(s["model_file"]).graph
+    prod = producers(g)
+    attention = set(read_manifest(s["artifact"])["precision_policy"]["excluded_nodes"])
+    fp32_graph = onnx.load(str(fp32_long / "model.onnx"))
+    assert attention == set(attention_matmuls(fp32_graph)) and len(attention) == 2 * 2  # two per block
+    for mm in (n for n in g.node if n.op_type == "MatMul"):
+        quantized = any(prod.get(i) is not None and prod[i].op_type == "DequantizeLinear" for i in mm.input)
+        assert quantized == (mm.name not in attention), mm.name
+
+
+def test_calibration_cache_reused_and_never_stale(fp32, tmp_path):
+    calib = photos_folder(tmp_path)
+
+    def build(name, **kw):
+        opts = PrecisionOptions("int8", kw.pop("artifact", fp32), tmp_path / name, calib=str(calib), calib_batch=2, **kw)
+        return read_manifest(build_precision_artifact(opts)["artifact"])
+
+    first, again = build("a"), build("b")
+    assert first["precision_policy"]["calibration_cache"]["reused"] is False
+    assert again["precision_policy"]["calibration_cache"]["reused"] is True
+    assert first["files"][0]["sha256"] == again["files"][0]["sha256"]  # same ranges, same graph
+    # another data set (one image fewer) must not reuse the ranges
+    sorted(calib.iterdir())[0].unlink()
+    assert build("c")["precision_policy"]["calibration_cache"]["reused"] is False
+    # another model (different weights) must not reuse them either
+    other = tmp_path / "other-model"
+    export_artifact(ExportOptions("test", 32, num_classes=5, out_dir=other, seed=1))
+    assert build("d", artifact=other)["precision_policy"]["calibration_cache"]["reused"] is False
+
+
+def test_bad_calibration_files_are_skipped_and_counted(fp32, tmp_path):
+    calib = photos_folder(tmp_path, n=4)
+    (calib / "notes.jpg").write_text("not an image")
+    png = calib / sorted(p.name for p in calib.iterdir() if p.suffix == ".png")[0]
+    (calib / "truncated.png").write_bytes(png.read_bytes()[:200])
+    Image.fromarray(np.full((40, 40), 40000, np.uint16)).save(calib / "sixteen_bit.png")
+    Image.fromarray(np.zeros((40, 40, 4), np.uint8)).save(calib / "rgba.png")
+    s = build_precision_artifact(PrecisionOptions("int8", fp32, tmp_path / "int8", calib=str(calib), calib_batch=2))
+    c = read_manifest(s["artifact"])["calibration"]
+    assert (c["images"], c["skipped"]) == (6, 2)
+    assert any("notes.jpg" in f for f in c["skipped_files"]) and any("truncated.png" in f for f in c["skipped_files"])
+
+
+def test_definition_file_with_wrong_checksum_skips_that_image(fp32, tmp_path):
+    lines = [ln for ln in PHOTOS.read_text().splitlines() if not ln.startswith("#")][:5]
+    lines[0] = "0" * 64 + lines[0][64:]
+    definition = tmp_path / "set.txt"
+    definition.write_text("\n".join(lines) + "\n")
+    s = build_precision_artifact(PrecisionOptions("int8", fp32, tmp_path / "int8", calib=str(definition), calib_batch=2))
+    c = read_manifest(s["artifact"])["calibration"]
+    assert (c["images"], c["skipped"]) == (4, 1) and "differs from the definition" in c["skipped_files"][0]
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("empty", "no image files found"),
+        ("all-bad", "only 0 of 2 images are usable"),
+        ("few", "fewer than the batch size 8"),
+        ("missing", "does not exist"),
+    ],
+)
+def test_calibration_set_errors(fp32, tmp_path, setup, message):
+    calib = tmp_path / "calib"
+    if setup != "missing":
+        calib.mkdir()
+    if setup == "all-bad":
+        (calib / "a.png").write_text("no")
+        (calib / "b.jpg").write_bytes(b"\x89PNG\r\n")
+    if setup == "few":
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(calib / "one.png")
+    with pytest.raises(UsageError, match=message):
+        build_precision_artifact(PrecisionOptions("int8", fp32, tmp_path / "int8", calib=str(calib), calib_batch=8))
+    assert not (tmp_path / "int8").exists()
+
+
+def test_changed_parent_file_is_refused(fp32, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(fp32, copy)
+    with open(copy / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ArtifactError, match="was changed after it was made"):
+        build_precision_artifact(PrecisionOptions("fp16", copy, tmp_path / "fp16"))
+
+
+def test_precision_graph_is_not_a_valid_parent(fp32, tmp_path):
+    s = build_precision_artifact(PrecisionOptions("fp16", fp32, tmp_path / "fp16"))
+    with pytest.raises(UsageError, match="made from an FP32 ONNX export"):
+        build_precision_artifact(PrecisionOptions("int8", Path(s["artifact"]), tmp_path / "x", calib=str(PHOTOS)))
+
+
+def test_cli_build_engine_exit_codes(fp32, tmp_path, run_cli, monkeypatch):
+    out = tmp_path / "fp16"
+    code, stdout, err = run_cli("build-engine", "--artifact", str(fp32), "--fp16", "--out", str(out), "--json")
+    assert code == 3, err
+    summary = json.loads(stdout)
+    assert summary["validation"]["passed"] and summary["engine"]["built"] is False
+    assert "engine not built" in err and f"build-engine --artifact {out}" in err
+    # a ready precision graph goes straight to the engine step
+    code, _, err = run_cli("build-engine", "--artifact", str(out))
+    assert code == 3 and "validated fp16 graph" in err
+    code, _, err = run_cli("build-engine", "--artifact", str(fp32), "--int8", "--out", str(tmp_path / "x"))
+    assert code == 1 and "--int8 needs calibration images" in err
+    code, _, err = run_cli("build-engine", "--artifact", str(fp32), "--int8", "--calib", str(PHOTOS),
+                           "--calib-method", "kl")
+    assert code == 1 and "choose one of entropy, percentile, minmax" in err
+
+
+def test_cli_validation_failure_exits_2(fp32, tmp_path, run_cli, monkeypatch):
+    from vit_deploy import specs
+
+    monkeypatch.setitem(specs.TOLERANCES, "fp16", specs.Tolerance(min_cosine=1.0000001))
+    out = tmp_path / "fp16"
+    code, _, err = run_cli("build-engine", "--artifact", str(fp32), "--fp16", "--out", str(out))
+    assert code == 2 and "validation failed: cosine" in err and str(out) in err
+    assert read_manifest(out)["validation"]["passed"] is False
+
+
+def test_cli_defaults_to_the_newest_export(tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("export", "--model", "test", "--res", "32")[0] == 0
+    assert run_cli("export", "--model", "test", "--res", "48")[0] == 0
+    code, _, err = run_cli("build-engine", "--fp16")
+    assert code == 3 and str(tmp_path / "artifacts" / "test-48-fp16") in err
+
+
+def test_cli_without_any_export(tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("build-engine", "--fp16")
+    assert code == 1 and "run `vit-deploy export" in err
+
+
+def test_topological_sort_repairs_appended_nodes():
+    from onnx import helper
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    nodes = [helper.make_node("Neg", ["t"], ["y"], name="second"), helper.make_node("Abs", ["x"], ["t"], name="first")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(model)
+    fixed = topologically_sorted(model)
+    onnx.checker.check_model(fixed)
+    assert [n.name for n in fixed.graph.node] == ["first", "second"]
