@@ -125,7 +125,8 @@ def test_calibration_cache_reused_and_never_stale(fp32, tmp_path):
     calib = photos_folder(tmp_path)
 
     def build(name, **kw):
-        opts = PrecisionOptions("int8", kw.pop("artifact", fp32), tmp_path / name, calib=str(calib), calib_batch=2, **kw)
+        artifact = kw.pop("artifact", fp32)
+        opts = PrecisionOptions("int8", artifact, tmp_path / name, calib=str(calib), calib_batch=2, **kw)
         return read_manifest(build_precision_artifact(opts)["artifact"])
 
     first, again = build("a"), build("b")
@@ -159,7 +160,8 @@ def test_definition_file_with_wrong_checksum_skips_that_image(fp32, tmp_path):
     lines[0] = "0" * 64 + lines[0][64:]
     definition = tmp_path / "set.txt"
     definition.write_text("\n".join(lines) + "\n")
-    s = build_precision_artifact(PrecisionOptions("int8", fp32, tmp_path / "int8", calib=str(definition), calib_batch=2))
+    opts = PrecisionOptions("int8", fp32, tmp_path / "int8", calib=str(definition), calib_batch=2)
+    s = build_precision_artifact(opts)
     c = read_manifest(s["artifact"])["calibration"]
     assert (c["images"], c["skipped"]) == (4, 1) and "differs from the definition" in c["skipped_files"][0]
 
