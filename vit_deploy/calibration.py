@@ -119,18 +119,23 @@ def load_image_set(
     batch: int = 1,
     seed: int = 0,
     progress: Progress | None = None,
+    role: str = "calibration",
 ) -> ImageSet:
-    """Load up to ``count`` images (a seeded sample when the set is larger), preprocessed."""
+    """Load up to ``count`` images (a seeded sample when the set is larger), preprocessed.
+
+    ``role`` names the set in messages ("calibration", "validation", ...): the same loader
+    reads every image set, and the user must know which option a message is about.
+    """
     from .images import load_rgb, preprocess
 
     sources = list_sources(spec)
     if not sources:
-        raise UsageError(f"calibration set {spec} holds no images (.png, .jpg, ...); add some or pass another --calib")
+        raise UsageError(f"{role} set {spec} holds no images (.png, .jpg, ...); add some or pass another folder")
     if count is not None and count < len(sources):
         sources = random.Random(seed).sample(sources, count)
 
     images, used, hashes, skipped = [], [], [], []
-    iterator = progress.bar(sources, "Loading calibration images") if progress else sources
+    iterator = progress.bar(sources, f"Loading {role} images") if progress else sources
     for path, expected in iterator:
         try:
             actual = sha256_file(path)
@@ -152,9 +157,9 @@ def load_image_set(
     if len(images) < needed:
         why = "; ".join(f"{Path(f).name}: {r}" for f, r in skipped[:3])
         raise UsageError(
-            f"calibration set {spec}: only {len(images)} of {len(sources)} images are usable"
+            f"{role} set {spec}: only {len(images)} of {len(sources)} images are usable"
             f"{f' ({len(skipped)} skipped: {why})' if skipped else ''}, fewer than the batch size {batch}; "
-            "add images or lower --calib-batch"
+            + ("add images or lower --calib-batch" if role == "calibration" else "add images")
         )
     digest = hashlib.sha256(json.dumps({"files": hashes, "prep": prep.to_dict()}, sort_keys=True).encode()).hexdigest()
     labels = read_labels(Path(spec)) if Path(spec).is_dir() else None

@@ -212,7 +212,8 @@ def validate_precision(
     labels = None
     if opts.val_images or (opts.calib and calib is None):
         source = opts.val_images or opts.calib
-        data = load_image_set(source, cfg.preprocessing, None, 1, opts.seed, progress)
+        data = load_image_set(source, cfg.preprocessing, None, 1, opts.seed, progress,
+                              role="validation" if opts.val_images else "calibration")
         images, labels, inputs = data.images, data.labels, f"{len(data.files)} images from {source}"
     elif calib is not None:
         images, inputs = calib.images, f"the {len(calib.files)} calibration images"
