@@ -120,6 +120,69 @@ def build_engine(
     )
 
 
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--reference", default="pytorch", show_default=True,
+              help="'pytorch' (the model rebuilt from the manifest) or another artifact folder, e.g. the FP32 export.")
+@click.option("--images", default=None,
+              help="Real images: a folder (labels.csv adds accuracy) or a definition file; default: seeded random.")
+@click.option("--max-images", type=int, default=None, help="Use at most N images (seeded sample).")
+@click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to run the artifact at.")
+@click.option("--provider", default="cpu", show_default=True,
+              help="ONNX Runtime provider for ONNX artifacts: cpu, cuda or tensorrt.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs and sampling.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+def compare(
+    artifact: Path, reference: str, images: str | None, max_images: int | None, batch_sizes: str, provider: str,
+    seed: int, as_json: bool,
+) -> None:
+    """Run ARTIFACT and its reference on the same inputs; exit 2 when outside the precision's bounds."""
+    from .compare import CompareOptions, compare_artifact, format_table, parse_batch_sizes
+    from .errors import ValidationFailed
+
+    opts = CompareOptions(artifact, reference, images, parse_batch_sizes(batch_sizes), max_images, seed, provider)
+    summary = compare_artifact(opts, Progress(enabled=True))
+    click.echo(json.dumps(summary, indent=2) if as_json else format_table(summary))
+    if not summary["passed"]:
+        raise ValidationFailed(f"{artifact} is outside the {summary['precision']} bounds (table above)")
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the artifact's files.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+def inspect(artifact: Path, no_verify: bool, as_json: bool) -> None:
+    """Show what an artifact holds: ONNX opset, I/O and ops, or an engine's layers and precisions."""
+    from .inspect import format_inspection, inspect_artifact
+
+    summary = inspect_artifact(artifact, verify=not no_verify)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_inspection(summary))
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--artifact", type=click.Path(path_type=Path), required=True, help="The artifact folder to run.")
+@click.option("--backend", default=None, help="tensorrt, onnxruntime or pytorch (default: the artifact's own).")
+@click.option("--top", "top_k", type=int, default=5, show_default=True, help="Classes to show per image.")
+@click.option("--labels", "labels_file", default=None,
+              help="A file with one class name per line (default: ImageNet names for 1000 classes).")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+def predict(
+    images: tuple[str, ...], artifact: Path, backend: str | None, top_k: int, labels_file: str | None, as_json: bool,
+) -> None:
+    """Top-k classes with probabilities for each image."""
+    from .predict import predict as run_predict
+
+    results = run_predict(list(images), artifact, top_k=top_k, backend=backend, labels_file=labels_file)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for r in results:
+        click.echo(r["image"] + ("" if r["pretrained"] else "  (random weights: these labels mean nothing)"))
+        for t in r["top"]:
+            click.echo(f"  {t['probability']:7.2%}  {t['label']} ({t['class']})")
+
+
 def _precision_text(s: dict[str, Any]) -> str:
     m, v = s["manifest"], s["validation"]
     met, tol = v["metrics"], v["tolerance"]

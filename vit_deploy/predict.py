@@ -1,0 +1,72 @@
+"""Top-k predictions for image files: ``vit-deploy predict IMAGE... --artifact DIR``.
+
+Images go through the manifest's preprocessing (vit_deploy.images), the artifact runs on its
+runtime, and the logits become softmax probabilities. A 1000-class model gets ImageNet-1k class
+names (shipped in vit_deploy/data/imagenet_classes.tsv, training index order); any other head
+is labelled by class index, or by a labels file the user passes (one name per line).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import runtime
+from .errors import UsageError
+from .images import load_batch
+
+IMAGENET_CLASSES = 1000
+
+
+@cache
+def imagenet_labels() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names (first lemma of each synset), index order."""
+    text = resources.files("vit_deploy").joinpath("data/imagenet_classes.tsv").read_text()
+    rows = [line.split("\t", 1) for line in text.splitlines() if line and not line.startswith("#")]
+    return tuple(lemmas.split(",")[0].strip() for _, lemmas in rows)
+
+
+def class_names(num_classes: int, labels_file: str | os.PathLike[str] | None = None) -> list[str]:
+    if labels_file is not None:
+        names = [line.strip() for line in Path(labels_file).read_text().splitlines() if line.strip()]
+        if len(names) != num_classes:
+            raise UsageError(f"{labels_file} names {len(names)} classes; the model has {num_classes}")
+        return names
+    if num_classes == IMAGENET_CLASSES:
+        return list(imagenet_labels())
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def predict(
+    images: list[str], artifact: str | os.PathLike[str], *, top_k: int = 5, backend: str | None = None,
+    labels_file: str | None = None,
+) -> list[dict[str, Any]]:
+    """One entry per image: its top-k classes with probabilities, most likely first."""
+    if not images:
+        raise UsageError("give at least one image file")
+    with runtime.open(artifact, backend) as runner:
+        batch = load_batch(images, runner.preprocessing)
+        probs = softmax(runner.infer(batch).astype(np.float64))
+        names = class_names(runner.num_classes, labels_file)
+        pretrained = bool(runner.manifest["checkpoint"].get("pretrained"))
+    k = min(top_k, probs.shape[-1])
+    results = []
+    for path, p in zip(images, probs, strict=True):
+        order = np.argsort(-p)[:k]
+        results.append({
+            "image": str(path),
+            "pretrained": pretrained,
+            "top": [{"class": int(i), "label": names[i], "probability": float(p[i])} for i in order],
+        })
+    return results

@@ -1,0 +1,166 @@
+"""What every runner shares: the artifact's metadata, input checks, batch splitting, closing.
+
+A backend implements only ``_run(batch)`` for one batch that is already checked and within its
+limits; :meth:`Runner.infer` does the rest, the same way for every backend, so a TensorRT
+engine, an ONNX graph and the PyTorch reference accept and refuse exactly the same inputs.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from ..specs import Preprocessing
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+def check_images(images: Any, chw: tuple[int, int, int], what: str = "images") -> None:
+    """Refuse anything the model cannot take, naming what was expected.
+
+    ``images`` is a numpy array or a torch tensor (CPU or CUDA), float32 [batch, C, H, W],
+    non-empty and finite (preprocessed pixels are never NaN or Inf; one that is would turn the
+    whole batch's logits into garbage without an error).
+    """
+    c, h, w = chw
+    expected = f"float32 [batch, {c}, {h}, {w}] (preprocessed as the manifest says)"
+    if _is_torch(images):
+        dtype, shape = str(images.dtype).removeprefix("torch."), tuple(images.shape)
+    elif isinstance(images, np.ndarray):
+        dtype, shape = str(images.dtype), images.shape
+    else:
+        raise UsageError(f"{what} must be a numpy array or a torch tensor, {expected}; got {type(images).__name__}")
+    if dtype != "float32":
+        raise UsageError(f"{what} have dtype {dtype}; expected {expected}")
+    if len(shape) != 4:
+        raise UsageError(f"{what} have shape {list(shape)} (rank {len(shape)}); expected {expected}")
+    if shape[1] != c:
+        raise UsageError(f"{what} have {shape[1]} channels; expected {expected}")
+    if shape[2:] != (h, w):
+        raise UsageError(f"{what} are {shape[2]}x{shape[3]}; this model takes {h}x{w}: expected {expected}")
+    if shape[0] == 0:
+        raise UsageError(f"{what} are an empty batch; expected {expected} with batch >= 1")
+    finite = bool(images.isfinite().all()) if _is_torch(images) else bool(np.isfinite(images).all())
+    if not finite:
+        raise UsageError(f"{what} contain NaN or Inf; expected finite values, {expected}")
+
+
+class Runner(ABC):
+    """``infer(images) -> logits`` for one artifact; use as a context manager or call close().
+
+    Thread safety: ``infer`` may be called from several threads at once and gives the same
+    results as sequential calls; each backend documents how (a thread-safe session, or a lock).
+    """
+
+    backend: str = "?"
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], max_batch: int | None = None) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        model = manifest["model"]
+        self.precision: str = manifest["precision"]
+        self.num_classes: int = model["num_classes"]
+        c, h, w = manifest["io"]["inputs"][0]["shape"][1:]  # [batch, C, H, W], the graph's own contract
+        self.chw: tuple[int, int, int] = (int(c), int(h), int(w))
+        self.preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
+        self.input_name: str = manifest["io"]["inputs"][0]["name"]
+        self.output_name: str = manifest["io"]["outputs"][0]["name"]
+        self.min_batch = 1
+        self.max_batch = max_batch  # None: whole batches go through at once
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    # -- the interface ---------------------------------------------------------------------
+    def infer(self, images: Any) -> Any:
+        """Logits [batch, classes] float32, as numpy for numpy input and as torch for torch input."""
+        if self._closed:
+            raise UsageError(f"this {self.backend} runner is closed; open the artifact again")
+        check_images(images, self.chw)
+        n = images.shape[0]
+        step = self.max_batch or n
+        outputs = [self._run_padded(images[i : i + step]) for i in range(0, n, step)]
+        if len(outputs) == 1:
+            return outputs[0]
+        if _is_torch(images):
+            import torch
+
+            return torch.cat(outputs)
+        return np.concatenate(outputs)
+
+    @property
+    def input_metadata(self) -> dict[str, Any]:
+        """The input contract from the manifest: name, shape, dtype and the preprocessing to apply."""
+        return {
+            "name": self.input_name,
+            "shape": ["batch", *self.chw],
+            "dtype": "float32",
+            "preprocessing": self.preprocessing.to_dict(),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """What runs: for logs, benchmarks and the compare table."""
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "artifact": str(self.directory),
+            "max_batch": self.max_batch,
+        }
+
+    def close(self) -> None:
+        with self._close_lock:
+            if not self._closed:
+                self._closed = True
+                self._release()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- for backends ----------------------------------------------------------------------
+    @abstractmethod
+    def _run(self, batch: Any) -> Any:
+        """Logits for one checked batch of min_batch..max_batch images (numpy in: numpy out; torch: torch)."""
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Free sessions, engines and device memory."""
+
+    def _run_padded(self, batch: Any) -> Any:
+        # An engine profile may start above 1; a short last chunk is padded with copies of its
+        # first image (real data, so nothing unusual reaches the kernels) and the rows dropped.
+        n = batch.shape[0]
+        if n >= self.min_batch:
+            return self._run(batch)
+        pad = self.min_batch - n
+        if _is_torch(batch):
+            import torch
+
+            padded = torch.cat([batch, batch[:1].expand(pad, *batch.shape[1:])])
+        else:
+            padded = np.concatenate([batch, np.repeat(batch[:1], pad, axis=0)])
+        return self._run(padded)[:n]
+
+
+def as_numpy(images: Any) -> np.ndarray:
+    """A C-contiguous float32 numpy view/copy of a checked numpy array or torch tensor."""
+    if _is_torch(images):
+        return np.ascontiguousarray(images.detach().cpu().numpy())
+    return np.ascontiguousarray(images)
+
+
+def like_input(logits: np.ndarray, images: Any) -> Any:
+    """Return ``logits`` in the input's kind: a torch tensor on the input's device for torch input."""
+    if _is_torch(images):
+        import torch
+
+        return torch.from_numpy(logits).to(images.device)
+    return logits

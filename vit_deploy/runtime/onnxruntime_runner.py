@@ -1,0 +1,67 @@
+"""ONNX graphs (FP32, FP16, INT8) on ONNX Runtime: CPU, CUDA or TensorRT execution provider.
+
+``InferenceSession.run`` is thread-safe (ONNX Runtime's documented guarantee), so one session
+serves every thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import ArtifactError, UsageError
+from ..manifest import model_file
+from .base import Runner, as_numpy, like_input
+
+# provider option -> ONNX Runtime providers in priority order (CPU last: ORT's own fallback for
+# ops a GPU provider does not take)
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(
+        self, directory: Path, manifest: dict[str, Any], *, provider: str = "cpu", threads: int | None = None,
+        max_batch: int | None = None,
+    ) -> None:
+        super().__init__(directory, manifest, max_batch)
+        import onnxruntime as ort
+
+        if provider not in PROVIDERS:
+            raise UsageError(f"unknown ONNX Runtime provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+        available = ort.get_available_providers()
+        wanted = PROVIDERS[provider][0]
+        if wanted not in available:
+            raise UsageError(
+                f"ONNX Runtime {ort.__version__} here has no {wanted} (available: {', '.join(available)}); "
+                + ("install onnxruntime-gpu on a CUDA host" if provider != "cpu" else "reinstall onnxruntime")
+            )
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.provider = provider
+        path = model_file(directory, manifest)
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=[p for p in PROVIDERS[provider] if p in available]
+            )
+        except Exception as e:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...) for bad files
+            raise ArtifactError(
+                f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0]}; "
+                "the file is corrupt or truncated: re-create the artifact"
+            ) from e
+
+    def _run(self, batch: Any) -> Any:
+        logits = self.session.run([self.output_name], {self.input_name: as_numpy(batch)})[0]
+        return like_input(logits, batch)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "providers": self.session.get_providers()}
+
+    def _release(self) -> None:
+        del self.session

@@ -1,0 +1,62 @@
+"""The PyTorch reference model behind the runner interface.
+
+The model is rebuilt from the artifact's manifest (variant, resolution, classes, checkpoint
+with its sha256), so any artifact can be run as PyTorch FP32: the reference every other
+backend is compared with. ``autocast="bfloat16"`` runs it under CPU/GPU autocast (a peer the
+benchmarks compare against; the reference itself is always FP32). Forward passes in
+``torch.inference_mode`` share no mutable state, so concurrent calls need no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..reference import reference_model
+from .base import Runner, _is_torch
+
+AUTOCAST_DTYPES = ("bfloat16", "float16")
+
+
+class PyTorchRunner(Runner):
+    backend = "pytorch"
+
+    def __init__(
+        self, directory: Path, manifest: dict[str, Any], *, device: str = "cpu", autocast: str | None = None,
+        threads: int | None = None, max_batch: int | None = None,
+    ) -> None:
+        super().__init__(directory, manifest, max_batch)
+        import torch
+
+        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+            raise UsageError(f"autocast {autocast!r} is unknown; choose one of {', '.join(AUTOCAST_DTYPES)}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"device {device!r} asked for, but this torch {torch.__version__} sees no CUDA GPU")
+        if threads:
+            torch.set_num_threads(threads)  # process-wide: torch has no per-model thread pool
+        self.device = torch.device(device)
+        self.autocast = autocast
+        self.model = reference_model(manifest).to(self.device).eval()
+        self.precision = f"fp32+autocast-{autocast}" if autocast else "fp32"
+
+    def _run(self, batch: Any) -> Any:
+        import torch
+
+        x = batch if _is_torch(batch) else torch.from_numpy(batch)
+        autocast = (
+            torch.autocast(self.device.type, dtype=getattr(torch, self.autocast)) if self.autocast
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            logits = self.model(x.to(self.device)).float()
+        if _is_torch(batch):
+            return logits.to(batch.device)
+        return logits.cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "device": str(self.device)}
+
+    def _release(self) -> None:
+        del self.model

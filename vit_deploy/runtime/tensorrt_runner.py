@@ -1,0 +1,48 @@
+"""TensorRT engines (``model.<precision>.plan``) behind the runner interface.
+
+Before the plan is deserialized, the manifest's record of the build (TensorRT version, compute
+capability, compatibility flags) is checked against this machine, because TensorRT itself has
+no preflight: a mismatching plan either fails to deserialize with a terse log line or is
+refused here with both sides named. The engine wrapper (vit_deploy/trt/engine.py) owns the
+device buffers and the lock that makes concurrent calls safe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import EngineUnavailable
+from ..manifest import model_file
+from .base import Runner
+
+
+class TensorRTRunner(Runner):
+    backend = "tensorrt"
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], *, max_batch: int | None = None) -> None:
+        super().__init__(directory, manifest, max_batch)
+        from ..trt import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason is not None:
+            raise EngineUnavailable(
+                f"cannot run the engine in {directory}: {reason}. Its ONNX parent ({manifest['parent']['path']}) "
+                "runs anywhere with backend 'onnxruntime'"
+            )
+        from ..trt.engine import TrtEngine, check_compatible
+
+        check_compatible(manifest["tensorrt"])
+        self.engine = TrtEngine(model_file(directory, manifest))
+        self.min_batch = self.engine.min_batch
+        self.max_batch = min(max_batch or self.engine.max_batch, self.engine.max_batch)
+
+    def _run(self, batch: Any) -> Any:
+        return self.engine.infer(batch)
+
+    def describe(self) -> dict[str, Any]:
+        trt = self.manifest["tensorrt"]
+        return {**super().describe(), "tensorrt": trt.get("version"), "gpu": trt.get("gpu")}
+
+    def _release(self) -> None:
+        self.engine.close()
