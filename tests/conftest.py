@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -41,3 +43,49 @@ def hf_vit(image_size: int = 32, num_labels: int = 5, seed: int = 0, **shape):
 def hf_logits(model, images, interpolate: bool = False):
     with torch.no_grad():
         return model(pixel_values=torch.as_tensor(images), interpolate_pos_encoding=interpolate).logits.numpy()
+
+
+PHOTOS = Path(__file__).resolve().parent.parent / "calibration" / "photos.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
+    """The ``test`` variant at 32 px, 5 classes: its FP32 export and FP16/INT8 graphs (read-only: copy to alter)."""
+    from vit_deploy.exporter import ExportOptions, export_artifact
+    from vit_deploy.precision import PrecisionOptions, build_precision_artifact
+
+    root = tmp_path_factory.mktemp("tiny")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VIT_DEPLOY_CACHE", str(root / "cache"))
+        fp32 = root / "test-32"
+        export_artifact(ExportOptions("test", 32, num_classes=5, out_dir=fp32))
+        out = {"fp32": fp32}
+        for precision in ("fp16", "int8"):
+            out[precision] = root / f"test-32-{precision}"
+            opts = PrecisionOptions(precision, fp32, out[precision], calib=str(PHOTOS), calib_batch=4)
+            build_precision_artifact(opts)
+    return out
+
+
+def engine_manifest_without_plan(graph: Path, dst: Path) -> Path:
+    """An engine-kind artifact folder for testing refusals on machines without TensorRT.
+
+    Its "plan" is the graph's bytes renamed: nothing here runs it or pretends it is an engine;
+    only the manifest-driven paths (refusal with exit 3, inspect's manifest view) are tested.
+    """
+    import shutil
+
+    from vit_deploy.manifest import read_manifest, write_manifest
+
+    shutil.copytree(graph, dst)
+    manifest = read_manifest(dst)
+    precision = manifest["precision"]
+    onnx_file = manifest["files"][0]["path"]
+    (dst / onnx_file).rename(dst / f"model.{precision}.plan")
+    manifest.update(kind="tensorrt", parent={"path": str(graph), "sha256": manifest["files"][0]["sha256"]},
+                    tensorrt={"version": "11.0.0", "compute_capability": "9.0", "gpu": "NVIDIA H100",
+                              "profile": {"images": {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32],
+                                                     "max": [64, 3, 32, 32]}}})
+    manifest["files"][0]["path"] = f"model.{precision}.plan"
+    write_manifest(dst, manifest)
+    return dst

@@ -11,11 +11,10 @@ import onnx
 import pytest
 import torch
 
-from vit_deploy.compare import topk_agreement
 from vit_deploy.exporter import ExportOptions, export_artifact
 from vit_deploy.images import load_batch
 from vit_deploy.manifest import read_manifest, write_manifest
-from vit_deploy.precision import PrecisionOptions, build_precision_artifact
+from vit_deploy.parity import topk_agreement
 from vit_deploy.predict import imagenet_labels
 from vit_deploy.reference import reference_model
 
@@ -25,17 +24,8 @@ DIGITS = ROOT / "assets" / "digits"
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("cmp")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VIT_DEPLOY_CACHE", str(root / "cache"))
-        fp32 = root / "test-32"
-        export_artifact(ExportOptions("test", 32, num_classes=5, out_dir=fp32))
-        out = {"fp32": fp32}
-        for precision in ("fp16", "int8"):
-            out[precision] = root / f"test-32-{precision}"
-            build_precision_artifact(PrecisionOptions(precision, fp32, out[precision], calib=str(PHOTOS), calib_batch=4))
-    return out
+def artifacts(tiny_artifacts) -> dict[str, Path]:
+    return tiny_artifacts
 
 
 def test_topk_agreement_analytic():
@@ -148,6 +138,20 @@ def test_inspect_onnx(artifacts, run_cli):
     assert code == 0 and "FP16 onnx artifact" in out and "float16" in out and "LayerNormalization" in out
 
 
+@pytest.mark.skipif(
+    __import__("vit_deploy.trt", fromlist=["unavailable_reason"]).unavailable_reason() is None,
+    reason="TensorRT is usable here: tests/test_trt.py inspects real engines",
+)
+def test_inspect_engine_without_tensorrt_shows_the_build_record(artifacts, run_cli, tmp_path):
+    from conftest import engine_manifest_without_plan
+
+    plan = engine_manifest_without_plan(artifacts["fp16"], tmp_path / "plan")
+    code, out, err = run_cli("inspect", str(plan))
+    assert code == 0, err
+    assert "TensorRT 11.0.0 for NVIDIA H100 (compute capability 9.0)" in out
+    assert "layer details need TensorRT on a GPU host" in out
+
+
 def test_inspect_refuses_a_changed_file(artifacts, run_cli, tmp_path):
     copy = tmp_path / "a"
     shutil.copytree(artifacts["fp32"], copy)
@@ -162,7 +166,7 @@ def test_inspect_refuses_a_changed_file(artifacts, run_cli, tmp_path):
 def test_imagenet_labels_are_shipped_in_index_order():
     labels = imagenet_labels()
     assert len(labels) == 1000 and len(set(labels)) >= 990
-    assert labels[0] == "tench" and labels[1] == "goldfish" and labels[281] == "tabby" and labels[999] == "toilet tissue"
+    assert (labels[0], labels[1], labels[281], labels[999]) == ("tench", "goldfish", "tabby", "toilet tissue")
 
 
 def test_predict_prints_five_labels_with_probabilities(run_cli, tmp_path):

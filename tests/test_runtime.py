@@ -15,10 +15,8 @@ import torch
 
 from vit_deploy import runtime
 from vit_deploy.errors import ArtifactError, EngineUnavailable, UsageError
-from vit_deploy.exporter import ExportOptions, export_artifact
 from vit_deploy.inputs import random_images
 from vit_deploy.manifest import read_manifest, sha256_file, write_manifest
-from vit_deploy.precision import PrecisionOptions, build_precision_artifact
 from vit_deploy.reference import reference_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,17 +24,8 @@ PHOTOS = ROOT / "calibration" / "photos.txt"
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("rt")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VIT_DEPLOY_CACHE", str(root / "cache"))
-        fp32 = root / "test-32"
-        export_artifact(ExportOptions("test", 32, num_classes=5, out_dir=fp32))
-        out = {"fp32": fp32}
-        for precision in ("fp16", "int8"):
-            out[precision] = root / f"test-32-{precision}"
-            build_precision_artifact(PrecisionOptions(precision, fp32, out[precision], calib=str(PHOTOS), calib_batch=4))
-    return out
+def artifacts(tiny_artifacts) -> dict[str, Path]:
+    return tiny_artifacts
 
 
 @pytest.fixture(scope="module")
@@ -224,13 +213,9 @@ def test_pytorch_reference_needs_its_checkpoint(artifacts, tmp_path):
 )
 def test_engine_artifact_without_tensorrt_says_so(artifacts, tmp_path):
     """An engine artifact on a machine without TensorRT: exit-3 error naming the ONNX fallback."""
-    copy = copy_artifact(artifacts["fp16"], tmp_path / "plan")
-    (copy / "model.fp16.onnx").rename(copy / "model.fp16.plan")  # bytes only matter for the hash here
-    manifest = read_manifest(copy)
-    manifest.update(kind="tensorrt", parent={"path": str(artifacts["fp16"]), "sha256": "x"},
-                    tensorrt={"version": "11.0.0", "compute_capability": "9.0", "gpu": "NVIDIA H100"})
-    manifest["files"][0]["path"] = "model.fp16.plan"
-    write_manifest(copy, manifest)
+    from conftest import engine_manifest_without_plan
+
+    copy = engine_manifest_without_plan(artifacts["fp16"], tmp_path / "plan")
     with pytest.raises(EngineUnavailable) as e:
         runtime.open(copy)
     assert e.value.exit_code == 3 and "backend 'onnxruntime'" in str(e.value)

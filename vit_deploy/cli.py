@@ -7,6 +7,7 @@ Only this module exits; library code raises ``VitDeployError`` subclasses.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -76,27 +77,48 @@ def export(
 @click.option("--val-images", default=None,
               help="Images to validate on (a folder with labels.csv adds accuracy); default: the calibration set.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output folder (default: <artifact>-<precision>).")
-@click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
+              help="Output folder of the FP16/INT8 graph (default: <artifact>-<precision>).")
+@click.option("--engine-out", type=click.Path(path_type=Path), default=None,
+              help="Output folder of the engine (default: <graph folder>-trt).")
+@click.option("--min-batch", type=int, default=1, show_default=True, help="Smallest batch of the engine's profile.")
+@click.option("--opt-batch", type=int, default=8, show_default=True, help="Batch TensorRT tunes its kernels for.")
+@click.option("--max-batch", type=int, default=64, show_default=True, help="Largest batch of the engine's profile.")
+@click.option("--workspace-mib", type=int, default=None, help="Builder workspace limit in MiB (default: TensorRT's).")
+@click.option("--optimization-level", type=int, default=3, show_default=True,
+              help="TensorRT builder optimization level, 0-5.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="Timing cache file, reused across builds (default: one per TensorRT version and GPU in the cache).")
+@click.option("--hardware-compatible", is_flag=True, help="A plan that runs on any Ampere-or-newer GPU (slower).")
+@click.option("--version-compatible", is_flag=True, help="A plan that later TensorRT versions can run (slower).")
+@click.option("--force", is_flag=True, help="Overwrite existing output folders.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling images.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 def build_engine(
     artifact: Path | None, precision: str | None, calib: str | None, calib_method: str, calib_images: int,
-    calib_batch: int, val_images: str | None, out_dir: Path | None, force: bool, seed: int, as_json: bool,
+    calib_batch: int, val_images: str | None, out_dir: Path | None, engine_out: Path | None, min_batch: int,
+    opt_batch: int, max_batch: int, workspace_mib: int | None, optimization_level: int, timing_cache: Path | None,
+    hardware_compatible: bool, version_compatible: bool, force: bool, seed: int, as_json: bool,
 ) -> None:
-    """Make the FP16/INT8 graph (validated on the CPU), then the TensorRT engine where TensorRT runs.
+    """Make the FP16/INT8 graph (validated on the CPU), then build and validate the TensorRT engine.
 
     Exit 3 when the graph is ready but this machine cannot build the engine (no TensorRT or GPU).
     """
+    from .engine import EngineOptions, build_engine_artifact, check_options
     from .errors import EngineUnavailable, UsageError
     from .exporter import raise_if_failed
     from .onnx.int8 import CALIBRATION_METHODS
     from .precision import PrecisionOptions, build_precision_artifact, open_parent
-    from .trt import unavailable_reason
 
     if calib_method not in CALIBRATION_METHODS:
         choices = ", ".join(CALIBRATION_METHODS)
         raise UsageError(f"--calib-method {calib_method!r} is unknown; choose one of {choices}")
+    engine_opts = EngineOptions(
+        out_dir=engine_out, force=force, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+        workspace_mib=workspace_mib, optimization_level=optimization_level, timing_cache=timing_cache,
+        hardware_compatible=hardware_compatible, version_compatible=version_compatible, val_images=val_images,
+        seed=seed,
+    )
+    check_options(engine_opts)  # before the slow precision step
     source_dir, source = open_parent(artifact)
     summary: dict[str, Any] = {"artifact": str(source_dir), "precision": source["precision"]}
     if precision is not None and precision != source["precision"]:
@@ -110,14 +132,17 @@ def build_engine(
             if as_json:
                 click.echo(json.dumps(summary, indent=2))
             raise_if_failed(summary)  # exit 2: the failing graph stays on disk, nothing goes to TensorRT
-    reason = unavailable_reason()
-    summary["engine"] = {"built": False, "reason": reason}
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    raise EngineUnavailable(
-        f"engine not built: {reason}. The validated {summary['precision']} graph is kept at {summary['artifact']}; "
-        f"on a GPU host with TensorRT run: vit-deploy build-engine --artifact {summary['artifact']}"
-    )
+    engine_opts = dataclasses.replace(engine_opts, artifact=Path(summary["artifact"]))
+    try:
+        engine = build_engine_artifact(engine_opts, Progress(enabled=True))
+    except EngineUnavailable as e:
+        summary["engine"] = {"built": False, "reason": str(e)}
+        if as_json:
+            click.echo(json.dumps(summary, indent=2))
+        raise
+    summary["engine"] = {"built": True, **engine}
+    click.echo(json.dumps(summary, indent=2) if as_json else _engine_text(engine))
+    raise_if_failed(engine)
 
 
 @cli.command()
@@ -181,6 +206,23 @@ def predict(
         click.echo(r["image"] + ("" if r["pretrained"] else "  (random weights: these labels mean nothing)"))
         for t in r["top"]:
             click.echo(f"  {t['probability']:7.2%}  {t['label']} ({t['class']})")
+
+
+def _engine_text(s: dict[str, Any]) -> str:
+    t, v = s["tensorrt"], s["validation"]
+    met = v["metrics"]
+    counts = (t.get("inspector") or {}).get("precision_counts") or {}
+    return "\n".join([
+        f"TensorRT {t['version']} engine ({s['precision'].upper()}) for {t['gpu']} "
+        f"(compute capability {t['compute_capability']}) from {s['parent']}",
+        f"  file      {s['model_file']} ({s['bytes'] / 1e6:.1f} MB)",
+        f"  profile   {t.get('profile')}",
+        "  layers    " + (", ".join(f"{p} {n}" for p, n in counts.items()) or "not inspected"),
+        f"  checked   on {v['inputs']} at batch {', '.join(map(str, v['batch_sizes']))} vs {v['reference']}",
+        f"  parity    cosine {met['min_cosine']:.7f}, rel L2 {met['rel_l2']:.2e}, "
+        f"top-1 agreement {met['top1_agreement']:.2%}",
+        f"  verdict   {'PASS' if v['passed'] else 'FAIL: ' + '; '.join(v['failures'])}",
+    ])
 
 
 def _precision_text(s: dict[str, Any]) -> str:

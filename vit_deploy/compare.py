@@ -20,7 +20,7 @@ import numpy as np
 
 from . import runtime
 from .errors import ArtifactError, UsageError
-from .parity import accuracy, compare_logits, failures
+from .parity import evaluate
 from .progress import Progress
 from .specs import TOLERANCES
 
@@ -38,14 +38,6 @@ class CompareOptions:
     max_images: int | None = None
     seed: int = 0
     provider: str = "cpu"  # ONNX Runtime provider for ONNX candidates
-
-
-def topk_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = 5) -> float:
-    """Fraction of samples whose k highest classes are the same set in both (k capped at the class count)."""
-    k = min(k, reference.shape[-1])
-    ref = np.sort(np.argpartition(-reference, k - 1, axis=-1)[:, :k], axis=-1)
-    cand = np.sort(np.argpartition(-candidate, k - 1, axis=-1)[:, :k], axis=-1)
-    return float(np.mean(np.all(ref == cand, axis=-1)))
 
 
 def run_batched(runner: runtime.Runner, images: np.ndarray, batch: int) -> np.ndarray:
@@ -135,13 +127,7 @@ def _reference_logits(opts: CompareOptions, manifest: dict[str, Any], images: np
 def _row(
     batch: int, reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None, manifest: dict[str, Any],
 ) -> dict[str, Any]:
-    metrics = compare_logits(reference, logits)
-    metrics["top5_agreement"] = topk_agreement(reference, logits, 5)
-    if labels is not None:
-        metrics["reference_accuracy"] = accuracy(reference, labels)
-        metrics["accuracy"] = accuracy(logits, labels)
-        metrics["accuracy_drop_points"] = 100 * (metrics["reference_accuracy"] - metrics["accuracy"])
-    failed = failures(metrics, TOLERANCES[manifest["precision"]], gate_top1=_pretrained(manifest))
+    metrics, failed = evaluate(reference, logits, labels, TOLERANCES[manifest["precision"]], _pretrained(manifest))
     return {"batch": batch, "metrics": metrics, "failures": failed, "passed": not failed}
 
 

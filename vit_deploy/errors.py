@@ -43,3 +43,10 @@ class EngineUnavailable(VitDeployError):
     """
 
     exit_code = 3
+
+
+class EngineBuildError(VitDeployError):
+    """TensorRT could not parse the graph or build the engine; the message lists every error it reported.
+
+    Exit code 1: the graph (or an option) has to change before a rebuild can succeed.
+    """

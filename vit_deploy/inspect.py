@@ -76,11 +76,9 @@ def engine_details(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         details["layers"] = None
         details["note"] = f"layer details need TensorRT on a GPU host: {reason}"
         return details
-    from .trt.inspect import engine_summary, layer_precision_counts
+    from .trt.inspect import engine_summary
 
-    engine = engine_summary(path)
-    details.update(engine)
-    details["layer_precisions"] = layer_precision_counts(engine.get("layers") or [])
+    details.update(engine_summary(path, allow_host_code=bool(details["build"].get("version_compatible"))))
     return details
 
 
@@ -115,7 +113,7 @@ def format_inspection(s: dict[str, Any]) -> str:
             lines.append(f"  layers    {t['note']}")
         else:
             lines.append(f"  layers    {len(t['layers'])}: " + ", ".join(
-                f"{p} {n}" for p, n in t["layer_precisions"].items()))
+                f"{p} {n}" for p, n in t["precision_counts"].items()))
     verdict = {True: "passed", False: "FAILED", None: "not recorded"}[s["validation_passed"]]
     lines.append(f"  validated {verdict}")
     return "\n".join(lines)

@@ -54,6 +54,30 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(logits.argmax(-1) == labels))
 
 
+def topk_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = 5) -> float:
+    """Fraction of samples whose k highest classes are the same set in both (k capped at the class count)."""
+    k = min(k, reference.shape[-1])
+    ref = np.sort(np.argpartition(-reference, k - 1, axis=-1)[:, :k], axis=-1)
+    cand = np.sort(np.argpartition(-candidate, k - 1, axis=-1)[:, :k], axis=-1)
+    return float(np.mean(np.all(ref == cand, axis=-1)))
+
+
+def evaluate(
+    reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None, tol: Tolerance, gate_top1: bool,
+) -> tuple[dict[str, float], list[str]]:
+    """Every metric (plus top-5 agreement, and accuracy when labels are given) and the bounds broken.
+
+    The one verdict behind precision-graph validation, engine validation and ``compare``.
+    """
+    metrics = compare_logits(reference, candidate)
+    metrics["top5_agreement"] = topk_agreement(reference, candidate, 5)
+    if labels is not None:
+        metrics["reference_accuracy"] = accuracy(reference, labels)
+        metrics["accuracy"] = accuracy(candidate, labels)
+        metrics["accuracy_drop_points"] = 100 * (metrics["reference_accuracy"] - metrics["accuracy"])
+    return metrics, failures(metrics, tol, gate_top1=gate_top1)
+
+
 def worst(runs: list[dict[str, Any]]) -> dict[str, float]:
     """The worst value of each metric over several runs (max for errors, min for agreements)."""
     return {

@@ -206,7 +206,7 @@ def validate_precision(
 
     from .calibration import load_image_set
     from .inputs import random_images
-    from .parity import accuracy, compare_logits, failures
+    from .parity import evaluate
     from .reference import reference_model
 
     labels = None
@@ -235,13 +235,9 @@ def validate_precision(
 
     session = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
     candidate_logits = np.concatenate([session.run(None, {"images": b})[0] for b in _batches(images)])
-    metrics = compare_logits(reference, candidate_logits)
-    if labels is not None:
-        metrics["reference_accuracy"] = accuracy(reference, labels)
-        metrics["accuracy"] = accuracy(candidate_logits, labels)
-        metrics["accuracy_drop_points"] = 100 * (metrics["reference_accuracy"] - metrics["accuracy"])
     pretrained = bool(parent["checkpoint"].get("pretrained"))
     tol = TOLERANCES[opts.precision]
+    metrics, found = evaluate(reference, candidate_logits, labels, tol, pretrained)
     return {
         "backend": f"onnxruntime {ort.__version__} CPUExecutionProvider",
         "reference": reference_name,
@@ -249,7 +245,7 @@ def validate_precision(
         "tolerance": {k: v for k, v in vars(tol).items() if v is not None},
         "top1_agreement_gated": pretrained,
         "metrics": metrics,
-        "failures": failures(metrics, tol, gate_top1=pretrained),
+        "failures": found,
     }
 
 

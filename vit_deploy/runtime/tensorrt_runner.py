@@ -32,8 +32,11 @@ class TensorRTRunner(Runner):
             )
         from ..trt.engine import TrtEngine, check_compatible
 
-        check_compatible(manifest["tensorrt"])
-        self.engine = TrtEngine(model_file(directory, manifest))
+        recorded = manifest["tensorrt"]
+        check_compatible(recorded, rebuild_from=(manifest.get("parent") or {}).get("path"))
+        # a version-compatible plan embeds the lean runtime as host code; TensorRT loads it only when allowed
+        host_code = bool(recorded.get("version_compatible"))
+        self.engine = TrtEngine(model_file(directory, manifest), allow_host_code=host_code)
         self.min_batch = self.engine.min_batch
         self.max_batch = min(max_batch or self.engine.max_batch, self.engine.max_batch)
 

@@ -1,25 +1,118 @@
 """TensorRT: the only package that imports ``tensorrt``, always lazily, inside functions.
 
-This version decides whether an engine can be built on this machine; the engine build and
-runner themselves are the next milestone (issue 4). TensorRT cannot be installed on a CPU-only
-machine (its wheels need CUDA), so everything before the build (the precision graphs) is
-produced and validated on the CPU, and the message below says where to finish.
+Every module here imports on a machine without TensorRT (a CPU-only CI machine, a laptop): the
+precision graphs are made and validated on the CPU, and only the engine build (``build.py``),
+the runner (``engine.py``) and the inspector (``inspect.py``) need TensorRT and a CUDA GPU.
+
+This module answers "can an engine be built here?" (``unavailable_reason``), which TensorRT is
+installed, which GPU is present, and holds the logger that collects TensorRT's own messages so
+a failure is reported with them.
+
+Written against the TensorRT 11 Python API documentation, not run here (no GPU, and TensorRT
+cannot be installed on the development machines):
+- https://docs.nvidia.com/deeplearning/tensorrt/11.0.0/_static/python-api/infer/Core/Builder.html
+- https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-reference.html
+- https://docs.nvidia.com/deeplearning/tensorrt/11.4.1/getting-started/support-matrix.html
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
+# TensorRT's ILogger severities, most severe first (tensorrt.ILogger.Severity member names).
+_COLLECTED = ("INTERNAL_ERROR", "ERROR", "WARNING")
+
 
 def unavailable_reason() -> str | None:
-    """Why no TensorRT engine can be built here, or None when TensorRT and a GPU are present."""
+    """Why no TensorRT engine can be built or run here, or None when TensorRT and a CUDA GPU are usable."""
     try:
         import tensorrt as trt
     except ImportError:
         return "TensorRT is not installed here (it needs a CUDA GPU host: pip install tensorrt-cu12)"
     try:
-        # Builder creation needs a CUDA device; this checks the GPU without importing torch.
+        # Builder creation needs a CUDA device; this checks the GPU as TensorRT sees it.
         builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
     except (RuntimeError, TypeError) as e:
         return f"TensorRT {trt.__version__} cannot start ({e}); is a CUDA GPU visible?"
     if builder is None:
         return f"TensorRT {trt.__version__} found no usable CUDA GPU"
-    return f"TensorRT {trt.__version__} is available, but this vit-deploy version stops at the precision graph"
+    # Device buffers, the CUDA stream and the device facts in the manifest come from torch.
+    import torch
+
+    if not torch.cuda.is_available():
+        return (
+            f"TensorRT {trt.__version__} is installed but this PyTorch ({torch.__version__}) has no CUDA; "
+            "install a CUDA build of torch (https://pytorch.org/get-started/locally/)"
+        )
+    return None
+
+
+def tensorrt_version() -> str | None:
+    """The installed TensorRT version (``tensorrt.__version__``), or None when it is not installed."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return None
+    return str(trt.__version__)
+
+
+def device_facts(device: int | None = None) -> dict[str, str]:
+    """The GPU an engine is built for or runs on: name and compute capability ("9.0"), from torch.cuda."""
+    import torch
+
+    index = torch.cuda.current_device() if device is None else device
+    major, minor = torch.cuda.get_device_capability(index)
+    return {"gpu": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
+
+
+@dataclass
+class LogCollector:
+    """TensorRT's errors and warnings, kept so a failed parse/build/deserialize can be explained.
+
+    Plain Python (the TensorRT logger that feeds it is made by ``trt_logger``), so the
+    formatting is testable without TensorRT.
+    """
+
+    records: list[tuple[str, str]] = field(default_factory=list)  # (severity name, message)
+
+    def add(self, severity: str, message: str) -> None:
+        if severity in _COLLECTED:
+            self.records.append((severity, message.strip()))
+
+    def errors(self) -> list[str]:
+        return [m for s, m in self.records if s in ("INTERNAL_ERROR", "ERROR")]
+
+    def warnings(self) -> list[str]:
+        return [m for s, m in self.records if s == "WARNING"]
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    def explain(self, limit: int = 20) -> str:
+        """The collected errors (else warnings) as one line, or a hint that TensorRT said nothing."""
+        lines = self.errors() or self.warnings()
+        if not lines:
+            return "TensorRT logged no error"
+        more = f" (+{len(lines) - limit} more)" if len(lines) > limit else ""
+        return "; ".join(lines[:limit]) + more
+
+
+def trt_logger(collector: LogCollector) -> Any:
+    """A ``tensorrt.ILogger`` that hands warnings and errors to ``collector``.
+
+    Keep a reference for as long as the builder/runtime that uses it lives: TensorRT holds only
+    a pointer. Subclassing ILogger and calling its ``__init__`` is the documented pattern, and the
+    logger must be thread safe (a list append is, under the GIL):
+    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Logger.html
+    """
+    import tensorrt as trt
+
+    class _Collecting(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: Any, msg: str) -> None:
+            collector.add(getattr(severity, "name", str(severity)).split(".")[-1], msg)
+
+    return _Collecting()
