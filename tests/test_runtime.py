@@ -220,3 +220,14 @@ def test_engine_artifact_without_tensorrt_says_so(artifacts, tmp_path):
         runtime.open(copy)
     assert e.value.exit_code == 3 and "backend 'onnxruntime'" in str(e.value)
     assert json.loads((copy / "manifest.json").read_text())["kind"] == "tensorrt"
+
+
+def test_engine_artifact_with_a_changed_plan_is_refused_before_tensorrt(artifacts, tmp_path):
+    """The hash check runs first, on any machine: a truncated plan is named, whatever TensorRT says later."""
+    from conftest import engine_manifest_without_plan
+
+    copy = engine_manifest_without_plan(artifacts["fp16"], tmp_path / "plan")
+    with open(copy / "model.fp16.plan", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(ArtifactError, match="model.fp16.plan was changed after it was made"):
+        runtime.open(copy)
