@@ -76,6 +76,15 @@ def test_compare_metrics_are_those_of_an_independent_computation(artifacts, run_
     assert row["max_abs"] == pytest.approx(float((cand - ref).abs().max()), rel=1e-6)
 
 
+@pytest.mark.skipif(__import__("importlib").util.find_spec("openvino") is None, reason="openvino not installed")
+def test_compare_the_fast_cpu_path(artifacts, run_cli):
+    code, out, err = run_cli("compare", str(artifacts["int8"]), "--backend", "openvino", "--images", str(PHOTOS),
+                             "--json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["passed"] and s["candidate"]["backend"] == "openvino"
+
+
 def test_compare_fails_with_exit_2_outside_the_bounds(artifacts, run_cli, monkeypatch):
     from vit_deploy import specs
 

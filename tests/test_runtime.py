@@ -3,6 +3,7 @@ input checks, batch splitting, threads, manifest verification. (TensorRT: tests/
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import threading
@@ -20,6 +21,8 @@ from vit_deploy.manifest import read_manifest, sha256_file, write_manifest
 from vit_deploy.reference import reference_model
 
 ROOT = Path(__file__).resolve().parent.parent
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+OPENVINO = pytest.param("openvino", marks=pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed"))
 PHOTOS = ROOT / "calibration" / "photos.txt"
 
 
@@ -63,7 +66,7 @@ def test_backends_agree_with_pytorch(artifacts, images):
         np.testing.assert_array_equal(torch_runner.infer(images), expected)
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "pytorch"])
+@pytest.mark.parametrize("backend", ["onnxruntime", OPENVINO, "pytorch"])
 def test_torch_tensors_in_torch_tensors_out(artifacts, images, backend):
     with runtime.open(artifacts["fp32"], backend) as runner:
         from_numpy = runner.infer(images)
@@ -98,7 +101,7 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("make", "message"), BAD_INPUTS)
-@pytest.mark.parametrize("backend", ["onnxruntime", "pytorch"])
+@pytest.mark.parametrize("backend", ["onnxruntime", OPENVINO, "pytorch"])
 def test_bad_inputs_are_refused_with_what_was_expected(artifacts, images, backend, make, message):
     with runtime.open(artifacts["fp32"], backend) as runner, pytest.raises(UsageError) as e:
         runner.infer(make(images))
@@ -127,13 +130,13 @@ def test_short_batches_are_padded_to_the_profile_minimum(artifacts, images, monk
     np.testing.assert_allclose(out, runtime.open(artifacts["fp32"]).infer(images[:6]), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "pytorch"])
+@pytest.mark.parametrize("backend", ["onnxruntime", OPENVINO, "pytorch"])
 def test_concurrent_calls_match_sequential_ones(artifacts, backend):
     from vit_deploy.specs import model_config
 
     prep = model_config("test", 32, 5).preprocessing
     inputs = [random_images(1 + i % 4, 32, prep, seed=100 + i) for i in range(16)]
-    with runtime.open(artifacts["int8"] if backend == "onnxruntime" else artifacts["fp32"], backend) as runner:
+    with runtime.open(artifacts["fp32" if backend == "pytorch" else "int8"], backend) as runner:
         sequential = [runner.infer(x) for x in inputs]
         results: dict[int, np.ndarray] = {}
         barrier = threading.Barrier(8)
@@ -180,7 +183,7 @@ def test_missing_or_foreign_manifest(artifacts, tmp_path):
 
 
 def test_backend_and_provider_errors(artifacts):
-    with pytest.raises(UsageError, match="choose one of tensorrt, onnxruntime, pytorch"):
+    with pytest.raises(UsageError, match="choose one of tensorrt, onnxruntime, openvino, pytorch"):
         runtime.open(artifacts["fp32"], "tvm")
     with pytest.raises(UsageError, match="onnx artifact; it runs with backend 'onnxruntime'"):
         runtime.open(artifacts["fp32"], "tensorrt")
@@ -231,3 +234,27 @@ def test_engine_artifact_with_a_changed_plan_is_refused_before_tensorrt(artifact
         f.truncate(100)
     with pytest.raises(ArtifactError, match="model.fp16.plan was changed after it was made"):
         runtime.open(copy)
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed")
+def test_openvino_runs_the_same_graphs_as_onnx_runtime(artifacts, images):
+    """FP32 within the FP32 export tolerance of PyTorch; INT8 the same Q/DQ arithmetic as ONNX Runtime."""
+    expected = torch_logits(artifacts["fp32"], images)
+    with runtime.open(artifacts["fp32"], "openvino") as ov_runner:
+        assert ov_runner.describe()["config"]["INFERENCE_PRECISION_HINT"] == "f32"
+        out = ov_runner.infer(images)
+    assert np.linalg.norm(out - expected) / np.linalg.norm(expected) <= 1e-5
+    with runtime.open(artifacts["int8"], "openvino") as ov_runner, runtime.open(artifacts["int8"]) as ort_runner:
+        ov_out, ort_out = ov_runner.infer(images), ort_runner.infer(images)
+    cos = np.sum(ov_out * expected, -1) / (np.linalg.norm(ov_out, axis=-1) * np.linalg.norm(expected, axis=-1))
+    assert cos.min() >= 0.99
+    # both runtimes execute the same quantized graph: far closer to each other than to FP32
+    assert np.linalg.norm(ov_out - ort_out) < 0.5 * np.linalg.norm(ort_out - expected)
+
+
+def test_openvino_without_the_package_says_how_to_install(artifacts, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(UsageError, match="pip install 'vit-deploy\\[cpu\\]'"):
+        runtime.open(artifacts["int8"], "openvino")

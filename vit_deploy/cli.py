@@ -153,19 +153,22 @@ def build_engine(
               help="Real images: a folder (labels.csv adds accuracy) or a definition file; default: seeded random.")
 @click.option("--max-images", type=int, default=None, help="Use at most N images (seeded sample).")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to run the artifact at.")
+@click.option("--backend", default=None,
+              help="Run the artifact on: tensorrt, onnxruntime, openvino (default: the artifact's own).")
 @click.option("--provider", default="cpu", show_default=True,
               help="ONNX Runtime provider for ONNX artifacts: cpu, cuda or tensorrt.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs and sampling.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 def compare(
-    artifact: Path, reference: str, images: str | None, max_images: int | None, batch_sizes: str, provider: str,
-    seed: int, as_json: bool,
+    artifact: Path, reference: str, images: str | None, max_images: int | None, batch_sizes: str,
+    backend: str | None, provider: str, seed: int, as_json: bool,
 ) -> None:
     """Run ARTIFACT and its reference on the same inputs; exit 2 when outside the precision's bounds."""
     from .compare import CompareOptions, compare_artifact, format_table, parse_batch_sizes
     from .errors import ValidationFailed
 
-    opts = CompareOptions(artifact, reference, images, parse_batch_sizes(batch_sizes), max_images, seed, provider)
+    opts = CompareOptions(artifact, reference, images, parse_batch_sizes(batch_sizes), max_images, seed, provider,
+                          backend)
     summary = compare_artifact(opts, Progress(enabled=True))
     click.echo(json.dumps(summary, indent=2) if as_json else format_table(summary))
     if not summary["passed"]:
@@ -274,6 +277,17 @@ def _export_text(s: dict[str, Any]) -> str:
         f"(<= {tol['max_rel_l2']:.0e}), max abs {w['max_abs']:.1e} (<= {tol['max_abs']:.0e}): {verdict}",
         f"  manifest  {Path(s['artifact']) / 'manifest.json'}",
     ])
+
+
+def _add_bench_commands() -> None:
+    # defined in their own package (they are long); importing them loads no numerical library
+    from .bench.cli_command import bench, bench_build
+
+    cli.add_command(bench)
+    cli.add_command(bench_build)
+
+
+_add_bench_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

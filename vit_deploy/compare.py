@@ -38,6 +38,7 @@ class CompareOptions:
     max_images: int | None = None
     seed: int = 0
     provider: str = "cpu"  # ONNX Runtime provider for ONNX candidates
+    backend: str | None = None  # None: the artifact's own (runtime.DEFAULT_BACKEND); e.g. "openvino"
 
 
 def run_batched(runner: runtime.Runner, images: np.ndarray, batch: int) -> np.ndarray:
@@ -51,7 +52,7 @@ def compare_artifact(opts: CompareOptions, progress: Progress | None = None) -> 
     progress.total = 2 + len(opts.batch_sizes)
 
     with progress.step("Opening the artifact"):
-        candidate = runtime.open(opts.artifact, provider=opts.provider)
+        candidate = runtime.open(opts.artifact, opts.backend, provider=opts.provider)
     with candidate:
         manifest = candidate.manifest
         images, labels, inputs = _inputs(opts, candidate, progress)

@@ -6,7 +6,8 @@
         logits = runner.infer(images)                         # float32 [batch, 3, 384, 384]
 
 The artifact's kind picks the default backend: a TensorRT plan runs on TensorRT, an ONNX graph
-on ONNX Runtime (``provider="cpu" | "cuda" | "tensorrt"``); ``backend="pytorch"`` runs the
+on ONNX Runtime (``provider="cpu" | "cuda" | "tensorrt"``) or, with ``backend="openvino"``, on
+OpenVINO (the fast CPU path for INT8 graphs); ``backend="pytorch"`` runs the
 PyTorch reference the artifact was made from. Before anything is loaded, the artifact's files
 are checked against the sha256 in its manifest. Every runner checks inputs the same way and
 splits batches larger than ``max_batch`` (for engines: the optimization profile's maximum).
@@ -21,8 +22,9 @@ from ..errors import ArtifactError, UsageError
 from ..manifest import MANIFEST_NAME, read_manifest, verify_files
 from .base import Runner, check_images
 
-BACKENDS = ("tensorrt", "onnxruntime", "pytorch")
+BACKENDS = ("tensorrt", "onnxruntime", "openvino", "pytorch")
 DEFAULT_BACKEND = {"tensorrt": "tensorrt", "onnx": "onnxruntime"}
+KIND_BACKENDS = {"tensorrt": ("tensorrt",), "onnx": ("onnxruntime", "openvino")}
 
 __all__ = ["BACKENDS", "Runner", "artifact_dir", "check_images", "open"]
 
@@ -57,10 +59,10 @@ def open(  # noqa: A001 - the documented name: vit_deploy.runtime.open(artifact)
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if max_batch is not None and max_batch < 1:
         raise UsageError(f"max_batch must be >= 1, got {max_batch}")
-    if backend != "pytorch" and DEFAULT_BACKEND.get(kind) != backend:
+    if backend != "pytorch" and backend not in KIND_BACKENDS.get(kind, ()):
+        allowed = ", ".join(repr(b) for b in KIND_BACKENDS.get(kind, ()))
         raise UsageError(
-            f"{directory} is a {kind} artifact; it runs with backend {DEFAULT_BACKEND.get(kind)!r} "
-            "(or 'pytorch' for its reference model)"
+            f"{directory} is a {kind} artifact; it runs with backend {allowed} (or 'pytorch' for its reference model)"
         )
     if verify and backend != "pytorch":  # the PyTorch runner checks its checkpoint's hash itself
         verify_files(directory, manifest)
@@ -72,6 +74,10 @@ def open(  # noqa: A001 - the documented name: vit_deploy.runtime.open(artifact)
         from .onnxruntime_runner import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(directory, manifest, provider=provider, threads=threads, max_batch=max_batch)
+    if backend == "openvino":
+        from .openvino_runner import OpenVinoRunner
+
+        return OpenVinoRunner(directory, manifest, threads=threads, max_batch=max_batch)
     from .pytorch_runner import PyTorchRunner
 
     return PyTorchRunner(directory, manifest, device=device, autocast=autocast, threads=threads, max_batch=max_batch)

@@ -1,0 +1,202 @@
+"""What a benchmark row is, the registry of rows, and which artifact each row runs.
+
+A row is one way of running the model: a backend (via ``vit_deploy.runtime.open``) with its
+options, on one artifact. Adding a backend to the benchmark is one entry in ``ROWS``, e.g.::
+
+    Row("fast-cpu", "fp32", {"backend": "fastcpu"}, compute="bf16", devices=("cpu",)),
+
+Everything else (workers, timing, ceilings, ratios, table, plot) reads the registry.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ArtifactError, UsageError
+
+DEVICES = ("cpu", "cuda")
+# how to get a row's required module, where "pip install <module>" is not it
+INSTALL_HINTS = {"tensorrt": "pip install tensorrt-cu12 on a CUDA GPU host"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmark row.
+
+    ``artifact``: which artifact it runs: "fp32" (the export), "fp16" / "int8" (ONNX precision
+    graphs), "trt-fp32" / "trt-fp16" / "trt-int8" (TensorRT engine folders).
+    ``open_kwargs``: passed to ``vit_deploy.runtime.open`` (with ``threads``, ``provider`` and
+    ``device`` added by the worker from the run's options).
+    ``compute``: the precision its matrix products run in; picks the ceiling it is held to.
+    ``peer``: an alternative a user would pick *instead of* vit-deploy's artifacts; the
+    "x best peer" column compares every row with the fastest peer of the run.
+    ``opener``: "runtime" (vit_deploy.runtime.open) or the name of a function in
+    ``workers.OPENERS`` for peers that are not vit-deploy runtimes (OpenVINO).
+    ``requires``: a module that must be importable for the row to run (checked without importing).
+    """
+
+    name: str
+    artifact: str
+    open_kwargs: dict[str, Any] = field(default_factory=dict)
+    compute: str = "fp32"
+    devices: tuple[str, ...] = DEVICES
+    peer: bool = False
+    opener: str = "runtime"
+    requires: str | None = None
+    description: str = ""
+
+
+ROWS: dict[str, Row] = {r.name: r for r in (
+    Row("pytorch-fp32", "fp32", {"backend": "pytorch"}, "fp32", description="PyTorch eager, FP32 (the reference)"),
+    Row("pytorch-bf16", "fp32", {"backend": "pytorch", "autocast": "bfloat16"}, "bf16", peer=True,
+        description="PyTorch eager under bfloat16 autocast"),
+    Row("pytorch-fp16", "fp32", {"backend": "pytorch", "autocast": "float16"}, "fp16", devices=("cuda",), peer=True,
+        description="PyTorch eager under float16 autocast"),
+    Row("ort-fp32", "fp32", {"backend": "onnxruntime"}, "fp32", description="ONNX Runtime, FP32 graph"),
+    Row("ort-fp16", "fp16", {"backend": "onnxruntime"}, "fp16", description="ONNX Runtime, FP16 graph"),
+    Row("ort-int8", "int8", {"backend": "onnxruntime"}, "int8", description="ONNX Runtime, INT8 Q/DQ graph"),
+    Row("tensorrt-fp32", "trt-fp32", {"backend": "tensorrt"}, "fp32", devices=("cuda",), requires="tensorrt",
+        description="TensorRT engine, FP32"),
+    Row("tensorrt-fp16", "trt-fp16", {"backend": "tensorrt"}, "fp16", devices=("cuda",), requires="tensorrt",
+        description="TensorRT engine, FP16"),
+    Row("tensorrt-int8", "trt-int8", {"backend": "tensorrt"}, "int8", devices=("cuda",), requires="tensorrt",
+        description="TensorRT engine, INT8"),
+    Row("openvino-int8", "int8", {"backend": "openvino"}, "int8", devices=("cpu",), requires="openvino",
+        description="vit-deploy's fast CPU path: the INT8 Q/DQ graph on OpenVINO, float ops in FP32"),
+    # compute is what OpenVINO picks by default on AMX/AVX512-BF16 CPUs; the worker reports the
+    # precision it actually chose (INFERENCE_PRECISION_HINT) and that decides the ceiling.
+    Row("openvino", "fp32", {}, "bf16", devices=("cpu",), peer=True, opener="openvino", requires="openvino",
+        description="OpenVINO on the FP32 ONNX graph, default settings"),
+)}
+
+
+def select_rows(backends: str | Sequence[str]) -> list[Row]:
+    """The rows named (comma-separated text or a sequence), or every row for "all"."""
+    names = [b.strip() for b in (backends.split(",") if isinstance(backends, str) else backends) if b.strip()]
+    if not names:
+        raise UsageError(f"--backends is empty; give some of: {', '.join(ROWS)} (or all)")
+    if names == ["all"]:
+        return list(ROWS.values())
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise UsageError(f"unknown backend(s) {', '.join(unknown)}; valid: {', '.join(ROWS)}, or all")
+    return [ROWS[n] for n in dict.fromkeys(names)]
+
+
+def skip_reason(row: Row, artifacts: dict[str, Path], device: str, fp32: Path) -> str | None:
+    """Why ``row`` cannot run in this run (None: it can), with what to do about it."""
+    if device not in row.devices:
+        return f"runs on {' or '.join(row.devices)} only (this run: --device {device})"
+    if row.requires and importlib.util.find_spec(row.requires) is None:
+        return f"{row.requires} is not installed ({INSTALL_HINTS.get(row.requires, 'pip install ' + row.requires)})"
+    if row.artifact not in artifacts:
+        return f"no {row.artifact} artifact; {_how_to_make(row.artifact, fp32)}"
+    if row.artifact.startswith("trt-"):
+        from ..trt import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason:
+            return reason
+    return None
+
+
+def _how_to_make(key: str, fp32: Path) -> str:
+    if key in ("fp16", "int8"):
+        calib = " --calib calibration/photos.txt" if key == "int8" else ""
+        return f"make it with vit-deploy build-engine --artifact {fp32} --{key}{calib}, or pass its folder"
+    precision = key.removeprefix("trt-")
+    source = fp32 if precision == "fp32" else f"{fp32}-{precision}"
+    return f"build it on a GPU host with vit-deploy build-engine --artifact {source}, or pass its folder"
+
+
+def artifact_key(manifest: dict[str, Any]) -> str:
+    """"fp32" / "fp16" / "int8" for ONNX graphs, "trt-<precision>" for engines."""
+    return manifest["precision"] if manifest["kind"] == "onnx" else f"trt-{manifest['precision']}"
+
+
+def find_artifacts(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[str]]:
+    """``({key: folder}, notes)`` for the given artifact folders and their siblings.
+
+    The FP32 export is required (the PyTorch rows and the FLOP count come from it); when only
+    a precision graph or an engine is given, it is found through the manifests' parent links.
+    Siblings named as ``build-engine`` names them (``<fp32>-fp16``, ``<fp32>-int8``,
+    ``<fp32>-trt``, ``<fp32>-fp16-trt``, ``<fp32>-int8-trt``) are added when not given. Every
+    artifact must be of the same model (variant, resolution, classes).
+    """
+    from ..manifest import read_manifest
+    from ..runtime import artifact_dir
+
+    if not paths:
+        raise UsageError("give at least one artifact folder (the FP32 export, e.g. artifacts/b16-224)")
+    found: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for p in paths:
+        if not Path(p).exists():
+            raise UsageError(f"{p} does not exist; pass artifact folders made by vit-deploy export / build-engine")
+        directory = artifact_dir(p).absolute()
+        manifest = read_manifest(directory)
+        key = artifact_key(manifest)
+        if key in found and found[key][0] != directory:
+            raise UsageError(f"two {key} artifacts given ({found[key][0]} and {directory}); give one of each")
+        found[key] = (directory, manifest)
+    notes: list[str] = []
+    if "fp32" not in found:
+        fp32 = _fp32_ancestor([d for d, _ in found.values()])
+        if fp32 is None:
+            raise UsageError(
+                "the FP32 export is needed (PyTorch rows, FLOP count) and none was given or found through the "
+                "manifests' parent links; pass its folder too, e.g. vit-deploy bench artifacts/b16-224 ..."
+            )
+        found["fp32"] = (fp32, read_manifest(fp32))
+        notes.append(f"FP32 export found through the parent links: {fp32}")
+    fp32 = found["fp32"][0]
+    siblings = {"fp16": "-fp16", "int8": "-int8", "trt-fp32": "-trt", "trt-fp16": "-fp16-trt", "trt-int8": "-int8-trt"}
+    for key, suffix in siblings.items():
+        candidate = fp32.parent / f"{fp32.name}{suffix}"
+        if key in found or not candidate.is_dir():
+            continue
+        try:
+            manifest = read_manifest(candidate)
+        except ArtifactError as e:
+            notes.append(f"ignored {candidate}: {e}")
+            continue
+        if artifact_key(manifest) == key:
+            found[key] = (candidate, manifest)
+            notes.append(f"{key}: found beside the export: {candidate}")
+    model = _model_identity(found["fp32"][1])
+    for directory, manifest in found.values():
+        if _model_identity(manifest) != model:
+            raise UsageError(
+                f"{directory} is {_model_identity(manifest)}, the FP32 export {fp32} is {model}: "
+                "benchmark artifacts of one model at a time"
+            )
+    return {k: d for k, (d, _) in found.items()}, notes
+
+
+def _model_identity(manifest: dict[str, Any]) -> str:
+    m = manifest["model"]
+    return f"{m['variant']}@{m['img_size']} ({m['num_classes']} classes)"
+
+
+def _fp32_ancestor(directories: list[Path]) -> Path | None:
+    from ..manifest import read_manifest
+
+    for directory in directories:
+        seen = set()
+        current = directory
+        while current not in seen:
+            seen.add(current)
+            try:
+                manifest = read_manifest(current)
+            except ArtifactError:
+                break
+            if artifact_key(manifest) == "fp32":
+                return current
+            parent = (manifest.get("parent") or {}).get("path")
+            if not parent:
+                break
+            current = Path(parent).absolute()
+    return None

@@ -1,0 +1,84 @@
+"""ONNX graphs on OpenVINO (CPU): vit-deploy's fast CPU path.
+
+Why this backend: on x86 CPUs with VNNI/AMX, OpenVINO runs the INT8 Q/DQ graph that
+``build-engine --int8`` writes (the same file TensorRT consumes) with fused integer GEMMs, and
+was measured the fastest accurate CPU path (docs/benchmarks.md, "Fast CPU path"): ahead of
+PyTorch bfloat16 autocast and of OpenVINO's own default (bfloat16) run of the FP32 graph.
+
+Precision: OpenVINO executes float ops in bfloat16 by default on AMX machines. For the INT8
+graph, the float parts (LayerNorm, Softmax, GELU, the residual stream) are kept in FP32
+(``INFERENCE_PRECISION_HINT=f32``): measured both faster there (the integer GEMMs dominate and
+f32 avoids bf16 conversions around them) and as accurate as ONNX Runtime on the same graph.
+FP32 graphs run with FP32 inference precision too, so ``fp32`` still means FP32; FP16 graphs
+are left to OpenVINO's default. Thread safety: the compiled model is shared and each thread
+gets its own infer request (OpenVINO's requests are not thread safe, compiled models are).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..errors import ArtifactError, UsageError
+from ..manifest import model_file
+from .base import Runner, as_numpy, like_input
+
+# artifact precision -> OpenVINO inference precision of the float ops (None: OpenVINO's default)
+INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32", "fp16": None}
+
+
+def openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__
+
+
+class OpenVinoRunner(Runner):
+    backend = "openvino"
+
+    def __init__(
+        self, directory: Path, manifest: dict[str, Any], *, threads: int | None = None, max_batch: int | None = None,
+    ) -> None:
+        super().__init__(directory, manifest, max_batch)
+        try:
+            import openvino as ov
+        except ImportError:
+            raise UsageError(
+                "backend 'openvino' needs the openvino package: pip install 'vit-deploy[cpu]' (or pip install openvino)"
+            ) from None
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        hint = INFERENCE_PRECISION.get(self.precision)
+        if hint:
+            config["INFERENCE_PRECISION_HINT"] = hint
+        path = model_file(directory, manifest)
+        try:
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        except RuntimeError as e:
+            raise ArtifactError(
+                f"OpenVINO {ov.__version__} cannot load {path}: {str(e).strip().splitlines()[0]}; "
+                "re-create the artifact, or run it with backend 'onnxruntime'"
+            ) from e
+        self.config = config
+        self._local = threading.local()
+
+    def _request(self):
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request
+
+    def _run(self, batch: Any) -> Any:
+        result = self._request().infer({0: as_numpy(batch)})
+        return like_input(result[0].copy(), batch)  # copy: the request reuses its output buffer
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "openvino": openvino_version(), "config": self.config}
+
+    def _release(self) -> None:
+        self._local = threading.local()
+        del self.compiled
