@@ -262,3 +262,22 @@ def test_topological_sort_repairs_appended_nodes():
     fixed = topologically_sorted(model)
     onnx.checker.check_model(fixed)
     assert [n.name for n in fixed.graph.node] == ["first", "second"]
+
+
+def test_cpu_target_int8_keeps_attention_float_at_any_length(fp32, tmp_path, run_cli):
+    code, out, err = run_cli("build-engine", "--artifact", str(fp32), "--int8", "--target", "cpu",
+                             "--calib", str(PHOTOS), "--calib-batch", "4", "--json")
+    assert code == 0, err  # a CPU graph is finished: no TensorRT step, no exit 3
+    summary = json.loads(out)
+    out_dir = Path(summary["artifact"])
+    assert out_dir.name == f"{fp32.name}-int8-cpu"
+    policy = read_manifest(out_dir)["precision_policy"]
+    attention = set(attention_matmuls(onnx.load(str(fp32 / "model.onnx"))))
+    assert policy["target"] == "cpu" and set(policy["excluded_nodes"]) == attention and attention  # 17 tokens
+    g = onnx.load(str(out_dir / "model.int8.onnx")).graph
+    prod = producers(g)
+    for mm in (n for n in g.node if n.op_type == "MatMul" and n.name in attention):
+        assert not any(prod.get(i) is not None and prod[i].op_type == "DequantizeLinear" for i in mm.input)
+    code, _, err = run_cli("build-engine", "--artifact", str(fp32), "--fp16", "--target", "cpu",
+                           "--out", str(tmp_path / "x"))
+    assert code == 1 and "--target cpu applies to --int8" in err

@@ -139,3 +139,18 @@ def test_precision_graphs_keep_the_heldout_accuracy(
     assert m["reference_accuracy"] >= 0.95
     assert m["accuracy_drop_points"] <= max_drop, m
     assert m["top1_agreement"] >= min_agreement, m
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("openvino") is None, reason="openvino not installed")
+def test_fast_cpu_path_keeps_the_heldout_accuracy(artifact, tmp_path, private_cache, run_cli):
+    """The CPU-target INT8 graph on OpenVINO (the fast CPU path) within issue 3's INT8 bound."""
+    out = tmp_path / "int8-cpu"
+    code, _, err = run_cli("build-engine", "--artifact", artifact["artifact"], "--int8", "--target", "cpu",
+                           "--calib", str(CALIB_LIST), "--calib-batch", "16", "--out", str(out))
+    assert code == 0, err
+    code, stdout, err = run_cli("compare", str(out), "--backend", "openvino", "--images", str(HELDOUT),
+                                "--batch-sizes", "8", "--json")
+    assert code == 0, err
+    m = json.loads(stdout)["rows"][0]["metrics"]
+    assert m["reference_accuracy"] >= 0.95 and m["accuracy_drop_points"] <= 1.0, m
+    assert m["min_cosine"] >= 0.99, m

@@ -71,6 +71,8 @@ def export(
 @click.option("--fp16", "precision", flag_value="fp16", help="FP16 mixed precision (FP32 I/O).")
 @click.option("--int8", "precision", flag_value="int8", help="INT8 explicit Q/DQ from calibration (needs --calib).")
 @click.option("--calib", default=None, help="Calibration images: a folder, or a definition file (calibration/*.txt).")
+@click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
+              help="INT8 graph for TensorRT, or for the OpenVINO CPU path (attention kept float; no engine step).")
 @click.option("--calib-method", default="entropy", show_default=True, help="entropy, percentile or minmax.")
 @click.option("--calib-images", type=int, default=256, show_default=True, help="Use at most N images (seeded sample).")
 @click.option("--calib-batch", type=int, default=8, show_default=True, help="Calibration batch size.")
@@ -95,7 +97,8 @@ def export(
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 def build_engine(
     artifact: Path | None, precision: str | None, calib: str | None, calib_method: str, calib_images: int,
-    calib_batch: int, val_images: str | None, out_dir: Path | None, engine_out: Path | None, min_batch: int,
+    calib_batch: int, target: str, val_images: str | None, out_dir: Path | None, engine_out: Path | None,
+    min_batch: int,
     opt_batch: int, max_batch: int, workspace_mib: int | None, optimization_level: int, timing_cache: Path | None,
     hardware_compatible: bool, version_compatible: bool, force: bool, seed: int, as_json: bool,
 ) -> None:
@@ -123,7 +126,7 @@ def build_engine(
     summary: dict[str, Any] = {"artifact": str(source_dir), "precision": source["precision"]}
     if precision is not None and precision != source["precision"]:
         opts = PrecisionOptions(precision, source_dir, out_dir, force, calib, calib_method, calib_images, calib_batch,
-                                val_images, seed)
+                                val_images, seed, target)
         summary = build_precision_artifact(opts, Progress(enabled=True))
         summary["precision"] = precision
         if not as_json:
@@ -132,6 +135,16 @@ def build_engine(
             if as_json:
                 click.echo(json.dumps(summary, indent=2))
             raise_if_failed(summary)  # exit 2: the failing graph stays on disk, nothing goes to TensorRT
+    if target == "cpu":  # a CPU graph is the finished artifact: it runs on OpenVINO, not TensorRT
+        if precision != "int8":
+            raise UsageError("--target cpu makes an INT8 graph for the CPU path: add --int8 --calib ...")
+        if as_json:
+            click.echo(json.dumps(summary, indent=2))
+        else:
+            click.echo(f"CPU graph ready (no TensorRT engine for --target cpu): run it with "
+                       f"vit_deploy.runtime.open('{summary['artifact']}', 'openvino'), or check it with "
+                       f"vit-deploy compare {summary['artifact']} --backend openvino")
+        return
     engine_opts = dataclasses.replace(engine_opts, artifact=Path(summary["artifact"]))
     try:
         engine = build_engine_artifact(engine_opts, Progress(enabled=True))

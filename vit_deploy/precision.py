@@ -28,7 +28,7 @@ from .manifest import (
     write_manifest,
 )
 from .progress import Progress
-from .specs import TOLERANCES, ModelConfig
+from .specs import INT8_TARGETS, TOLERANCES, ModelConfig
 
 PRECISIONS = ("fp16", "int8")
 DEFAULT_CALIB_IMAGES = 256
@@ -48,6 +48,7 @@ class PrecisionOptions:
     calib_batch: int = DEFAULT_CALIB_BATCH
     val_images: str | None = None
     seed: int = 0
+    target: str = "tensorrt"  # INT8 only: "cpu" keeps attention float for the OpenVINO CPU path
 
 
 def find_latest_export(root: Path = Path("artifacts")) -> Path:
@@ -78,8 +79,9 @@ def model_config_of(manifest: dict[str, Any]) -> ModelConfig:
     return ModelConfig.from_dict({**manifest["model"], "preprocessing": manifest["preprocessing"]})
 
 
-def default_out_dir(parent_dir: Path, precision: str) -> Path:
-    return parent_dir.parent / f"{parent_dir.name}-{precision}"
+def default_out_dir(parent_dir: Path, precision: str, target: str = "tensorrt") -> Path:
+    suffix = "" if target == "tensorrt" else f"-{target}"
+    return parent_dir.parent / f"{parent_dir.name}-{precision}{suffix}"
 
 
 def preflight(opts: PrecisionOptions, parent_dir: Path, parent: dict[str, Any]) -> Path:
@@ -99,7 +101,11 @@ def preflight(opts: PrecisionOptions, parent_dir: Path, parent: dict[str, Any]) 
         )
     if opts.calib_batch < 1 or (opts.calib_images is not None and opts.calib_images < 1):
         raise UsageError("--calib-batch and --calib-images must be positive")
-    out_dir = (opts.out_dir or default_out_dir(parent_dir, opts.precision)).absolute()
+    if opts.target not in INT8_TARGETS:
+        raise UsageError(f"--target {opts.target!r} is unknown; choose one of {', '.join(INT8_TARGETS)}")
+    if opts.target != "tensorrt" and opts.precision != "int8":
+        raise UsageError("--target cpu applies to --int8 (the FP16 graph is the same for every target)")
+    out_dir = (opts.out_dir or default_out_dir(parent_dir, opts.precision, opts.target)).absolute()
     check_can_write(out_dir, opts.force)
     return out_dir
 
@@ -139,7 +145,8 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
         else:
             assert calib is not None
             cache = cache_dir() / "calibration" / (
-                f"{parent['files'][0]['sha256'][:16]}-{calib.digest[:16]}-{opts.calib_method}-b{opts.calib_batch}.json"
+                f"{parent['files'][0]['sha256'][:16]}-{calib.digest[:16]}-{opts.calib_method}-b{opts.calib_batch}"
+                f"{'' if opts.target == 'tensorrt' else '-' + opts.target}.json"
             )
             cached = cache.is_file()
             label = f"Calibrating ({opts.calib_method}, {len(calib.files)} images) and quantizing"
@@ -147,7 +154,7 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
                     progress.counter(0 if cached else -(-len(calib.files) // opts.calib_batch), "calibration batches"):
                 policy = quantize_int8(
                     parent_file, stage / name, calib.images, method=opts.calib_method, num_tokens=cfg.num_tokens,
-                    batch=opts.calib_batch, cache_path=cache, progress=progress,
+                    batch=opts.calib_batch, cache_path=cache, progress=progress, target=opts.target,
                 )
             policy["calibration_cache"] = {"path": str(cache), "reused": cached}
             names = [p.name for p in sorted(stage.iterdir())]

@@ -174,6 +174,10 @@ TOLERANCES: dict[str, Tolerance] = {
     "int8": Tolerance(min_cosine=0.99, max_accuracy_drop=1.0),
 }
 
+# What an INT8 graph is made for: "tensorrt" (attention in INT8 up to TensorRT's 512-token fused
+# INT8 attention limit) or "cpu" (attention always float: the OpenVINO CPU path; see onnx/int8.py).
+INT8_TARGETS = ("tensorrt", "cpu")
+
 # Batch sizes of the export-time check: none equals the traced batch (2), which is what proves
 # the batch dimension really is dynamic.
 TRACE_BATCH = 2

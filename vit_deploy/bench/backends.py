@@ -27,8 +27,9 @@ INSTALL_HINTS = {"tensorrt": "pip install tensorrt-cu12 on a CUDA GPU host"}
 class Row:
     """One benchmark row.
 
-    ``artifact``: which artifact it runs: "fp32" (the export), "fp16" / "int8" (ONNX precision
-    graphs), "trt-fp32" / "trt-fp16" / "trt-int8" (TensorRT engine folders).
+    ``artifact``: which artifact it runs: "fp32" (the export), "fp16" / "int8" / "int8-cpu" (ONNX
+    precision graphs; "int8-cpu" from ``build-engine --int8 --target cpu``), "trt-fp32" / "trt-fp16" /
+    "trt-int8" (TensorRT engine folders).
     ``open_kwargs``: passed to ``vit_deploy.runtime.open`` (with ``threads``, ``provider`` and
     ``device`` added by the worker from the run's options).
     ``compute``: the precision its matrix products run in; picks the ceiling it is held to.
@@ -65,8 +66,8 @@ ROWS: dict[str, Row] = {r.name: r for r in (
         description="TensorRT engine, FP16"),
     Row("tensorrt-int8", "trt-int8", {"backend": "tensorrt"}, "int8", devices=("cuda",), requires="tensorrt",
         description="TensorRT engine, INT8"),
-    Row("openvino-int8", "int8", {"backend": "openvino"}, "int8", devices=("cpu",), requires="openvino",
-        description="vit-deploy's fast CPU path: the INT8 Q/DQ graph on OpenVINO, float ops in FP32"),
+    Row("openvino-int8", "int8-cpu", {"backend": "openvino"}, "int8", devices=("cpu",), requires="openvino",
+        description="vit-deploy's fast CPU path: the CPU-target INT8 graph (attention float) on OpenVINO"),
     # compute is what OpenVINO picks by default on AMX/AVX512-BF16 CPUs; the worker reports the
     # precision it actually chose (INFERENCE_PRECISION_HINT) and that decides the ceiling.
     Row("openvino", "fp32", {}, "bf16", devices=("cpu",), peer=True, opener="openvino", requires="openvino",
@@ -105,17 +106,21 @@ def skip_reason(row: Row, artifacts: dict[str, Path], device: str, fp32: Path) -
 
 
 def _how_to_make(key: str, fp32: Path) -> str:
-    if key in ("fp16", "int8"):
-        calib = " --calib calibration/photos.txt" if key == "int8" else ""
-        return f"make it with vit-deploy build-engine --artifact {fp32} --{key}{calib}, or pass its folder"
+    if key in ("fp16", "int8", "int8-cpu"):
+        flags = {"fp16": "--fp16", "int8": "--int8 --calib calibration/photos.txt",
+                 "int8-cpu": "--int8 --target cpu --calib calibration/photos.txt"}[key]
+        return f"make it with vit-deploy build-engine --artifact {fp32} {flags}, or pass its folder"
     precision = key.removeprefix("trt-")
     source = fp32 if precision == "fp32" else f"{fp32}-{precision}"
     return f"build it on a GPU host with vit-deploy build-engine --artifact {source}, or pass its folder"
 
 
 def artifact_key(manifest: dict[str, Any]) -> str:
-    """"fp32" / "fp16" / "int8" for ONNX graphs, "trt-<precision>" for engines."""
-    return manifest["precision"] if manifest["kind"] == "onnx" else f"trt-{manifest['precision']}"
+    """"fp32" / "fp16" / "int8" / "int8-cpu" for ONNX graphs, "trt-<precision>" for engines."""
+    if manifest["kind"] != "onnx":
+        return f"trt-{manifest['precision']}"
+    target = (manifest.get("precision_policy") or {}).get("target", "tensorrt")
+    return manifest["precision"] + ("" if target == "tensorrt" else f"-{target}")
 
 
 def find_artifacts(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[str]]:
@@ -153,7 +158,10 @@ def find_artifacts(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[s
         found["fp32"] = (fp32, read_manifest(fp32))
         notes.append(f"FP32 export found through the parent links: {fp32}")
     fp32 = found["fp32"][0]
-    siblings = {"fp16": "-fp16", "int8": "-int8", "trt-fp32": "-trt", "trt-fp16": "-fp16-trt", "trt-int8": "-int8-trt"}
+    siblings = {
+        "fp16": "-fp16", "int8": "-int8", "int8-cpu": "-int8-cpu",
+        "trt-fp32": "-trt", "trt-fp16": "-fp16-trt", "trt-int8": "-int8-trt",
+    }
     for key, suffix in siblings.items():
         candidate = fp32.parent / f"{fp32.name}{suffix}"
         if key in found or not candidate.is_dir():

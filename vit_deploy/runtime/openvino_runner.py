@@ -5,12 +5,12 @@ Why this backend: on x86 CPUs with VNNI/AMX, OpenVINO runs the INT8 Q/DQ graph t
 was measured the fastest accurate CPU path (docs/benchmarks.md, "Fast CPU path"): ahead of
 PyTorch bfloat16 autocast and of OpenVINO's own default (bfloat16) run of the FP32 graph.
 
-Precision: OpenVINO executes float ops in bfloat16 by default on AMX machines. For the INT8
-graph, the float parts (LayerNorm, Softmax, GELU, the residual stream) are kept in FP32
-(``INFERENCE_PRECISION_HINT=f32``): measured both faster there (the integer GEMMs dominate and
-f32 avoids bf16 conversions around them) and as accurate as ONNX Runtime on the same graph.
-FP32 graphs run with FP32 inference precision too, so ``fp32`` still means FP32; FP16 graphs
-are left to OpenVINO's default. Thread safety: the compiled model is shared and each thread
+Precision of the float ops (``INFERENCE_PRECISION_HINT``), measured on b16@224, batch 8, 2 threads:
+the CPU-target INT8 graph (attention float) runs fastest with OpenVINO's default (bf16 on AMX:
+62.8 img/s vs 48.8 with f32), while an INT8 graph with quantized attention runs faster with f32
+(54.3 vs 47.4): bf16 conversions around the quantized attention cost more than they save. FP32
+graphs run in f32, so ``fp32`` still means FP32; FP16 graphs get OpenVINO's default.
+Thread safety: the compiled model is shared and each thread
 gets its own infer request (OpenVINO's requests are not thread safe, compiled models are).
 """
 
@@ -24,8 +24,15 @@ from ..errors import ArtifactError, UsageError
 from ..manifest import model_file
 from .base import Runner, as_numpy, like_input
 
-# artifact precision -> OpenVINO inference precision of the float ops (None: OpenVINO's default)
-INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32", "fp16": None}
+
+def inference_precision(manifest: dict[str, Any]) -> str | None:
+    """OpenVINO's precision for the float ops of this artifact (None: OpenVINO's default); see above."""
+    if manifest["precision"] == "fp32":
+        return "f32"
+    if manifest["precision"] == "int8":
+        attention_float = bool((manifest.get("precision_policy") or {}).get("excluded_nodes"))
+        return None if attention_float else "f32"
+    return None
 
 
 def openvino_version() -> str | None:
@@ -52,7 +59,7 @@ class OpenVinoRunner(Runner):
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        hint = INFERENCE_PRECISION.get(self.precision)
+        hint = inference_precision(manifest)
         if hint:
             config["INFERENCE_PRECISION_HINT"] = hint
         path = model_file(directory, manifest)
