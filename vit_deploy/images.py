@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -63,8 +64,19 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
         raise UsageError(f"image {path} does not exist; check the path")
     if path.is_dir():
         raise UsageError(f"{path} is a folder, not an image file; pass the image files (or use find_images)")
+    return _decode(path, path)
+
+
+def decode_rgb(data: bytes, name: str = "uploaded image") -> np.ndarray:
+    """:func:`load_rgb` for encoded image bytes (an HTTP upload, a message payload)."""
+    import io
+
+    return _decode(io.BytesIO(data), Path(name))
+
+
+def _decode(source: Path | Any, path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()  # decode now: truncated or corrupt data fails here, not later
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img, path)
