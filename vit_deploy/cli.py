@@ -292,15 +292,16 @@ def _export_text(s: dict[str, Any]) -> str:
     ])
 
 
-def _add_bench_commands() -> None:
-    # defined in their own package (they are long); importing them loads no numerical library
+def _add_commands() -> None:
+    # long commands live in their own packages; importing them loads no numerical library
     from .bench.cli_command import bench, bench_build
+    from .serving.cli_command import serve, triton_load, triton_repo
 
-    cli.add_command(bench)
-    cli.add_command(bench_build)
+    for command in (bench, bench_build, triton_repo, serve, triton_load):
+        cli.add_command(command)
 
 
-_add_bench_commands()
+_add_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,121 @@
+"""A small Triton client for vit-deploy models, over HTTP or gRPC (tritonclient).
+
+    client = TritonClient("127.0.0.1:8000", "vit-b16-224")            # protocol="grpc" with the gRPC port
+    logits = client.infer(images)                                      # float32 [batch, 3, H, W]
+    top = client.predict(["cat.jpg"], top_k=5)                         # the manifest's preprocessing
+
+The model's input/output names, its shape and the preprocessing come from the server's model
+config (``triton-repo`` stores the manifest's preprocessing in a config parameter), so a client
+needs no artifact on its machine. One client object is not shared between threads; make one each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from ..specs import Preprocessing
+from .repository import PREPROCESSING_PARAM
+
+PROTOCOLS = ("http", "grpc")
+
+
+class InferError(UsageError):
+    """The server refused or failed a request (its message is kept)."""
+
+
+def _module(protocol: str):
+    try:
+        if protocol == "http":
+            import tritonclient.http as module
+        elif protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            raise UsageError(f"unknown protocol {protocol!r}; choose http or grpc")
+    except ImportError as e:
+        raise UsageError(f"the Triton client needs tritonclient ({e}); pip install 'vit-deploy[serve]'") from e
+    return module
+
+
+class TritonClient:
+    def __init__(self, url: str, model: str, *, protocol: str = "http", version: str = "",
+                 timeout: float = 60.0) -> None:
+        self.protocol, self.model, self.version = protocol, model, version
+        self._tc = _module(protocol)
+        from tritonclient.utils import InferenceServerException
+
+        self._exc = InferenceServerException
+        try:
+            if protocol == "http":
+                self.client = self._tc.InferenceServerClient(url, network_timeout=timeout, connection_timeout=timeout)
+                config = self.client.get_model_config(model, version)
+            else:
+                self.client = self._tc.InferenceServerClient(url)
+                config = self.client.get_model_config(model, version, as_json=True)["config"]
+        except InferenceServerException as e:
+            raise InferError(f"cannot reach model {model!r} at {url} over {protocol}: {e.message()}") from e
+        self.timeout = timeout
+        self.config = config
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.input_dims = tuple(int(d) for d in config["input"][0]["dims"])
+        param = config.get("parameters", {}).get(PREPROCESSING_PARAM)
+        self.preprocessing = Preprocessing.from_dict(json.loads(param["string_value"])) if param else None
+
+    def infer(self, images: np.ndarray, datatype: str = "FP32") -> np.ndarray:
+        """Logits for one batch; the server's error (wrong shape, dtype, ...) becomes InferError."""
+        tc = self._tc
+        inp = tc.InferInput(self.input_name, list(images.shape), datatype)
+        if self.protocol == "http":
+            inp.set_data_from_numpy(images, binary_data=True)
+            out = [tc.InferRequestedOutput(self.output_name, binary_data=True)]
+            kwargs: dict[str, Any] = {"timeout": None}
+        else:
+            inp.set_data_from_numpy(images)
+            out = [tc.InferRequestedOutput(self.output_name)]
+            kwargs = {"client_timeout": self.timeout}
+        try:
+            result = self.client.infer(self.model, [inp], model_version=self.version, outputs=out, **kwargs)
+        except self._exc as e:
+            raise InferError(f"the server refused the request: {e.message()}") from e
+        return result.as_numpy(self.output_name)
+
+    def predict(self, paths: list[str | os.PathLike[str]], *, top_k: int = 5,
+                labels_file: str | None = None) -> list[dict[str, Any]]:
+        """Top-k classes per image file, through the manifest's preprocessing and a softmax."""
+        from ..images import load_batch
+        from ..predict import class_names, softmax
+
+        if self.preprocessing is None:
+            raise UsageError(f"model {self.model} has no {PREPROCESSING_PARAM} parameter; make its repository with "
+                             "vit-deploy triton-repo")
+        logits = self.infer(load_batch(paths, self.preprocessing))
+        probs = softmax(logits.astype(np.float64))
+        names = class_names(probs.shape[1], labels_file)
+        out = []
+        for path, p in zip(paths, probs, strict=True):
+            idx = np.argsort(-p)[:top_k]
+            out.append({"image": str(path), "top": [{"class": int(i), "name": names[i], "prob": float(p[i])}
+                                                    for i in idx]})
+        return out
+
+    def statistics(self) -> dict[str, Any]:
+        """The model's inference statistics (inference_count vs execution_count shows batching)."""
+        if self.protocol == "http":
+            stats = self.client.get_inference_statistics(self.model, self.version)
+        else:
+            stats = self.client.get_inference_statistics(self.model, self.version, as_json=True)
+        return stats["model_stats"][0]
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> TritonClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

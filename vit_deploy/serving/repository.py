@@ -1,0 +1,286 @@
+"""Write a Triton model repository from vit-deploy artifacts: ``vit-deploy triton-repo``.
+
+Layout (one model per artifact, or with ``as_versions`` one model whose versions 1..N are the artifacts)::
+
+    OUT/<model>/config.pbtxt
+    OUT/<model>/<version>/model.plan | model.onnx (+ external data) | model.py + artifact/
+
+Every ``config.pbtxt`` is built as Triton's own ``ModelConfig`` protobuf message (the schema
+``tritonclient.grpc.model_config_pb2`` ships), written with ``text_format`` and parsed back, so
+a field name or enum the server would reject fails here, at generation time.
+
+The python-backend model gets a *copy* of the artifact in its version folder rather than an
+absolute path to it: the repository stays self-contained (it can be moved, mounted in a container
+or shipped to another host), and what is served is exactly what was hash-checked here, even if
+the original artifact folder is changed or deleted later. The copy is verified again when the
+model loads (``vit_deploy.runtime.open`` checks the sha256 of every file).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ArtifactError, UsageError
+from ..fileio import staged_directory
+from ..manifest import read_manifest, verify_files
+from ..runtime import artifact_dir
+
+BACKENDS = ("auto", "python", "onnxruntime", "tensorrt")
+PREPROCESSING_PARAM = "vit_deploy_preprocessing"  # clients read the manifest's preprocessing from here
+DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "int32": "TYPE_INT32"}
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def model_config_pb2():
+    """Triton's ModelConfig protobuf module, or a one-line error saying what to install."""
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as e:
+        raise UsageError(f"Triton serving needs tritonclient ({e}); pip install 'vit-deploy[serve]'") from e
+    return model_config_pb2
+
+
+@dataclass
+class RepoOptions:
+    artifacts: list[Path]
+    out: Path
+    backend: str = "auto"  # auto: tensorrt_plan for engines, onnxruntime_onnx for graphs
+    name: str | None = None  # model name (one artifact, or as_versions); default vit-<artifact folder>
+    version: int = 1  # first version number
+    as_versions: bool = False  # all artifacts as versions of one model (they must share their I/O)
+    instances: int = 1
+    instance_kind: str | None = None  # cpu | gpu; default gpu for plans, cpu otherwise
+    max_batch: int | None = None  # default: the engine profile's max, else 32
+    preferred_batch: tuple[int, ...] | None = None  # default: powers of two up to max_batch, at most 3
+    queue_delay_us: int = 2000
+    threads: int | None = None  # python backend: threads of the runtime in each instance
+    cuda_graphs: bool = True  # plans only
+    force: bool = False
+    manifests: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+def _io(manifest: dict[str, Any], directory: Path) -> tuple[dict, dict]:
+    io = manifest["io"]
+    if len(io["inputs"]) != 1 or len(io["outputs"]) != 1:
+        raise ArtifactError(f"{directory}: expected one input and one output in the manifest's io")
+    return io["inputs"][0], io["outputs"][0]
+
+
+def _tensor(pb2, spec: dict[str, Any], directory: Path):
+    dtype = DTYPES.get(spec["dtype"])
+    if dtype is None:
+        raise ArtifactError(f"{directory}: tensor {spec['name']} has dtype {spec['dtype']}, which Triton configs here "
+                            f"do not map; supported: {', '.join(DTYPES)}")
+    dims = [int(d) for d in spec["shape"][1:]]  # the first dimension is the batch, implied by max_batch_size
+    return dict(name=spec["name"], data_type=pb2.DataType.Value(dtype), dims=dims)
+
+
+def _max_batch(opts: RepoOptions, manifest: dict[str, Any]) -> int:
+    if manifest["kind"] == "tensorrt":
+        profile = manifest.get("tensorrt", {}).get("profile", {})
+        engine_max = min((p["max"][0] for p in profile.values()), default=None)
+        if engine_max is None:
+            raise ArtifactError("the engine's manifest has no optimization profile; rebuild it with build-engine")
+        if opts.max_batch is not None and opts.max_batch > engine_max:
+            raise UsageError(f"--max-batch {opts.max_batch} exceeds the engine profile's maximum batch {engine_max}")
+        return opts.max_batch or engine_max
+    return opts.max_batch or 32
+
+
+def _preferred(opts: RepoOptions, max_batch: int) -> list[int]:
+    if opts.preferred_batch:
+        bad = [b for b in opts.preferred_batch if not 1 <= b <= max_batch]
+        if bad:
+            raise UsageError(f"--preferred-batch {bad} outside 1..{max_batch} (the model's max_batch_size)")
+        return sorted(set(opts.preferred_batch))
+    # the largest few powers of two: full batches are what a GPU/CPU runs most efficiently
+    sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= max_batch]
+    return sizes[-3:] if max_batch in sizes else [*sizes[-2:], max_batch]
+
+
+def resolve_backend(requested: str, kind: str, directory: Path) -> str:
+    if requested not in BACKENDS:
+        raise UsageError(f"unknown --backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+    if requested == "auto":
+        return "tensorrt" if kind == "tensorrt" else "onnxruntime"
+    if requested == "onnxruntime" and kind != "onnx":
+        raise UsageError(f"{directory} is a {kind} artifact; --backend onnxruntime needs an ONNX graph")
+    if requested == "tensorrt" and kind != "tensorrt":
+        raise UsageError(f"{directory} is an ONNX graph; --backend tensorrt needs an engine (vit-deploy build-engine)")
+    return requested
+
+
+def build_config(opts: RepoOptions, manifest: dict[str, Any], directory: Path, name: str, backend: str):
+    """The ModelConfig message for one model (without writing anything)."""
+    pb2 = model_config_pb2()
+    inp, out = _io(manifest, directory)
+    max_batch = _max_batch(opts, manifest)
+    kind = opts.instance_kind or ("gpu" if backend == "tensorrt" else "cpu")
+    if backend == "tensorrt" and kind != "gpu":
+        raise UsageError("a TensorRT plan runs on a GPU only; drop --instance-kind cpu")
+    config = pb2.ModelConfig(
+        name=name,
+        max_batch_size=max_batch,
+        input=[pb2.ModelInput(**_tensor(pb2, inp, directory))],
+        output=[pb2.ModelOutput(**_tensor(pb2, out, directory))],
+        dynamic_batching=pb2.ModelDynamicBatching(
+            preferred_batch_size=_preferred(opts, max_batch), max_queue_delay_microseconds=opts.queue_delay_us
+        ),
+        instance_group=[pb2.ModelInstanceGroup(
+            count=opts.instances,
+            kind=pb2.ModelInstanceGroup.Kind.Value("KIND_GPU" if kind == "gpu" else "KIND_CPU"),
+        )],
+    )
+    if backend == "tensorrt":
+        config.platform = "tensorrt_plan"
+        config.backend = "tensorrt"
+        config.default_model_filename = "model.plan"
+        # CUDA graphs cut the per-launch CPU overhead, which is what limits small batches on a GPU
+        config.optimization.cuda.graphs = opts.cuda_graphs
+    elif backend == "onnxruntime":
+        config.platform = "onnxruntime_onnx"
+        config.backend = "onnxruntime"
+        config.default_model_filename = "model.onnx"
+    else:
+        config.backend = "python"
+        if opts.threads is not None:
+            config.parameters["threads"].string_value = str(opts.threads)
+    config.parameters[PREPROCESSING_PARAM].string_value = json.dumps(manifest["preprocessing"], sort_keys=True)
+    return config
+
+
+def config_text(config) -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(config)
+
+
+def parse_config(text: str):
+    """Parse ``config.pbtxt`` text with Triton's real ModelConfig schema; UsageError says what is wrong."""
+    from google.protobuf import text_format
+
+    pb2 = model_config_pb2()
+    try:
+        return text_format.Parse(text, pb2.ModelConfig())
+    except text_format.ParseError as e:
+        raise ArtifactError(f"config.pbtxt does not parse against Triton's ModelConfig schema: {e}") from e
+
+
+def _copy_model_files(backend: str, manifest: dict[str, Any], src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True)
+    if backend == "python":
+        shutil.copytree(src, dst / "artifact", ignore=shutil.ignore_patterns(".*"))
+        (dst / "model.py").write_text(PYTHON_MODEL)
+        return
+    for entry in manifest["files"]:
+        if entry["role"] == "model":  # the name Triton looks for (default_model_filename)
+            shutil.copy2(src / entry["path"], dst / ("model.plan" if backend == "tensorrt" else "model.onnx"))
+        else:  # external data keeps its name: the graph refers to it by that relative path
+            shutil.copy2(src / entry["path"], dst / entry["path"])
+
+
+def _default_name(directory: Path) -> str:
+    return "vit-" + re.sub(r"[^A-Za-z0-9_.-]", "_", directory.name)
+
+
+def write_repository(opts: RepoOptions) -> dict[str, Any]:
+    """Check every artifact, then write the repository atomically; returns a summary of the models."""
+    if not opts.artifacts:
+        raise UsageError("give at least one artifact folder")
+    if opts.instances < 1 or opts.queue_delay_us < 0 or opts.version < 1:
+        raise UsageError("--instances and --version must be >= 1 and --queue-delay-us >= 0")
+    if opts.name is not None and not NAME_RE.match(opts.name):
+        raise UsageError(f"model name {opts.name!r} may only use letters, digits, '_', '.' and '-'")
+    if opts.name and len(opts.artifacts) > 1 and not opts.as_versions:
+        raise UsageError("--name names one model; with several artifacts add --as-versions, or drop --name")
+    model_config_pb2()  # fail before any hashing when tritonclient is missing
+    plans: list[tuple[str, int, Path, dict, str]] = []
+    for i, artifact in enumerate(opts.artifacts):
+        directory = artifact_dir(artifact)
+        manifest = read_manifest(directory)
+        verify_files(directory, manifest)  # a changed artifact is refused here, not at serving time
+        backend = resolve_backend(opts.backend, manifest["kind"], directory)
+        if opts.as_versions:
+            name, version = opts.name or _default_name(artifact_dir(opts.artifacts[0])), opts.version + i
+        else:
+            name, version = opts.name or _default_name(directory), opts.version
+        plans.append((name, version, directory, manifest, backend))
+    names = [p[0] for p in plans]
+    if not opts.as_versions and len(set(names)) != len(names):
+        raise UsageError(f"two artifacts would both be model {names}; rename the folders or use --as-versions")
+
+    models: dict[str, Any] = {}
+    with staged_directory(opts.out, opts.force) as staging:
+        for name, version, directory, manifest, backend in plans:
+            config = build_config(opts, manifest, directory, name, backend)
+            text = config_text(config)
+            if name in models:  # versions of one model share one config: their I/O must agree
+                if models[name]["config"] != text:
+                    raise UsageError(f"{directory} does not share the I/O or settings of the other versions of {name}; "
+                                     "serve it as its own model (drop --as-versions)")
+                models[name]["versions"].append(version)
+            else:
+                models[name] = {"backend": backend, "config": text, "versions": [version]}
+                (staging / name).mkdir()
+                (staging / name / "config.pbtxt").write_text(text)
+            parse_config((staging / name / "config.pbtxt").read_text())  # what the server will read
+            _copy_model_files(backend, manifest, directory, staging / name / str(version))
+            if backend == "python":
+                verify_files(staging / name / str(version) / "artifact", manifest)
+    return {"repository": str(Path(opts.out).absolute()),
+            "models": {n: {"backend": m["backend"], "versions": m["versions"]} for n, m in models.items()}}
+
+
+# The python-backend model: runs the copied artifact through vit-deploy's runtime. Tensors cross
+# the stub boundary as DLPack (via torch), not pb_utils' numpy interop: the stub shipped in the
+# pytriton wheel is built against the NumPy 1.x ABI and misreads NumPy 2 arrays (wrong values
+# in as_numpy(), "output tensor shape does not match" on pb_utils.Tensor(name, array)).
+PYTHON_MODEL = '''\
+"""Triton python-backend model written by vit-deploy triton-repo: the artifact beside this file,
+run with vit_deploy.runtime (ONNX Runtime for graphs, TensorRT for engines)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+from torch.utils.dlpack import from_dlpack, to_dlpack
+
+from vit_deploy import runtime
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        threads = int(params["threads"]) if params.get("threads") else None
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.runner = runtime.open(Path(__file__).parent / "artifact", threads=threads)
+
+    def execute(self, requests):
+        # The dynamic batcher hands over several requests at once: run them as one batch.
+        arrays = [from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name).to_dlpack()).numpy()
+                  for r in requests]
+        sizes = [len(a) for a in arrays]
+        try:
+            logits = np.ascontiguousarray(self.runner.infer(np.concatenate(arrays)), dtype=np.float32)
+        except Exception as e:  # e.g. NaN pixels: an error for these requests, the model keeps serving
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))) for _ in requests]
+        responses, start = [], 0
+        for n in sizes:
+            part = torch.from_numpy(np.ascontiguousarray(logits[start:start + n]))
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor.from_dlpack(self.output_name,
+                                                                                     to_dlpack(part))]))
+            start += n
+        return responses
+
+    def finalize(self):
+        self.runner.close()
+'''

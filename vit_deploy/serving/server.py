@@ -1,0 +1,237 @@
+"""Run a real ``tritonserver`` on loopback: find it, check the ports, start it, wait for readiness, stop it.
+
+    with TritonServer("model_repository", http_port=0) as server:   # 0: any free port
+        print(server.http_url, server.models)
+
+Where the binary comes from, in order: ``$TRITONSERVER``; ``tritonserver`` on PATH (a Triton
+install, which brings its own backends in /opt/tritonserver/backends); the binary inside the
+``nvidia-pytriton`` wheel. The wheel's server needs three things to run outside PyTriton:
+
+- a backend folder with the python backend *and* the stub built for this Python
+  (``python_backend_stubs/3.X/triton_python_backend_stub``): staged into a temporary folder;
+- ``LD_LIBRARY_PATH`` with ``nvidia_pytriton.libs`` (its bundled libraries) and this
+  interpreter's ``LIBDIR``: the stub links ``libpython3.X.so``, and without this it picks the
+  system Python's, which cannot see this environment's numpy/torch/vit_deploy;
+- ``PYTHONPATH`` with this interpreter's ``sys.path`` (and vit-deploy's source root), so the
+  stub imports the same packages ``vit-deploy serve`` runs with (editable installs included).
+
+The server's own log goes to a file (``log_path``); startup failures quote its error lines.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..errors import UsageError
+
+HOST = "127.0.0.1"
+
+
+class ServerError(UsageError):
+    """tritonserver is missing, could not start, or a model did not load."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def check_port_free(port: int, option: str) -> None:
+    """Name the busy port (and the option that sets it) before the server would fail on it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError as e:
+            raise ServerError(f"port {port} ({option}) is already in use on {HOST} ({e.strerror}); "
+                              f"stop what uses it or pass another {option}") from e
+
+
+def _pytriton_root() -> Path | None:
+    try:
+        import pytriton
+    except ImportError:
+        return None
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    return root if (root / "bin" / "tritonserver").is_file() else None
+
+
+def find_tritonserver() -> tuple[Path, Path | None]:
+    """(binary, pytriton root or None); ServerError says how to get one."""
+    if env := os.environ.get("TRITONSERVER"):
+        if not Path(env).is_file():
+            raise ServerError(f"$TRITONSERVER is {env}, which is not a file; point it at the tritonserver binary")
+        return Path(env), None
+    if found := shutil.which("tritonserver"):
+        return Path(found), None
+    if root := _pytriton_root():
+        return root / "bin" / "tritonserver", root
+    raise ServerError("no tritonserver found: install Triton (tritonserver on PATH), set $TRITONSERVER, "
+                      "or pip install 'vit-deploy[serve]' (the nvidia-pytriton wheel carries one)")
+
+
+def _stage_pytriton(root: Path, workdir: Path) -> tuple[Path, dict[str, str]]:
+    """Backend folder and environment that let the wheel's server run this Python's models."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"the nvidia-pytriton wheel has no python backend stub for Python {version}; "
+                          "use a Python it ships a stub for (3.8-3.12) or a Triton install")
+    backends = workdir / "backends"
+    shutil.copytree(root / "backends", backends)
+    shutil.copy2(stub, backends / "python" / stub.name)
+    libs = [root.parent.parent / "nvidia_pytriton.libs", Path(sysconfig.get_config_var("LIBDIR") or "")]
+    env = {"LD_LIBRARY_PATH": os.pathsep.join([*(str(p) for p in libs if p.is_dir()),
+                                               os.environ.get("LD_LIBRARY_PATH", "")]).strip(os.pathsep)}
+    return backends, env
+
+
+def _pythonpath() -> str:
+    source_root = str(Path(__file__).resolve().parents[2])  # makes vit_deploy importable from a checkout
+    paths = [source_root, *(p for p in sys.path if p and Path(p).exists()), os.environ.get("PYTHONPATH", "")]
+    return os.pathsep.join(dict.fromkeys(p for p in paths if p))
+
+
+def available_backends(backend_dir: Path | None) -> set[str] | None:
+    """Backends the server can load (None: unknown, e.g. a Triton install with its default folder)."""
+    if backend_dir is None:
+        default = Path("/opt/tritonserver/backends")
+        backend_dir = default if default.is_dir() else None
+    if backend_dir is None:
+        return None
+    return {p.name for p in backend_dir.iterdir() if p.is_dir()}
+
+
+class TritonServer:
+    """A tritonserver process on loopback; a context manager that waits for readiness and stops it."""
+
+    def __init__(self, repository: str | os.PathLike[str], *, http_port: int = 8000, grpc_port: int = 8001,
+                 metrics_port: int = 8002, log_path: str | os.PathLike[str] | None = None,
+                 ready_timeout: float = 120.0, extra_args: tuple[str, ...] = ()) -> None:
+        self.repository = Path(repository).absolute()
+        if not self.repository.is_dir():
+            raise ServerError(f"{self.repository} is not a folder; make one with vit-deploy triton-repo")
+        self.models = sorted(p.name for p in self.repository.iterdir() if (p / "config.pbtxt").is_file())
+        if not self.models:
+            raise ServerError(f"{self.repository} holds no model (no */config.pbtxt); "
+                              "make one with vit-deploy triton-repo")
+        ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
+        self.ports = {k: v or free_port() for k, v in ports.items()}
+        if len(set(self.ports.values())) != 3:
+            raise ServerError(f"the HTTP, gRPC and metrics ports must differ; got {self.ports}")
+        self.ready_timeout = ready_timeout
+        self.extra_args = extra_args
+        self._workdir = Path(tempfile.mkdtemp(prefix="vit-deploy-triton-"))
+        self.log_path = Path(log_path) if log_path else self._workdir / "tritonserver.log"
+        self.process: subprocess.Popen | None = None
+
+    http_url = property(lambda self: f"{HOST}:{self.ports['--http-port']}")
+    grpc_url = property(lambda self: f"{HOST}:{self.ports['--grpc-port']}")
+    metrics_url = property(lambda self: f"http://{HOST}:{self.ports['--metrics-port']}/metrics")
+
+    def _check_backends(self, backend_dir: Path | None) -> None:
+        from .repository import parse_config
+
+        have = available_backends(backend_dir)
+        if have is None:
+            return
+        for model in self.models:
+            config = parse_config((self.repository / model / "config.pbtxt").read_text())
+            if config.backend and config.backend not in have:
+                raise ServerError(f"model {model} needs Triton's {config.backend} backend, which this tritonserver "
+                                  f"lacks (it has: {', '.join(sorted(have))}); regenerate it with "
+                                  "vit-deploy triton-repo --backend python, or use a full Triton install")
+
+    def start(self) -> TritonServer:
+        for option, port in self.ports.items():
+            check_port_free(port, option)
+        binary, pytriton_root = find_tritonserver()
+        env = dict(os.environ, PYTHONPATH=_pythonpath())
+        backend_dir = None
+        if pytriton_root is not None:
+            backend_dir, extra_env = _stage_pytriton(pytriton_root, self._workdir)
+            env.update(extra_env)
+        self._check_backends(backend_dir)
+        args = [str(binary), f"--model-repository={self.repository}",
+                f"--http-address={HOST}", f"--grpc-address={HOST}", f"--metrics-address={HOST}",
+                *(f"{k}={v}" for k, v in self.ports.items()),
+                "--exit-timeout-secs=10", "--log-verbose=0", *self.extra_args]
+        if backend_dir is not None:
+            args.append(f"--backend-directory={backend_dir}")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes to it for its whole life
+        # its own session: Ctrl-C reaches only us, and we stop the server in order (SIGTERM, wait, kill)
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _get(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except (urllib.error.URLError, OSError):
+            return 0
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with code {self.process.returncode} while starting: "
+                                  f"{self.log_errors()} (full log: {self.log_path})")
+            if self._get("/v2/health/ready") == 200 and all(
+                    self._get(f"/v2/models/{m}/ready") == 200 for m in self.models):
+                return
+            time.sleep(0.2)
+        raise ServerError(f"tritonserver was not ready after {self.ready_timeout:.0f} s; see {self.log_path}")
+
+    def log_errors(self, limit: int = 3) -> str:
+        """The server's error lines (NVML/DCGM/CUDA noise on CPU hosts left out)."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "no log"
+        noise = ("nvml", "dcgm", "cudadriverhelper", "cuda driver")
+        errors = [ln.strip() for ln in lines if (ln.startswith("E") or "UNAVAILABLE" in ln or "error:" in ln)
+                  and not any(n in ln.lower() for n in noise)]
+        return " | ".join(dict.fromkeys(errors[-limit:])) or (lines[-1] if lines else "empty log")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (Triton drains in-flight requests), then SIGKILL after ``timeout``; returns the exit code."""
+        proc, self.process = self.process, None
+        code = None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            code = proc.returncode
+        # the staged backends go; the log stays (a few kB in the temp folder) for a look after a failure
+        shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+        return code
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
