@@ -48,6 +48,36 @@ def hf_logits(model, images, interpolate: bool = False):
 PHOTOS = Path(__file__).resolve().parent.parent / "calibration" / "photos.txt"
 
 
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A calibration/timing cache of the test's own, so no test reuses another's cached ranges."""
+    monkeypatch.setenv("VIT_DEPLOY_CACHE", str(tmp_path / "cache"))
+
+
+def assert_concurrent_calls_match_sequential(runner, inputs: list, threads: int = 8) -> None:
+    """``runner.infer`` from ``threads`` threads at once gives exactly the sequential results."""
+    import threading
+
+    import numpy as np
+
+    sequential = [runner.infer(x) for x in inputs]
+    results: dict[int, object] = {}
+    barrier = threading.Barrier(threads)
+
+    def work(worker: int) -> None:
+        barrier.wait()
+        for i in range(worker, len(inputs), threads):
+            results[i] = runner.infer(inputs[i])
+
+    pool = [threading.Thread(target=work, args=(w,)) for w in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    for i, expected in enumerate(sequential):
+        np.testing.assert_array_equal(results[i], expected)
+
+
 @pytest.fixture(scope="session")
 def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
     """The ``test`` variant at 32 px, 5 classes: its FP32 export and FP16/INT8 graphs (read-only: copy to alter)."""

@@ -23,16 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "calibration" / "photos.txt"
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("VIT_DEPLOY_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("art") / "test-32"
-    export_artifact(ExportOptions("test", 32, num_classes=5, out_dir=out))
-    return out
+def fp32(tiny_artifacts) -> Path:
+    return tiny_artifacts["fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +261,7 @@ def test_topological_sort_repairs_appended_nodes():
 
 
 def test_cpu_target_int8_keeps_attention_float_at_any_length(fp32, tmp_path, run_cli):
+    fp32 = Path(shutil.copytree(fp32, tmp_path / fp32.name))  # the default output lands beside it
     code, out, err = run_cli("build-engine", "--artifact", str(fp32), "--int8", "--target", "cpu",
                              "--calib", str(PHOTOS), "--calib-batch", "4", "--json")
     assert code == 0, err  # a CPU graph is finished: no TensorRT step, no exit 3

@@ -6,13 +6,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import assert_concurrent_calls_match_sequential
 
 from vit_deploy import runtime
 from vit_deploy.errors import ArtifactError, EngineUnavailable, UsageError
@@ -137,22 +137,7 @@ def test_concurrent_calls_match_sequential_ones(artifacts, backend):
     prep = model_config("test", 32, 5).preprocessing
     inputs = [random_images(1 + i % 4, 32, prep, seed=100 + i) for i in range(16)]
     with runtime.open(artifacts["fp32" if backend == "pytorch" else "int8"], backend) as runner:
-        sequential = [runner.infer(x) for x in inputs]
-        results: dict[int, np.ndarray] = {}
-        barrier = threading.Barrier(8)
-
-        def work(worker: int) -> None:
-            barrier.wait()
-            for i in range(worker, len(inputs), 8):
-                results[i] = runner.infer(inputs[i])
-
-        threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    for i, expected in enumerate(sequential):
-        np.testing.assert_array_equal(results[i], expected)
+        assert_concurrent_calls_match_sequential(runner, inputs)
 
 
 def copy_artifact(src: Path, dst: Path) -> Path:

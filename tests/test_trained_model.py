@@ -112,11 +112,6 @@ def test_assets_stay_small():
     assert total < 5e6, f"assets/digits holds {total / 1e6:.1f} MB"
 
 
-@pytest.fixture()
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("VIT_DEPLOY_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.mark.parametrize(
     ("precision", "max_drop", "min_agreement"),
     [("fp16", 0.1, 0.995), ("int8", 1.0, 0.98)],

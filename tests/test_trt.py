@@ -28,7 +28,6 @@ from vit_deploy.engine import (
     validation_batches,
 )
 from vit_deploy.errors import ArtifactError, EngineBuildError, EngineUnavailable, UsageError
-from vit_deploy.exporter import ExportOptions, export_artifact
 from vit_deploy.manifest import read_manifest, sha256_file
 from vit_deploy.trt import LogCollector, unavailable_reason
 from vit_deploy.trt.build import check_batches, format_parser_errors, profile_shapes
@@ -40,16 +39,12 @@ GPU_REASON = unavailable_reason()
 requires_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"needs TensorRT and a CUDA GPU: {GPU_REASON}")
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("VIT_DEPLOY_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("art") / "test-32"
-    export_artifact(ExportOptions("test", 32, num_classes=5, out_dir=out))
-    return out
+def fp32(tiny_artifacts) -> Path:
+    return tiny_artifacts["fp32"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,7 +132,7 @@ def test_engine_runner_profile_types_and_batch_limit(fp16, fp16_engine):
 @requires_gpu
 def test_runtime_runs_the_engine_like_any_artifact(fp16_engine):
     """runtime.open on the engine folder: split above the profile maximum, threads, PyTorch parity."""
-    import threading
+    from conftest import assert_concurrent_calls_match_sequential
 
     from vit_deploy import runtime
     from vit_deploy.inputs import random_images
@@ -151,20 +146,7 @@ def test_runtime_runs_the_engine_like_any_artifact(fp16_engine):
         cos = np.sum(out * reference, -1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(reference, axis=-1))
         assert out.shape == (10, 5) and cos.min() >= 0.9999
         inputs = [random_images(1 + i % 4, 32, runner.preprocessing, seed=20 + i) for i in range(12)]
-        sequential = [runner.infer(x) for x in inputs]
-        results: dict[int, np.ndarray] = {}
-
-        def work(worker: int) -> None:
-            for i in range(worker, len(inputs), 4):
-                results[i] = runner.infer(inputs[i])
-
-        threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for i, expected in enumerate(sequential):
-            np.testing.assert_array_equal(results[i], expected)
+        assert_concurrent_calls_match_sequential(runner, inputs, threads=4)
 
 
 @pytest.mark.gpu
