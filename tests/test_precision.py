@@ -278,3 +278,16 @@ def test_cpu_target_int8_keeps_attention_float_at_any_length(fp32, tmp_path, run
     code, _, err = run_cli("build-engine", "--artifact", str(fp32), "--fp16", "--target", "cpu",
                            "--out", str(tmp_path / "x"))
     assert code == 1 and "--target cpu applies to --int8" in err
+
+
+def test_missing_checkpoint_falls_back_to_the_fp32_graph_and_says_so(fp32, tmp_path):
+    from vit_deploy.manifest import write_manifest
+
+    copy = Path(shutil.copytree(fp32, tmp_path / "a"))
+    manifest = read_manifest(copy)
+    manifest["checkpoint"] = {"pretrained": True, "source": str(tmp_path / "gone.safetensors"), "sha256": "0" * 64}
+    write_manifest(copy, manifest)
+    s = build_precision_artifact(PrecisionOptions("fp16", copy, tmp_path / "fp16"))
+    v = s["validation"]
+    assert v["reference"].startswith(f"fp32 ONNX graph {copy / 'model.onnx'}") and "unavailable" in v["reference"]
+    assert v["passed"] and v["metrics"]["min_cosine"] >= 0.9999

@@ -236,6 +236,7 @@ def validate_engine(
     from .calibration import load_image_set
     from .inputs import random_images
     from .parity import evaluate
+    from .reference import reference_logits
     from .trt.engine import TrtEngine
 
     cfg = ModelConfig.from_dict({**parent["model"], "preprocessing": parent["preprocessing"]})
@@ -250,7 +251,7 @@ def validate_engine(
         inputs = f"{count} seeded random images (seed {opts.seed}); pass --val-images for real ones"
     schedule = batch_schedule(len(images), sizes)
 
-    reference, reference_name = _reference_logits(parent_dir, parent, images, schedule)
+    reference, reference_name = reference_logits(parent, images, fallback_graph=_fp32_graph(parent_dir, parent))
     outputs, ran, start = [], set(), 0
     with TrtEngine(plan, allow_host_code=opts.version_compatible) as engine:
         for size in schedule:
@@ -279,34 +280,6 @@ def validate_engine(
     }
 
 
-def _reference_logits(
-    parent_dir: Path, parent: dict[str, Any], images: np.ndarray, schedule: list[int]
-) -> tuple[np.ndarray, str]:
-    """PyTorch FP32 logits on the CPU, else the FP32 ONNX export's on ONNX Runtime (and say which)."""
-    from .reference import reference_model
-
-    try:
-        import torch
-
-        model = reference_model(parent)
-        with torch.no_grad():
-            logits = np.concatenate([model(torch.from_numpy(b)).numpy() for b in _split(images, schedule)])
-        return logits, "pytorch fp32"
-    except ArtifactError as e:
-        fp32_graph = _fp32_graph(parent_dir, parent)
-        if fp32_graph is None:
-            raise ArtifactError(
-                f"no FP32 reference to validate the engine against: {e}; the FP32 export is missing too. "
-                "Restore the checkpoint or the export, then build again"
-            ) from e
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(fp32_graph), providers=["CPUExecutionProvider"])
-        input_name = parent["io"]["inputs"][0]["name"]
-        logits = np.concatenate([session.run(None, {input_name: b})[0] for b in _split(images, schedule)])
-        return logits, f"fp32 ONNX graph {fp32_graph} (PyTorch reference unavailable: {e})"
-
-
 def _fp32_graph(parent_dir: Path, parent: dict[str, Any]) -> Path | None:
     """The FP32 ONNX export behind ``parent`` (itself, or the graph it was converted from), if intact."""
     from .manifest import sha256_file
@@ -318,10 +291,3 @@ def _fp32_graph(parent_dir: Path, parent: dict[str, Any]) -> Path | None:
     if origin.get("path") and path.is_file() and sha256_file(path) == origin.get("sha256"):
         return path
     return None
-
-
-def _split(images: np.ndarray, schedule: list[int]):
-    start = 0
-    for size in schedule:
-        yield images[start : start + size]
-        start += size

@@ -214,7 +214,7 @@ def validate_precision(
     from .calibration import load_image_set
     from .inputs import random_images
     from .parity import evaluate
-    from .reference import reference_model
+    from .reference import reference_logits
 
     labels = None
     if opts.val_images or (opts.calib and calib is None):
@@ -228,17 +228,7 @@ def validate_precision(
         images = random_images(RANDOM_VALIDATION_IMAGES, cfg.img_size, cfg.preprocessing, seed=opts.seed)
         inputs = f"{RANDOM_VALIDATION_IMAGES} seeded random images (seed {opts.seed}); pass --val-images for real ones"
 
-    try:
-        import torch
-
-        model = reference_model(parent)
-        with torch.no_grad():
-            reference = np.concatenate([model(torch.from_numpy(b)).numpy() for b in _batches(images)])
-        reference_name = "pytorch fp32"
-    except ArtifactError as e:
-        session = ort.InferenceSession(str(parent_file), providers=["CPUExecutionProvider"])
-        reference = np.concatenate([session.run(None, {"images": b})[0] for b in _batches(images)])
-        reference_name = f"parent fp32 ONNX graph (PyTorch reference unavailable: {e})"
+    reference, reference_name = reference_logits(parent, images, fallback_graph=parent_file)
 
     session = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
     candidate_logits = np.concatenate([session.run(None, {"images": b})[0] for b in _batches(images)])
