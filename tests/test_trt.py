@@ -192,7 +192,7 @@ def test_second_build_reuses_the_timing_cache(fp16, fp16_engine, tmp_path):
 def test_fp32_engine_meets_the_fp32_tolerance(fp32, tmp_path):
     s = build_engine_artifact(EngineOptions(fp32, tmp_path / "fp32-trt", min_batch=1, opt_batch=2, max_batch=4))
     assert s["validation"]["passed"], s["validation"]["failures"]
-    assert s["tensorrt"]["tf32"] in ("disabled", "flag absent")
+    assert s["tensorrt"]["tf32"] == "disabled"  # BuilderFlag.TF32 exists in 11.x and is on by default
 
 
 @pytest.mark.gpu
@@ -215,6 +215,82 @@ def test_unparsable_graph_reports_every_parser_error(tmp_path):
                                 workspace_mib=None, optimization_level=0, timing_cache=None,
                                 hardware_compatible=False, version_compatible=False)
     assert "mystery" in str(e.value) and "NoSuchOp" in str(e.value) and e.value.exit_code == 1
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("flags", [{"version_compatible": True}, {"hardware_compatible": True}])
+def test_version_and_hardware_compatible_engines_build_record_and_run(fp16, flags, tmp_path):
+    """Audit point 5: the portable build options, built, recorded, checked and run (host code for VC plans)."""
+    from vit_deploy import runtime
+    from vit_deploy.inputs import random_images
+
+    opts = EngineOptions(fp16, tmp_path / "engine", min_batch=1, opt_batch=2, max_batch=4, **flags)
+    s = build_engine_artifact(opts)
+    assert s["validation"]["passed"], s["validation"]["failures"]
+    t = read_manifest(s["artifact"])["tensorrt"]
+    for key, value in flags.items():
+        assert t[key] is value
+    if flags.get("hardware_compatible"):
+        assert t["hardware_compatibility_level"] == "AMPERE_PLUS"
+    with runtime.open(s["artifact"]) as runner, runtime.open(s["artifact"], "pytorch") as reference:
+        images = random_images(3, 32, runner.preprocessing, seed=5)
+        out, ref = runner.infer(images), reference.infer(images)
+        cos = np.sum(out * ref, -1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(ref, axis=-1))
+        assert cos.min() >= 0.9999
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_int8_qdq_engine_reports_int8_layers_and_meets_the_int8_tolerance(tiny_artifacts, tmp_path):
+    """Audit points 1 and 5: an explicit Q/DQ graph becomes an engine whose inspector lists int8 layers."""
+    opts = EngineOptions(tiny_artifacts["int8"], tmp_path / "int8-trt", min_batch=1, opt_batch=2, max_batch=4)
+    s = build_engine_artifact(opts)
+    assert s["validation"]["passed"], s["validation"]["failures"]
+    counts = read_manifest(s["artifact"])["tensorrt"]["precision_counts"]
+    assert counts.get("int8", 0) > 0, counts
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_fp16_engine_reports_fp16_layers(fp16_engine):
+    """Audit point 1 on a real plan: the inspector's type field is read, so FP16 layers count as fp16."""
+    from vit_deploy.trt.inspect import engine_summary
+
+    summary, _ = fp16_engine
+    counts = engine_summary(Path(summary["model_file"]))["precision_counts"]
+    assert counts.get("fp16", 0) > 0, counts
+    assert counts.get("int8", 0) == 0, counts
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_cuda_input_written_on_a_non_default_stream(fp16, fp16_engine):
+    """Audit point 5: an input still being written on the caller's side stream is waited for, not raced."""
+    import torch
+
+    from vit_deploy.inputs import random_images
+    from vit_deploy.precision import model_config_of
+    from vit_deploy.reference import reference_model
+    from vit_deploy.trt.engine import TrtEngine
+
+    summary, _ = fp16_engine
+    parent = read_manifest(fp16)
+    images = random_images(4, 32, model_config_of(parent).preprocessing, seed=11)
+    with torch.no_grad():
+        reference = reference_model(parent)(torch.from_numpy(images)).numpy()
+    side = torch.cuda.Stream()
+    with TrtEngine(Path(summary["model_file"])) as engine, torch.cuda.stream(side):
+        for _ in range(3):
+            host = torch.from_numpy(images).pin_memory()
+            x = torch.empty(host.shape, device="cuda")
+            torch.cuda._sleep(50_000_000)  # keep the side stream busy so a missing wait would read garbage
+            x.copy_(host, non_blocking=True)
+            out = engine.infer(x)  # called on the side stream: the engine must wait for it
+            assert torch.cuda.current_stream() == side
+            got = out.cpu().numpy()
+            cos = np.sum(got * reference, -1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(reference, axis=-1))
+            assert cos.min() >= 0.9999
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,7 +364,7 @@ def test_only_vit_deploy_trt_imports_tensorrt_and_everything_imports_without_it(
     assert not offenders, f"tensorrt imported outside vit_deploy/trt: {offenders}"
     code = (
         "import sys\n"
-        "sys.modules['tensorrt'] = None  # any import of tensorrt now raises ImportError\n"
+        "sys.modules['tensorrt'] = sys.modules['tensorrt_bindings'] = None  # their imports now raise ImportError\n"
         "import vit_deploy.engine, vit_deploy.trt.build, vit_deploy.trt.engine, vit_deploy.trt.inspect\n"
         "from vit_deploy.trt import unavailable_reason, tensorrt_version\n"
         "assert tensorrt_version() is None\n"
@@ -368,9 +444,9 @@ def test_check_compatible_raises_with_the_rebuild_command(monkeypatch, tmp_path)
 
 
 def test_check_compatible_without_tensorrt_is_engine_unavailable(monkeypatch):
-    import vit_deploy.trt.engine as trt_engine
+    import vit_deploy.trt
 
-    monkeypatch.setattr(trt_engine, "unavailable_reason", lambda: "TensorRT is not installed here")
+    monkeypatch.setattr(vit_deploy.trt, "unavailable_reason", lambda: "TensorRT is not installed here")
     with pytest.raises(EngineUnavailable, match="TensorRT is not installed here"):
         check_compatible(BUILT)
 
@@ -418,19 +494,35 @@ ENGINE_INFO_11 = {
          "Location": "Device", "IsShapeInferenceIO": False},
     ]
 }
-# Layers in the 11.x split schema: "DataType" and "Format" fields (field names as in the I/O Tensors
-# example above; the migration page's layer example itself was not retrievable, see docs/tensorrt.md).
+# Layers in the 11.x split schema, as NVIDIA's own 11.x tooling reads them: the trt-perf-analysis
+# schema (NVIDIA/TensorRT, commit a892d222, .agents/skills/trt-perf-analysis/schemas/analyze-data.schema.json)
+# gives a layer tensor "Name" (required), "Datatype", "Dimensions", "Format", "StrideOrder", "Strides"; its
+# report (report_template/app.js) looks the "Datatype" value up case-insensitively among "float", "half",
+# "int8", "bfloat16", ... Only the required field and the type are given where the test is about the type.
 LAYER_11_INT8_GEMM = {
     "Name": "/blocks.0/attn/qkv/MatMul", "LayerType": "gemm",
-    "Inputs": [{"Name": "x_q", "DataType": "Int8", "Format": "Row major linear INT8 format (kLINEAR)"},
-               {"Name": "w_q", "DataType": "Int8", "Format": "Row major linear INT8 format (kLINEAR)"}],
-    "Outputs": [{"Name": "qkv", "DataType": "Half", "Format": "Row major linear FP16 format (kLINEAR)"}],
+    "Inputs": [{"Name": "x_q", "Datatype": "Int8", "Dimensions": [2, 65, 32]},
+               {"Name": "w_q", "Datatype": "Int8", "Dimensions": [32, 96]}],
+    "Outputs": [{"Name": "qkv", "Datatype": "Half", "Dimensions": [2, 65, 96]}],
 }
 LAYER_11_FP32_LN = {
     "Name": "/blocks.0/norm1/LayerNormalization", "LayerType": "Normalization",
-    "Inputs": [{"Name": "x", "DataType": "Float", "Format": "Row major linear FP32 format (kLINEAR)"}],
-    "Outputs": [{"Name": "y", "DataType": "Float", "Format": "Row major linear FP32 format (kLINEAR)"}],
+    "Inputs": [{"Name": "x", "Datatype": "Float", "Dimensions": [2, 65, 32], "StrideOrder": [2, 1, 0]}],
+    "Outputs": [{"Name": "y", "Datatype": "Float", "Dimensions": [2, 65, 32], "Strides": [2080, 32, 1]}],
 }
+
+
+def test_tensor_precision_reads_the_11x_datatype_key_in_any_case_and_with_the_format_prefix():
+    """Audit point 1: "Datatype" (NVIDIA's 11.x tooling), never read before; "DataType"; "Format/Datatype"."""
+    assert tensor_precision(LAYER_11_INT8_GEMM["Inputs"][0]) == "int8"
+    assert tensor_precision(LAYER_11_INT8_GEMM["Outputs"][0]) == "fp16"
+    assert tensor_precision(LAYER_11_FP32_LN["Inputs"][0]) == "fp32"
+    for key in ("Datatype", "DataType", "datatype", "DATATYPE", "Format/Datatype", "format/datatype"):
+        assert tensor_precision({"Name": "t", key: "half"}) == "fp16", key
+    # the type key wins over a format string that would say otherwise; "Format" is only the fallback
+    assert tensor_precision({"Name": "t", "Datatype": "Int8", "Format": "Row major linear FP32 format"}) == "int8"
+    assert tensor_precision({"Name": "t", "Format": "Row major linear FP16 format"}) == "fp16"
+    assert tensor_precision({"Name": "t"}) == "unknown"
 
 
 def test_tensor_precision_reads_both_inspector_schemas():
@@ -450,9 +542,9 @@ def test_layer_precision_is_the_lowest_input_precision():
     assert layer_precision(LAYER_11_INT8_GEMM) == "int8"
     assert layer_precision(LAYER_11_FP32_LN) == "fp32"
     assert layer_precision("just a layer name") == "unknown"
-    dq = {"Inputs": [{"DataType": "Int8"}, {"DataType": "Float"}], "Outputs": [{"DataType": "Float"}]}
+    dq = {"Inputs": [{"Datatype": "Int8"}, {"Datatype": "Float"}], "Outputs": [{"Datatype": "Float"}]}
     assert layer_precision(dq) == "int8"
-    outputs_only = {"Inputs": [], "Outputs": [{"DataType": "Half"}]}
+    outputs_only = {"Inputs": [], "Outputs": [{"Datatype": "Half"}]}
     assert layer_precision(outputs_only) == "fp16"
 
 
@@ -467,8 +559,8 @@ def test_layer_precision_counts_on_documented_samples():
 def test_summary_reads_io_tensors_of_either_version():
     s = summarize(ENGINE_INFO_11, [LAYER_11_INT8_GEMM, LAYER_11_FP32_LN])
     assert [t["Name"] for t in s["io_tensors"]] == ["input_0", "output_0"] and s["num_layers"] == 2
-    assert s["layers"][0]["inputs"][0] == {"name": "x_q", "precision": "int8",
-                                           "format": "Row major linear INT8 format (kLINEAR)", "dimensions": None}
+    assert s["layers"][0]["inputs"][0] == {"name": "x_q", "precision": "int8", "format": None,
+                                           "dimensions": [2, 65, 32]}
     assert s["layer_types"] == {"gemm": 1, "Normalization": 1}
     assert io_tensors({"Bindings": ["input_0", "output_0"]}) == [{"Name": "input_0"}, {"Name": "output_0"}]
     # the summary's own layer briefs count the same as the raw inspector layers
@@ -528,3 +620,104 @@ def test_validation_batches_cover_the_profile():
 def test_default_timing_cache_is_per_version_and_gpu(tmp_path):
     path = default_timing_cache("11.1.0", "9.0")
     assert path == tmp_path / "cache" / "tensorrt" / "timing-11.1.0-cc9.0.cache"
+
+
+# --- audit point 2: TensorRT's failures become our typed errors, in one line -------------------
+
+
+class _NullFactory:
+    """What the real bindings do when TensorRT's factory returns nullptr (seen with stub libraries)."""
+
+    __version__ = "11.4.0.106"
+
+    def __init__(self) -> None:
+        self.builders = 0
+
+        def refuse(*args, **kwargs):
+            self.builders += 1
+            raise TypeError("pybind11::init(): factory function returned nullptr")
+
+        self.Builder = self.Runtime = refuse
+
+        class Logger:
+            ERROR = "ERROR"
+
+            def __init__(self, *args):
+                pass
+
+        self.Logger = Logger
+
+
+@pytest.fixture
+def fresh_probe():
+    """Forget the cached TensorRT probe before and after the test."""
+    from vit_deploy import doctor
+
+    def clear():
+        vit_deploy_trt.unavailable_reason.cache_clear()
+        doctor.probe_tensorrt.cache_clear()
+
+    import vit_deploy.trt as vit_deploy_trt
+
+    clear()
+    yield
+    clear()
+
+
+def test_builder_and_runtime_nullptr_become_engine_unavailable_in_one_line():
+    from vit_deploy.trt.build import create_builder
+    from vit_deploy.trt.engine import create_runtime
+
+    fake = _NullFactory()
+    for create in (create_builder, create_runtime):
+        with pytest.raises(EngineUnavailable) as e:
+            create(fake, logger=None)
+        message = str(e.value)
+        assert "\n" not in message and "factory function returned nullptr" in message
+        assert "TensorRT 11.4.0.106" in message and "nvidia-smi" in message and e.value.exit_code == 3
+
+
+def test_unavailable_reason_is_computed_once(monkeypatch, fresh_probe):
+    """Audit point 2: a Builder per question cost a CUDA context each time (up to four per runner)."""
+    fake = _NullFactory()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    first = unavailable_reason_now()
+    assert "factory function returned nullptr" in first and "\n" not in first
+    for _ in range(4):
+        assert unavailable_reason_now() == first
+    assert fake.builders == 1
+
+
+def unavailable_reason_now():
+    import vit_deploy.trt
+
+    return vit_deploy.trt.unavailable_reason()
+
+
+def test_missing_library_is_named_not_called_not_installed(monkeypatch, fresh_probe):
+    """Audit point 2: bindings installed, libnvinfer.so.11 absent: say which library and how to get it."""
+    import vit_deploy.trt
+    from vit_deploy.trt import missing_library
+
+    error = ImportError("libnvinfer.so.11: cannot open shared object file: No such file or directory")
+    assert missing_library(error) == "libnvinfer.so.11"
+    assert missing_library(ImportError("No module named 'tensorrt'")) is None
+
+    def broken():
+        raise error
+
+    monkeypatch.setattr(vit_deploy.trt, "import_tensorrt", broken)
+    reason = unavailable_reason_now()
+    assert "libnvinfer.so.11" in reason and "not installed here" not in reason, reason
+    assert "pip install" in reason and "\n" not in reason
+
+
+def test_no_tensorrt_at_all_says_not_installed_with_the_command(monkeypatch, fresh_probe):
+    import vit_deploy.trt
+
+    def absent():
+        raise ModuleNotFoundError("No module named 'tensorrt_bindings'", name="tensorrt_bindings")
+
+    monkeypatch.setattr(vit_deploy.trt, "import_tensorrt", absent)
+    reason = unavailable_reason_now()
+    assert reason.startswith("TensorRT is not installed here") and "pip install tensorrt-cu1" in reason

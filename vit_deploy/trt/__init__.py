@@ -17,41 +17,68 @@ cannot be installed on the development machines):
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 # TensorRT's ILogger severities, most severe first (tensorrt.ILogger.Severity member names).
 _COLLECTED = ("INTERNAL_ERROR", "ERROR", "WARNING")
+# The shared libraries the bindings (``tensorrt_bindings/tensorrt.so``) are linked against.
+LIBRARIES = ("libnvinfer.so.11", "libnvonnxparser.so.11", "libnvinfer_plugin.so.11")
+# Module names: ``tensorrt`` is NVIDIA's front-end package (``tensorrt-cu13``), a re-export of the
+# ``tensorrt_bindings`` module that the bindings wheel (``tensorrt-cu13-bindings``) installs.
+MODULES = ("tensorrt", "tensorrt_bindings")
 
 
+def import_tensorrt() -> Any:
+    """The TensorRT Python module: ``tensorrt``, else the bare bindings ``tensorrt_bindings`` (same API).
+
+    Raises ImportError as the import did: ModuleNotFoundError when neither is installed, an
+    ImportError naming the shared library (``libnvinfer.so.11: cannot open shared object file``)
+    when the bindings are installed but TensorRT's libraries are not.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module("tensorrt")
+    except ModuleNotFoundError as e:
+        if e.name != "tensorrt":
+            raise  # the front end is there but its bindings are not
+        return importlib.import_module("tensorrt_bindings")
+
+
+def missing_library(error: BaseException) -> str | None:
+    """The shared library an ImportError says could not be loaded (``libnvinfer.so.11``), or None."""
+    found = re.search(r"(lib[\w+-]+\.so(?:\.\d+)*)", str(error))
+    return found.group(1) if found else None
+
+
+def builder_error(trt: Any, error: BaseException) -> str:
+    """Why ``trt.Builder``/``trt.Runtime`` failed, as one line: TensorRT raises TypeError on a null factory result."""
+    detail = " ".join(str(error).split()) or type(error).__name__
+    return (
+        f"TensorRT {getattr(trt, '__version__', '?')} is installed but could not start ({detail}): "
+        "it needs an NVIDIA GPU with a working CUDA driver (check with nvidia-smi)"
+    )
+
+
+@functools.cache
 def unavailable_reason() -> str | None:
-    """Why no TensorRT engine can be built or run here, or None when TensorRT and a CUDA GPU are usable."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return "TensorRT is not installed here (it needs a CUDA GPU host: pip install tensorrt-cu12)"
-    try:
-        # Builder creation needs a CUDA device; this checks the GPU as TensorRT sees it.
-        builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
-    except (RuntimeError, TypeError) as e:
-        return f"TensorRT {trt.__version__} cannot start ({e}); is a CUDA GPU visible?"
-    if builder is None:
-        return f"TensorRT {trt.__version__} found no usable CUDA GPU"
-    # Device buffers, the CUDA stream and the device facts in the manifest come from torch.
-    import torch
+    """Why no TensorRT engine can be built or run here, or None when TensorRT and a CUDA GPU are usable.
 
-    if not torch.cuda.is_available():
-        return (
-            f"TensorRT {trt.__version__} is installed but this PyTorch ({torch.__version__}) has no CUDA; "
-            "install a CUDA build of torch (https://pytorch.org/get-started/locally/)"
-        )
-    return None
+    Computed once per process (creating a Builder costs a CUDA context): ``unavailable_reason.cache_clear()``
+    asks again. The probe itself is ``vit_deploy.doctor.probe_tensorrt``, which ``vit-deploy doctor`` prints.
+    """
+    from ..doctor import probe_tensorrt
+
+    return probe_tensorrt()["reason"]
 
 
 def tensorrt_version() -> str | None:
-    """The installed TensorRT version (``tensorrt.__version__``), or None when it is not installed."""
+    """The installed TensorRT version (``tensorrt.__version__``), or None when it cannot be imported."""
     try:
-        import tensorrt as trt
+        trt = import_tensorrt()
     except ImportError:
         return None
     return str(trt.__version__)
@@ -106,7 +133,7 @@ def trt_logger(collector: LogCollector) -> Any:
     logger must be thread safe (a list append is, under the GIL):
     https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Logger.html
     """
-    import tensorrt as trt
+    trt = import_tensorrt()
 
     class _Collecting(trt.ILogger):
         def __init__(self) -> None:

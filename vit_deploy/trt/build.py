@@ -35,12 +35,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ArtifactError, EngineBuildError, UsageError
+from ..errors import ArtifactError, EngineBuildError, EngineUnavailable, UsageError
 from ..fileio import atomic_write_bytes
 from ..progress import Progress
-from . import LogCollector, device_facts, trt_logger
+from . import LogCollector, builder_error, device_facts, import_tensorrt, trt_logger
+
+if TYPE_CHECKING:  # annotations only (read by tests/test_trt_api.py); never imported at run time
+    import tensorrt as trt
 
 MIB = 1 << 20
 OPTIMIZATION_LEVELS = range(0, 6)  # TensorRT's builder optimization levels; 3 is its default
@@ -65,7 +68,7 @@ def profile_shapes(
     return {input_name: {k: [b, c, h, w] for k, b in (("min", min_batch), ("opt", opt_batch), ("max", max_batch))}}
 
 
-def parser_error_record(error: Any) -> dict[str, Any]:
+def parser_error_record(error: trt.ParserError) -> dict[str, Any]:
     """One ``tensorrt.ParserError`` as plain data (missing accessors read as None)."""
 
     def read(name: str) -> Any:
@@ -133,7 +136,7 @@ def build_serialized_engine(
     Raises EngineBuildError with every parser error, or with TensorRT's logged errors when the
     build itself returns nothing.
     """
-    import tensorrt as trt
+    trt = import_tensorrt()
 
     progress = progress or Progress(enabled=False)
     onnx_path = Path(onnx_path)
@@ -144,18 +147,16 @@ def build_serialized_engine(
         raise UsageError(f"--workspace-mib {workspace_mib} must be a positive number of MiB (or left unset)")
     if not onnx_path.is_file():
         raise ArtifactError(f"{onnx_path} does not exist; re-create the graph artifact")
+
+    collector = LogCollector()
+    logger = trt_logger(collector)  # must outlive builder, network, parser and config
+    builder = create_builder(trt, logger)
     facts = device_facts()
     if hardware_compatible and int(facts["compute_capability"].split(".")[0]) < 8:
         raise UsageError(
             f"--hardware-compatible needs an Ampere or newer GPU to build on; this {facts['gpu']} has compute "
             f"capability {facts['compute_capability']}: build without it"
         )
-
-    collector = LogCollector()
-    logger = trt_logger(collector)  # must outlive builder, network, parser and config
-    builder = trt.Builder(logger)
-    if builder is None:
-        raise EngineBuildError(f"TensorRT could not create a builder ({collector.explain()}); is a CUDA GPU visible?")
     # No creation flags: in TensorRT 11 every network is strongly typed (the flag is ignored).
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
@@ -224,20 +225,29 @@ def build_serialized_engine(
     }
 
 
-def _disable_tf32(trt: Any, config: Any) -> str:
+def create_builder(trt: Any, logger: trt.ILogger) -> trt.Builder:
+    """``trt.Builder(logger)``, or EngineUnavailable in one line.
+
+    The bindings never return None here: when TensorRT's factory returns nullptr (no GPU, no
+    driver) the constructor raises TypeError ("factory function returned nullptr").
+    """
+    try:
+        return trt.Builder(logger)
+    except (TypeError, RuntimeError) as e:
+        raise EngineUnavailable(f"cannot build a TensorRT engine here: {builder_error(trt, e)}") from e
+
+
+def _disable_tf32(trt: Any, config: trt.IBuilderConfig) -> str:
     """Keep FP32 tensors in FP32: the graph, not the builder, decides precision.
 
-    TensorRT 10 enabled TF32 for FP32 matmuls by default (BuilderFlag.TF32); the 11.x removal
-    list does not name TF32, so it is cleared when the flag exists.
+    ``BuilderFlag.TF32`` is in the 11.4 bindings and enabled by default (TF32 for FP32 matmuls
+    and convolutions), which would break the FP32 tolerance: it is cleared.
     """
-    flag = getattr(trt.BuilderFlag, "TF32", None)
-    if flag is None:
-        return "flag absent"
-    config.clear_flag(flag)
+    config.clear_flag(trt.BuilderFlag.TF32)
     return "disabled"
 
 
-def _attach_timing_cache(config: Any, path: Path, progress: Progress) -> dict[str, Any]:
+def _attach_timing_cache(config: trt.IBuilderConfig, path: Path, progress: Progress) -> dict[str, Any]:
     """Load ``path`` into the config if it exists and matches this GPU/TensorRT; else start an empty cache."""
     path = Path(path)
     state: dict[str, Any] = {"path": str(path), "loaded": False, "rebuilt": False}
@@ -253,9 +263,8 @@ def _attach_timing_cache(config: Any, path: Path, progress: Progress) -> dict[st
             cache = config.create_timing_cache(data)
         except (RuntimeError, TypeError, ValueError):
             cache = None
-        # ignore_mismatch=False (positional: the binding's keyword name is not documented for 11.x):
-        # a cache timed on another GPU or TensorRT would pick wrong tactics, so it is refused.
-        if cache is not None and config.set_timing_cache(cache, False):
+        # A cache timed on another GPU or TensorRT would pick wrong tactics, so a mismatch is refused.
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
             state["loaded"] = True
             return state
         progress.note(
@@ -263,11 +272,11 @@ def _attach_timing_cache(config: Any, path: Path, progress: Progress) -> dict[st
             "timing from scratch and replacing it"
         )
         state["rebuilt"] = True
-    config.set_timing_cache(config.create_timing_cache(b""), False)
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     return state
 
 
-def _save_timing_cache(config: Any, path: Path, progress: Progress) -> bool:
+def _save_timing_cache(config: trt.IBuilderConfig, path: Path, progress: Progress) -> bool:
     """Write the (grown) cache back atomically, so a crash never leaves half a cache for the next build.
 
     A cache that cannot be written costs only time on the next build, so it warns instead of failing.

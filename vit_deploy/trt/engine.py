@@ -28,12 +28,15 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ArtifactError, EngineUnavailable, UsageError
-from . import LogCollector, device_facts, tensorrt_version, trt_logger, unavailable_reason
+from . import LogCollector, builder_error, device_facts, import_tensorrt, tensorrt_version, trt_logger
+
+if TYPE_CHECKING:  # annotations only (read by tests/test_trt_api.py); never imported at run time
+    import tensorrt as trt
 
 # Version-compatible plans may cross one major boundary, and only these (support matrix, 11.4.1):
 # TensorRT 10 VC engines run on a TensorRT 11 runtime, TensorRT 8 VC engines on a TensorRT 10 one.
@@ -96,11 +99,18 @@ def compatibility_problem(recorded: dict[str, Any], current: dict[str, Any]) -> 
     )
 
 
-def current_facts() -> dict[str, str]:
-    """This machine's TensorRT version and GPU, in the shape ``compatibility_problem`` compares."""
+def require_tensorrt(what: str = "run a TensorRT engine") -> None:
+    """EngineUnavailable (one line, what is missing and how to get it) unless TensorRT and a CUDA GPU are usable."""
+    from . import unavailable_reason
+
     reason = unavailable_reason()
     if reason is not None:
-        raise EngineUnavailable(f"cannot run a TensorRT engine here: {reason}")
+        raise EngineUnavailable(f"cannot {what} here: {reason}")
+
+
+def current_facts() -> dict[str, str]:
+    """This machine's TensorRT version and GPU, in the shape ``compatibility_problem`` compares."""
+    require_tensorrt()
     return {"version": str(tensorrt_version()), **device_facts()}
 
 
@@ -112,11 +122,24 @@ def check_compatible(recorded: dict[str, Any], *, rebuild_from: str | os.PathLik
         raise ArtifactError(f"{problem}: rebuild with vit-deploy build-engine --artifact {source} on this machine")
 
 
-def deserialize(plan: bytes, logger: Any, collector: LogCollector, source: str, allow_host_code: bool = False):
-    """(runtime, engine) for ``plan``; ArtifactError when TensorRT refuses it. Keep both alive together."""
-    import tensorrt as trt
+def create_runtime(trt: Any, logger: trt.ILogger) -> trt.Runtime:
+    """``trt.Runtime(logger)``, or EngineUnavailable in one line (the bindings raise TypeError on nullptr)."""
+    try:
+        return trt.Runtime(logger)
+    except (TypeError, RuntimeError) as e:
+        raise EngineUnavailable(f"cannot run a TensorRT engine here: {builder_error(trt, e)}") from e
 
-    runtime = trt.Runtime(logger)
+
+def deserialize(
+    plan: bytes, logger: trt.ILogger, collector: LogCollector, source: str, allow_host_code: bool = False
+) -> tuple[trt.Runtime, trt.ICudaEngine]:
+    """(runtime, engine) for ``plan``; ArtifactError when TensorRT refuses it. Keep both alive together.
+
+    EngineUnavailable when TensorRT cannot start at all (no GPU or driver).
+    """
+    trt = import_tensorrt()
+
+    runtime = create_runtime(trt, logger)
     if allow_host_code:
         # Version-compatible plans carry a lean runtime (host code); TensorRT runs it only when allowed.
         # Only for plans this tool built: a plan is executable code.
@@ -156,7 +179,8 @@ class TrtEngine:
     def __init__(
         self, plan: bytes | str | os.PathLike[str], *, device: int | None = None, allow_host_code: bool = False
     ) -> None:
-        import tensorrt as trt
+        require_tensorrt()  # before torch.cuda, whose own error would not say what to install
+        trt = import_tensorrt()
         import torch
 
         data, source = read_plan(plan)

@@ -10,10 +10,15 @@ inspector; ``engine_summary`` attaches one at the profile's opt shape.
 
 The JSON schema changed in TensorRT 11 (IEngineInspector migration page): the engine's flat
 "Bindings" list of names became "I/O Tensors", a list of objects with "Name", "IOMode",
-"DataType", "Dimensions", "Location", "IsShapeInferenceIO", "ProfileInfo"; and the combined
-"Format/Datatype" string of 10.x was split into separate type and format fields. The pure
-functions here read both schemas: a tensor's "DataType" (11.x, e.g. "Half") when present, else
-its 10.x "Format/Datatype" string (e.g. "Row major linear FP16 format").
+"DataType", "Dimensions", ...; and the combined 10.x "Format/Datatype" string of each layer
+tensor was split into separate fields. NVIDIA's own 11.x tooling spells the type field
+"Datatype" (the trt-perf-analysis schema in the NVIDIA/TensorRT repository,
+``.agents/skills/trt-perf-analysis/schemas/analyze-data.schema.json``: a tensor has "Name",
+"Datatype", "Dimensions", "Format", "StrideOrder", "Strides"; its report reads the value
+case-insensitively: "half", "float", "int8", ...), the migration page's I/O tensors "DataType",
+and 10.x "Format/Datatype" (e.g. "Row major linear FP16 format"). ``tensor_precision`` reads
+the type key whatever its case, with or without the "Format/" prefix, and only then falls
+back to parsing "Format".
 
 Pages:
 - https://docs.nvidia.com/deeplearning/tensorrt/11.0.0/api/migration/tensorrt-10x-to-11x-IEngineInspector.html
@@ -29,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import LogCollector, trt_logger
+from . import LogCollector, import_tensorrt, trt_logger
 from .engine import deserialize, read_plan
 
 # Most reduced first: a layer counts under the lowest precision among its inputs, the precision
@@ -37,10 +42,18 @@ from .engine import deserialize, read_plan
 PRECISION_ORDER = ("fp4", "int4", "fp8", "int8", "uint8", "fp16", "bf16", "fp32", "int32", "int64", "bool")
 
 
+def _type_text(tensor: Mapping[str, Any]) -> str:
+    """The tensor's data-type string: a "Datatype" key in any case, with or without "Format/", else "Format"."""
+    by_key = {str(k).lower(): v for k, v in tensor.items()}
+    for key in ("datatype", "format/datatype"):
+        if by_key.get(key):
+            return str(by_key[key])
+    return str(by_key.get("format") or "")
+
+
 def tensor_precision(tensor: Mapping[str, Any]) -> str:
     """"fp16", "int8", ... for one tensor entry of the inspector JSON (11.x or 10.x schema), else "unknown"."""
-    text = tensor.get("DataType") or tensor.get("Format/Datatype") or tensor.get("Format") or ""
-    s = str(text).lower()
+    s = _type_text(tensor).lower()
     if not s or s.startswith("n/a"):
         return "unknown"  # 10.x prints "N/A due to dynamic shapes" for layers sized at run time
     checks = (  # order matters: "bfloat16" and "float8" contain "float", "uint8" contains "int8"
@@ -143,7 +156,7 @@ def engine_summary(plan: bytes | str | os.PathLike[str], *, allow_host_code: boo
     shapes") unless an execution context with concrete input shapes is attached (Engine
     Inspector docs), so one is attached with every input at its profile's opt shape.
     """
-    import tensorrt as trt
+    trt = import_tensorrt()
 
     data, source = read_plan(plan)
     collector = LogCollector()
