@@ -12,7 +12,7 @@ BLOCKER = """
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"tensorrt", "modelopt", "tritonclient", "pycuda", "cuda"}:
+        if name.split(".")[0] in {"tensorrt", "tensorrt_bindings", "modelopt", "tritonclient", "pycuda", "cuda"}:
             raise ImportError(f"{name} is blocked for this test")
 sys.meta_path.insert(0, Block())
 """

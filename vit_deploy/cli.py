@@ -292,6 +292,19 @@ def _export_text(s: dict[str, Any]) -> str:
     ])
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print every probe as JSON on stdout.")
+def doctor(as_json: bool) -> None:
+    """What this machine can do: GPU/driver/CUDA, TensorRT, ONNX Runtime providers, OpenVINO, Triton.
+
+    Every "can't" comes with the reason and the command that fixes it. Always exits 0.
+    """
+    from .doctor import format_report, report
+
+    r = report()
+    click.echo(json.dumps(r, indent=2) if as_json else format_report(r))
+
+
 def _add_commands() -> None:
     # long commands live in their own packages; importing them loads no numerical library
     from .bench.cli_command import bench, bench_build

@@ -48,6 +48,8 @@ if TYPE_CHECKING:  # annotations only (read by tests/test_trt_api.py); never imp
 MIB = 1 << 20
 OPTIMIZATION_LEVELS = range(0, 6)  # TensorRT's builder optimization levels; 3 is its default
 PARSER_OPS_URL = "https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md"
+# The tensorrt.ParserError accessors read for a report (tests/test_trt_api.py checks them on the bindings).
+PARSER_ERROR_FIELDS = ("code", "desc", "node", "node_name", "node_operator")
 
 
 def check_batches(min_batch: int, opt_batch: int, max_batch: int) -> None:
@@ -78,14 +80,10 @@ def parser_error_record(error: trt.ParserError) -> dict[str, Any]:
         except (RuntimeError, TypeError, ValueError):
             return None
 
-    code = read("code")
-    return {
-        "code": None if code is None else str(getattr(code, "name", code)).split(".")[-1],
-        "desc": read("desc"),
-        "node": read("node"),
-        "node_name": read("node_name"),
-        "node_operator": read("node_operator"),
-    }
+    record = {name: read(name) for name in PARSER_ERROR_FIELDS}
+    code = record["code"]
+    record["code"] = None if code is None else str(getattr(code, "name", code)).split(".")[-1]
+    return record
 
 
 def format_parser_errors(

@@ -1,0 +1,62 @@
+"""``vit-deploy doctor``: every probe answers without a GPU, and every "can't" has a reason and a fix."""
+
+from __future__ import annotations
+
+import json
+
+from vit_deploy import doctor
+
+
+def test_report_has_every_topic_and_every_cant_has_reason_and_install():
+    r = doctor.report()
+    assert set(r) == {"gpu", "tensorrt", "onnxruntime", "openvino", "triton"}
+    for topic, probe in r.items():
+        assert isinstance(probe["ok"], bool), topic
+        if not probe["ok"]:
+            assert probe["reason"] and "\n" not in probe["reason"], topic
+            assert probe["install"], topic
+    json.dumps(r)  # plain data
+
+
+def test_tensorrt_reason_is_the_one_every_command_uses():
+    from vit_deploy.trt import unavailable_reason
+
+    assert doctor.probe_tensorrt()["reason"] == unavailable_reason()
+
+
+def test_text_report_says_yes_or_no_with_fixes():
+    r = doctor.report()
+    text = doctor.format_report(r)
+    for heading in ("GPU", "TensorRT", "ONNX Runtime", "OpenVINO", "Triton"):
+        assert heading in text.splitlines()
+    if not r["tensorrt"]["ok"]:
+        assert f"no   TensorRT engines: {r['tensorrt']['reason']}" in text
+        assert f"fix: {r['tensorrt']['install']}" in text
+
+
+def test_onnxruntime_providers_match_onnxruntime_itself():
+    import onnxruntime
+
+    o = doctor.probe_onnxruntime()
+    assert o["ok"] and o["providers"] == onnxruntime.get_available_providers()
+    assert o["cuda"] == ("CUDAExecutionProvider" in o["providers"])
+    if not o["cuda"]:
+        assert o["gpu_install"] == "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
+
+
+def test_no_driver_is_a_reason_not_a_crash(monkeypatch):
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
+    doctor.probe_gpu.cache_clear()
+    try:
+        g = doctor.probe_gpu()
+    finally:
+        doctor.probe_gpu.cache_clear()
+    assert not g["ok"] and "nvidia-smi not found" in g["reason"] and g["install"] == doctor.DRIVER_INSTALL
+
+
+def test_doctor_command(run_cli):
+    code, out, err = run_cli("doctor", "--json")
+    assert code == 0, err
+    assert set(json.loads(out)) == {"gpu", "tensorrt", "onnxruntime", "openvino", "triton"}
+    code, out, err = run_cli("doctor")
+    assert code == 0 and out.startswith("GPU"), err
