@@ -721,3 +721,16 @@ def test_no_tensorrt_at_all_says_not_installed_with_the_command(monkeypatch, fre
     monkeypatch.setattr(vit_deploy.trt, "import_tensorrt", absent)
     reason = unavailable_reason_now()
     assert reason.startswith("TensorRT is not installed here") and "pip install tensorrt-cu1" in reason
+
+
+# --- one table of compatibility rules for Python and C++ (examples/cpp/compat.hpp) -------------
+
+
+def test_python_follows_the_shared_compatibility_table():
+    from vit_deploy.trt.engine import compatibility_rules
+
+    rules = compatibility_rules()
+    for case in rules["version_cases"]:
+        assert version_allowed(case["built"], case["running"], case["version_compatible"]) is case["allowed"], case
+    for case in rules["capability_cases"]:
+        assert capability_allowed(case["built"], case["running"], case["hardware_compatible"]) is case["allowed"], case

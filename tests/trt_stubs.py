@@ -33,7 +33,9 @@ import zipfile
 from pathlib import Path
 
 BINDINGS = "tensorrt-cu13-bindings==11.4.0.106"
-CUDA_RUNTIME = "nvidia-cuda-runtime"  # CUDA 13 runtime headers and libcudart.so.13
+CUDA_RUNTIME = "nvidia-cuda-runtime==13.5.37"  # CUDA 13 runtime headers and libcudart.so.13
+CUDA_CRT = "nvidia-cuda-crt==13.5.37"  # crt/host_defines.h, which cuda_runtime_api.h includes
+NLOHMANN_JSON = "nlohmann-json==3.12.0"  # PyPI repackaging of the header-only JSON library (nlohmann-json3-dev)
 LIBRARIES = ("libnvinfer.so.11", "libnvonnxparser.so.11", "libnvinfer_plugin.so.11")
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "third_party"
@@ -60,10 +62,15 @@ def unpacked_wheel(requirement: str, module: str) -> Path | str:
     spec = importlib.util.find_spec(module)
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations))).parent
+    return unpacked_wheel_download(requirement, module)
+
+
+def unpacked_wheel_download(requirement: str, module: str | None = None) -> Path | str:
+    """``requirement``'s wheel (no dependencies) unpacked into the cache, downloaded once; else why not."""
     name = re.split(r"[=<>!~ ]", requirement, maxsplit=1)[0]
     python = f"py{sys.version_info.major}{sys.version_info.minor}"
     target = cache_root() / re.sub(r"[^\w.-]+", "_", requirement) / python
-    if (target / module).is_dir():
+    if target.is_dir() and (module is None or (target / module).is_dir()):
         return target
     download = target.parent / "download"
     download.mkdir(parents=True, exist_ok=True)
@@ -88,15 +95,48 @@ def bindings_dir() -> Path | str:
     return unpacked_wheel(BINDINGS, "tensorrt_bindings")
 
 
+def _cuda_wheel_dir(requirement: str, header: str) -> Path | str:
+    """``nvidia/cu13`` of a CUDA wheel holding ``include/<header>`` (installed, else downloaded); else why not."""
+    spec = importlib.util.find_spec("nvidia")
+    roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    for root in roots:
+        for candidate in sorted(root.glob("cu*")):
+            if (candidate / "include" / header).is_file():
+                return candidate
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    if (cached := cache_root() / re.sub(r"[^\w.-]+", "_", requirement) / python / "nvidia").is_dir():
+        roots = [cached]
+    else:
+        found = unpacked_wheel_download(requirement)
+        if isinstance(found, str):
+            return found
+        roots = [found / "nvidia"]
+    for root in roots:
+        for candidate in sorted(root.glob("cu*")):
+            if (candidate / "include" / header).is_file():
+                return candidate
+    return f"no include/{header} in the {requirement} wheel"
+
+
 def cuda_runtime_dir() -> Path | str:
     """``nvidia/cu13`` of the CUDA runtime wheel (``include/cuda_runtime_api.h``, ``lib/libcudart.so.13``)."""
-    found = unpacked_wheel(CUDA_RUNTIME, "nvidia")
+    return _cuda_wheel_dir(CUDA_RUNTIME, "cuda_runtime_api.h")
+
+
+def cuda_crt_dir() -> Path | str:
+    """``nvidia/cu13`` of the CUDA C runtime headers wheel (``include/crt/host_defines.h``)."""
+    return _cuda_wheel_dir(CUDA_CRT, "crt/host_defines.h")
+
+
+def json_include_dir() -> Path | str:
+    """Where ``nlohmann/json.hpp`` is: the system (nlohmann-json3-dev), else the PyPI wheel's copy."""
+    for system in (Path("/usr/include"), Path("/usr/local/include")):
+        if (system / "nlohmann" / "json.hpp").is_file():
+            return system
+    found = unpacked_wheel(NLOHMANN_JSON, "nlohmann_json")
     if isinstance(found, str):
         return found
-    for candidate in sorted((found / "nvidia").glob("cu*")) + [found / "nvidia" / "cuda_runtime"]:
-        if (candidate / "include" / "cuda_runtime_api.h").is_file():
-            return candidate
-    return f"no include/cuda_runtime_api.h under {found / 'nvidia'}: install {CUDA_RUNTIME}"
+    return found / "nlohmann_json" / "include"
 
 
 def _nm(binary: Path, *flags: str) -> list[tuple[str, str]]:

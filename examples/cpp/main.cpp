@@ -1,28 +1,37 @@
-// Run a vit-deploy TensorRT engine artifact from C++: read manifest.json, check it matches this
-// TensorRT, deserialize model.<precision>.plan, run one batch, print the top-5 per image.
+// Run a vit-deploy TensorRT engine artifact from C++: read manifest.json, check that the plan is the
+// one it describes and that it may run on this TensorRT, deserialize model.<precision>.plan, run
+// one batch, print the top-5 classes per image.
 //
 //   vit_infer ARTIFACT_DIR IMAGES.f32 [BATCH]
 //
 // IMAGES.f32: raw float32 [BATCH, 3, H, W] preprocessed as the manifest says; make it with
 // `python examples/cpp/make_input.py ARTIFACT_DIR cat.jpg dog.jpg -o images.f32`.
-// Written against the TensorRT 11 C++ API (IRuntime::deserializeCudaEngine,
-// IExecutionContext::setInputShape / setTensorAddress / enqueueV3); not compiled here: the
-// development machines have no TensorRT headers (see README.md).
+// TensorRT 11 C++ API: IRuntime::deserializeCudaEngine, ICudaEngine::getProfileShape /
+// getTensorDataType, IExecutionContext::setInputShape / getTensorShape / setTensorAddress / enqueueV3.
+// Every failure is one line on stderr and exit code 1.
 #include <NvInfer.h>
+#include <NvInferVersion.h>
 #include <cuda_runtime_api.h>
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
-#include <memory>
+#include <cstdint>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <memory>
 #include <numeric>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "compat.hpp"
+#include "sha256.hpp"
 
 namespace {
 
@@ -36,92 +45,178 @@ void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
 }
 
-std::vector<char> read_file(const std::string& path) {
+std::vector<char> read_file(const std::string& path, const std::string& what) {
   std::ifstream file(path, std::ios::binary);
-  if (!file) throw std::runtime_error("cannot open " + path);
+  if (!file) throw std::runtime_error("cannot open " + what + " " + path);
   return {std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
 }
 
-std::string trt_version() {
-  const int v = getInferLibVersion();  // e.g. 110100 for 11.1.0 (major*10000 + minor*100 + patch)
-  return std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
+// The TensorRT this program runs: the library's major.minor.patch, plus the build number from the
+// headers when they are of that same release (the library reports no build number itself).
+std::string runtime_version() {
+  const int v = getInferLibVersion();  // major * 10000 + minor * 100 + patch, e.g. 110400
+  const int major = v / 10000, minor = v / 100 % 100, patch = v % 100;
+  std::string text = std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(patch);
+  if (major == NV_TENSORRT_MAJOR && minor == NV_TENSORRT_MINOR && patch == NV_TENSORRT_PATCH)
+    text += "." + std::to_string(NV_TENSORRT_BUILD);
+  return text;
+}
+
+std::string dims_text(const nvinfer1::Dims& d) {
+  std::string s = "[";
+  for (int i = 0; i < d.nbDims; ++i) s += (i ? ", " : "") + std::to_string(d.d[i]);
+  return s + "]";
+}
+
+struct Manifest {
+  std::string plan_file, plan_sha256, in_name, out_name, version;
+  bool version_compatible = false;
+  int channels = 0, height = 0, width = 0, classes = 0, min_batch = 1, max_batch = 0;
+};
+
+Manifest read_manifest(const std::string& dir) {
+  const std::string path = dir + "/manifest.json";
+  const auto text = read_file(path, "the artifact's manifest");
+  nlohmann::json m;
+  try {
+    m = nlohmann::json::parse(text.begin(), text.end());
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(path + " is not valid JSON (" + e.what() + "): re-create the engine artifact");
+  }
+  try {
+    if (m.at("kind") != "tensorrt")
+      throw std::runtime_error(dir + " is not a TensorRT engine artifact (kind " + m.at("kind").dump() +
+                               "): pass the folder vit-deploy build-engine wrote");
+    Manifest out;
+    for (const auto& f : m.at("files"))
+      if (f.at("role") == "model") out.plan_file = f.at("path"), out.plan_sha256 = f.at("sha256");
+    if (out.plan_file.empty()) throw std::runtime_error(path + " lists no model file: re-create the engine artifact");
+    const auto& in = m.at("io").at("inputs").at(0);
+    const auto& outp = m.at("io").at("outputs").at(0);
+    out.in_name = in.at("name");
+    out.out_name = outp.at("name");
+    out.channels = in.at("shape").at(1), out.height = in.at("shape").at(2), out.width = in.at("shape").at(3);
+    out.classes = outp.at("shape").at(1);
+    const auto& built = m.at("tensorrt");
+    out.version = built.at("version");
+    out.version_compatible = built.value("version_compatible", false);
+    const auto& profile = built.at("profile").at(out.in_name);
+    out.min_batch = profile.at("min").at(0), out.max_batch = profile.at("max").at(0);
+    return out;
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(path + " is not a vit-deploy engine manifest (" + e.what() +
+                             "): re-create the engine artifact");
+  }
+}
+
+void check_batch(int batch, int lo, int hi, const char* source) {
+  if (batch < lo)
+    throw std::runtime_error("batch " + std::to_string(batch) + " is below the engine's profile minimum " +
+                             std::to_string(lo) + " (" + source + "): give at least " + std::to_string(lo) + " images");
+  if (batch > hi)
+    throw std::runtime_error("batch " + std::to_string(batch) + " is above the engine's profile maximum " +
+                             std::to_string(hi) + " (" + source + "): split it into batches of at most " +
+                             std::to_string(hi));
 }
 
 }  // namespace
 
 int main(int argc, char** argv) try {
-  if (argc < 3) {
+  if (argc < 3 || argc > 4) {
     std::cerr << "usage: vit_infer ARTIFACT_DIR IMAGES.f32 [BATCH]\n";
     return 1;
   }
   const std::string dir = argv[1];
-  const auto manifest = nlohmann::json::parse(read_file(dir + "/manifest.json"));
-  if (manifest.at("kind") != "tensorrt") throw std::runtime_error(dir + " is not a TensorRT engine artifact");
+  const Manifest m = read_manifest(dir);
 
-  // The plan only runs on the TensorRT version it was built with (unless version-compatible):
-  // compare before deserializing, naming both sides, as vit_deploy.runtime does.
-  const auto& built = manifest.at("tensorrt");
-  const std::string recorded = built.at("version");
-  if (!built.value("version_compatible", false) && recorded.rfind(trt_version(), 0) != 0 &&
-      trt_version().rfind(recorded, 0) != 0) {
-    throw std::runtime_error("engine built with TensorRT " + recorded + ", this program links TensorRT " +
-                             trt_version() + ": rebuild it with vit-deploy build-engine");
+  // A plan runs only where it may (vit_deploy/data/trt_compatibility.json): check before deserializing,
+  // naming both sides, as vit_deploy.runtime does.
+  const std::string running = runtime_version();
+  if (!vit_deploy::version_allowed(m.version, running, m.version_compatible))
+    throw std::runtime_error("engine built with TensorRT " + m.version + ", this program runs TensorRT " + running +
+                             (m.version_compatible ? " (version-compatible plans need the same or a later runtime)"
+                                                   : " (a plan needs the exact version that built it)") +
+                             ": rebuild it with vit-deploy build-engine on this machine");
+
+  const auto plan = read_file(dir + "/" + m.plan_file, "the engine plan");
+  const std::string digest = vit_deploy::sha256_hex(plan.data(), plan.size());
+  if (digest != m.plan_sha256)
+    throw std::runtime_error(m.plan_file + " has sha256 " + digest + " but the manifest records " + m.plan_sha256 +
+                             ": the plan was altered or replaced; re-create the engine artifact");
+
+  const auto images = read_file(argv[2], "the input images");
+  const size_t per_image = size_t(m.channels) * m.height * m.width * sizeof(float);
+  int batch = 0;
+  try {
+    batch = argc > 3 ? std::stoi(argv[3]) : int(images.size() / per_image);
+  } catch (const std::exception&) {
+    throw std::runtime_error(std::string("BATCH must be a whole number, not ") + argv[3]);
   }
-  std::string plan_file;
-  for (const auto& f : manifest.at("files"))
-    if (f.at("role") == "model") plan_file = f.at("path");
-  const auto& in = manifest.at("io").at("inputs").at(0);
-  const auto& out = manifest.at("io").at("outputs").at(0);
-  const std::string in_name = in.at("name"), out_name = out.at("name");
-  const int channels = in.at("shape").at(1), height = in.at("shape").at(2), width = in.at("shape").at(3);
-  const int classes = out.at("shape").at(1);
-
-  const auto images = read_file(argv[2]);
-  const size_t per_image = size_t(channels) * height * width;
-  const int batch = argc > 3 ? std::stoi(argv[3]) : int(images.size() / (per_image * sizeof(float)));
-  if (batch < 1 || images.size() != batch * per_image * sizeof(float))
-    throw std::runtime_error(std::string(argv[2]) + " does not hold float32 [" + std::to_string(batch) + ", " +
-                             std::to_string(channels) + ", " + std::to_string(height) + ", " + std::to_string(width) +
-                             "]");
+  check_batch(batch, m.min_batch, m.max_batch, "manifest");
+  if (images.size() != size_t(batch) * per_image)
+    throw std::runtime_error(std::string(argv[2]) + " holds " + std::to_string(images.size()) +
+                             " bytes, not float32 [" + std::to_string(batch) + ", " + std::to_string(m.channels) +
+                             ", " + std::to_string(m.height) + ", " + std::to_string(m.width) +
+                             "]: write it with examples/cpp/make_input.py");
 
   Logger logger;
-  auto runtime = std::unique_ptr<nvinfer1::IRuntime>(nvinfer1::createInferRuntime(logger));
-  runtime->setEngineHostCodeAllowed(built.value("version_compatible", false));
-  const auto plan = read_file(dir + "/" + plan_file);
-  auto engine = std::unique_ptr<nvinfer1::ICudaEngine>(runtime->deserializeCudaEngine(plan.data(), plan.size()));
-  if (!engine) throw std::runtime_error("TensorRT refused " + plan_file + " (corrupt, or built for another GPU)");
-  auto context = std::unique_ptr<nvinfer1::IExecutionContext>(engine->createExecutionContext());
+  std::unique_ptr<nvinfer1::IRuntime> runtime{nvinfer1::createInferRuntime(logger)};
+  if (!runtime)
+    throw std::runtime_error("TensorRT " + running + " could not create a runtime: it needs an NVIDIA GPU with a "
+                             "working CUDA driver (check with nvidia-smi)");
+  runtime->setEngineHostCodeAllowed(m.version_compatible);  // VC plans embed the lean runtime as host code
+  std::unique_ptr<nvinfer1::ICudaEngine> engine{runtime->deserializeCudaEngine(plan.data(), plan.size())};
+  if (!engine)
+    throw std::runtime_error("TensorRT refused " + m.plan_file + " (see its log above): corrupt, or built for another "
+                             "TensorRT or GPU; rebuild it with vit-deploy build-engine on this machine");
 
-  // Batch within the optimization profile (profile 0: the one vit-deploy builds).
-  const auto max_dims = engine->getProfileShape(in_name.c_str(), 0, nvinfer1::OptProfileSelector::kMAX);
-  if (batch > max_dims.d[0])
-    throw std::runtime_error("batch " + std::to_string(batch) + " is above the engine's profile maximum " +
-                             std::to_string(max_dims.d[0]) + ": split it");
-  context->setInputShape(in_name.c_str(), nvinfer1::Dims4{batch, channels, height, width});
+  // The engine itself, not only its manifest: profile 0 (the one vit-deploy builds), types and shapes.
+  const auto in = m.in_name.c_str(), out = m.out_name.c_str();
+  const auto lo = engine->getProfileShape(in, 0, nvinfer1::OptProfileSelector::kMIN);
+  const auto hi = engine->getProfileShape(in, 0, nvinfer1::OptProfileSelector::kMAX);
+  if (lo.nbDims != 4 || hi.nbDims != 4)
+    throw std::runtime_error("the engine has no NCHW profile for input '" + m.in_name + "': rebuild it");
+  check_batch(batch, int(lo.d[0]), int(hi.d[0]), "engine");
+  for (const char* name : {in, out})
+    if (engine->getTensorDataType(name) != nvinfer1::DataType::kFLOAT)
+      throw std::runtime_error(std::string("tensor '") + name + "' is not float32 in this engine; this program "
+                               "reads and writes float32 (vit-deploy engines keep float32 I/O)");
+
+  std::unique_ptr<nvinfer1::IExecutionContext> context{engine->createExecutionContext()};
+  if (!context) throw std::runtime_error("TensorRT could not create an execution context: free GPU memory");
+  if (!context->setInputShape(in, nvinfer1::Dims4{batch, m.channels, m.height, m.width}))
+    throw std::runtime_error("TensorRT refused input shape [" + std::to_string(batch) + ", " +
+                             std::to_string(m.channels) + ", " + std::to_string(m.height) + ", " +
+                             std::to_string(m.width) + "] for '" + m.in_name + "' (profile " + dims_text(lo) +
+                             " to " + dims_text(hi) + ")");
+  const auto out_dims = context->getTensorShape(out);
+  if (out_dims.nbDims != 2 || out_dims.d[0] != batch || out_dims.d[1] != m.classes)
+    throw std::runtime_error("output '" + m.out_name + "' has shape " + dims_text(out_dims) + ", expected [" +
+                             std::to_string(batch) + ", " + std::to_string(m.classes) + "]: rebuild the engine");
 
   void* d_in = nullptr;
   void* d_out = nullptr;
+  cudaStream_t stream = nullptr;
   check(cudaMalloc(&d_in, images.size()), "cudaMalloc input");
-  check(cudaMalloc(&d_out, size_t(batch) * classes * sizeof(float)), "cudaMalloc output");
-  cudaStream_t stream;
+  check(cudaMalloc(&d_out, size_t(batch) * m.classes * sizeof(float)), "cudaMalloc output");
   check(cudaStreamCreate(&stream), "cudaStreamCreate");
   check(cudaMemcpyAsync(d_in, images.data(), images.size(), cudaMemcpyHostToDevice, stream), "copy in");
-  context->setTensorAddress(in_name.c_str(), d_in);
-  context->setTensorAddress(out_name.c_str(), d_out);
-  if (!context->enqueueV3(stream)) throw std::runtime_error("TensorRT execution failed");
-  std::vector<float> logits(size_t(batch) * classes);
+  if (!context->setTensorAddress(in, d_in) || !context->setTensorAddress(out, d_out))
+    throw std::runtime_error("TensorRT refused the device buffers (see its log above)");
+  if (!context->enqueueV3(stream)) throw std::runtime_error("TensorRT execution failed (see its log above)");
+  std::vector<float> logits(size_t(batch) * m.classes);
   check(cudaMemcpyAsync(logits.data(), d_out, logits.size() * sizeof(float), cudaMemcpyDeviceToHost, stream),
         "copy out");
   check(cudaStreamSynchronize(stream), "synchronize");
 
   for (int b = 0; b < batch; ++b) {
-    const float* row = logits.data() + size_t(b) * classes;
-    const float top = *std::max_element(row, row + classes);
+    const float* row = logits.data() + size_t(b) * m.classes;
+    const float top = *std::max_element(row, row + m.classes);
     double sum = 0;
-    for (int c = 0; c < classes; ++c) sum += std::exp(double(row[c] - top));
-    std::vector<int> order(classes);
+    for (int c = 0; c < m.classes; ++c) sum += std::exp(double(row[c] - top));
+    std::vector<int> order(m.classes);
     std::iota(order.begin(), order.end(), 0);
-    const int k = std::min(5, classes);
+    const int k = std::min(5, m.classes);
     std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int a, int c) { return row[a] > row[c]; });
     std::cout << "image " << b << ":";
     for (int i = 0; i < k; ++i)

@@ -23,10 +23,12 @@ Written from (not run here: no GPU on the development machines):
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import threading
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,13 +40,21 @@ from . import LogCollector, builder_error, device_facts, import_tensorrt, tensor
 if TYPE_CHECKING:  # annotations only (read by tests/test_trt_api.py); never imported at run time
     import tensorrt as trt
 
+
+def compatibility_rules() -> dict[str, Any]:
+    """The rules and the case table in ``vit_deploy/data/trt_compatibility.json``, shared with the C++ example."""
+    return json.loads(resources.files("vit_deploy").joinpath("data/trt_compatibility.json").read_text())
+
+
+_RULES = compatibility_rules()
 # Version-compatible plans may cross one major boundary, and only these (support matrix, 11.4.1):
 # TensorRT 10 VC engines run on a TensorRT 11 runtime, TensorRT 8 VC engines on a TensorRT 10 one.
-CROSS_MAJOR_COMPATIBLE = frozenset({(8, 10), (10, 11)})
-AMPERE = 8  # HardwareCompatibilityLevel.AMPERE_PLUS: compute capability 8.0 and newer
+CROSS_MAJOR_COMPATIBLE = frozenset(tuple(pair) for pair in _RULES["cross_major_pairs"])
+AMPERE = int(_RULES["hardware_compatible_min_major"])  # HardwareCompatibilityLevel.AMPERE_PLUS: cc 8.0 and newer
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
+    """(major, minor, patch[, build]) as numbers: "11.1.10" is later than "11.1.1", never a prefix match."""
     return tuple(int(p) for p in re.findall(r"\d+", str(version))[:4])
 
 

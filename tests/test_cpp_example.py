@@ -1,0 +1,211 @@
+"""examples/cpp, compiled with the TensorRT 11 headers and linked against stub libraries, on its error paths.
+
+The TensorRT headers come from ``../shared/third_party/tensorrt-include`` (never copied here),
+the CUDA headers and ``libcudart`` from NVIDIA's CUDA 13 wheels, nlohmann/json from the system or
+its PyPI wheel (``tests/trt_stubs.py`` fetches the wheels once). The stub ``libnvinfer.so.11``
+is built from the symbols the compiled example needs and returns NULL for everything, so no
+engine can run: what is tested is every refusal before that point (manifest, version, sha256,
+batch) and the null runtime. Each must be one clear line on stderr and exit code 1, never a
+crash. The compatibility rules of ``compat.hpp`` are run against the same table as Python's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trt_stubs
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "cpp"
+FLAGS = ["-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror"]
+STUB_VERSION = "11.4.0"  # what the stub's getInferLibVersion reports (the 11.1 headers add no build number to it)
+
+
+def _need(found: Path | str) -> Path:
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
+
+
+@pytest.fixture(scope="module")
+def toolchain() -> dict:
+    cxx = trt_stubs.tool("g++", "c++", "clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++) to build examples/cpp")
+    if trt_stubs.tool("nm") is None:
+        pytest.skip("no nm (binutils) to list the symbols the example needs")
+    if not (trt_stubs.TRT_INCLUDE / "NvInfer.h").is_file():
+        pytest.skip(f"no TensorRT headers at {trt_stubs.TRT_INCLUDE} (../shared/third_party/tensorrt-include)")
+    cuda, crt = _need(trt_stubs.cuda_runtime_dir()), _need(trt_stubs.cuda_crt_dir())
+    includes = [trt_stubs.TRT_INCLUDE, cuda / "include", crt / "include", _need(trt_stubs.json_include_dir())]
+    return {"cxx": cxx, "cuda": cuda, "isystem": [a for p in includes for a in ("-isystem", str(p))]}
+
+
+def compile_source(toolchain: dict, source: Path, out: Path) -> Path:
+    r = subprocess.run([toolchain["cxx"], *FLAGS, *toolchain["isystem"], f"-I{EXAMPLE}", "-c", str(source),
+                        "-o", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"{source.name} does not compile cleanly with {' '.join(FLAGS)}:\n{r.stderr[-4000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def vit_infer(toolchain, tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("cpp")
+    obj = compile_source(toolchain, EXAMPLE / "main.cpp", work / "main.o")
+    cudart = toolchain["cuda"] / "lib" / "libcudart.so.13"
+    symbols = trt_stubs.needed_symbols(obj, provided=trt_stubs.defined_symbols(cudart))
+    assert "createInferRuntime_INTERNAL" in symbols and "getInferLibVersion" in symbols, symbols
+    stubs = _need(trt_stubs.build_stubs(work / "stubs", symbols, STUB_VERSION))
+    exe = work / "vit_infer"
+    r = subprocess.run([toolchain["cxx"], str(obj), "-o", str(exe), f"-L{stubs}", "-lnvinfer", str(cudart)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join([str(stubs), str(cudart.parent)]))
+    return {"exe": exe, "env": env}
+
+
+@pytest.fixture
+def engine_dir(tiny_artifacts, tmp_path) -> Path:
+    """An engine-kind artifact whose manifest matches the stub TensorRT; its plan is not a plan (nothing runs it)."""
+    from conftest import engine_manifest_without_plan
+
+    from vit_deploy.manifest import read_manifest, write_manifest
+
+    d = engine_manifest_without_plan(tiny_artifacts["fp16"], tmp_path / "engine")
+    m = read_manifest(d)
+    m["tensorrt"]["version"] = STUB_VERSION
+    m["tensorrt"]["profile"]["images"].update(min=[2, 3, 32, 32], opt=[2, 3, 32, 32], max=[4, 3, 32, 32])
+    write_manifest(d, m)
+    return d
+
+
+def run(vit_infer: dict, directory: Path, batch: int, tmp_path: Path, *extra: str) -> tuple[int, str]:
+    images = tmp_path / "images.f32"
+    np.zeros((batch, 3, 32, 32), np.float32).tofile(images)
+    r = subprocess.run([str(vit_infer["exe"]), str(directory), str(images), *extra], capture_output=True, text=True,
+                       env=vit_infer["env"], timeout=60)
+    assert r.returncode >= 0, f"vit_infer died of signal {-r.returncode}: {r.stderr}"
+    return r.returncode, r.stderr
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 1, (code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+
+
+def test_runtime_unavailable(vit_infer, engine_dir, tmp_path):
+    code, err = run(vit_infer, engine_dir, 2, tmp_path)
+    assert_one_line_error(code, err, f"TensorRT {STUB_VERSION} could not create a runtime", "nvidia-smi")
+
+
+def test_manifest_missing(vit_infer, tmp_path):
+    code, err = run(vit_infer, tmp_path, 2, tmp_path)
+    assert_one_line_error(code, err, "cannot open the artifact's manifest", "manifest.json")
+
+
+def test_manifest_malformed(vit_infer, engine_dir, tmp_path):
+    (engine_dir / "manifest.json").write_text('{"kind": "tensorrt", ')
+    code, err = run(vit_infer, engine_dir, 2, tmp_path)
+    assert_one_line_error(code, err, "is not valid JSON", "re-create the engine artifact")
+    (engine_dir / "manifest.json").write_text('{"kind": "tensorrt"}')
+    code, err = run(vit_infer, engine_dir, 2, tmp_path)
+    assert_one_line_error(code, err, "is not a vit-deploy engine manifest")
+    (engine_dir / "manifest.json").write_text('{"kind": "onnx"}')
+    code, err = run(vit_infer, engine_dir, 2, tmp_path)
+    assert_one_line_error(code, err, "is not a TensorRT engine artifact")
+
+
+@pytest.mark.parametrize("recorded", ["11.1.0", "11.4.0.106", "11.4", "10.8.0"])
+def test_version_mismatch(vit_infer, engine_dir, tmp_path, recorded):
+    from vit_deploy.manifest import read_manifest, write_manifest
+
+    m = read_manifest(engine_dir)
+    m["tensorrt"]["version"] = recorded
+    write_manifest(engine_dir, m)
+    code, err = run(vit_infer, engine_dir, 2, tmp_path)
+    expected = f"engine built with TensorRT {recorded}, this program runs TensorRT {STUB_VERSION}"
+    assert_one_line_error(code, err, expected)
+
+
+def test_version_compatible_plan_from_an_older_minor_passes_the_version_check(vit_infer, engine_dir, tmp_path):
+    from vit_deploy.manifest import read_manifest, write_manifest
+
+    m = read_manifest(engine_dir)
+    m["tensorrt"].update(version="11.1.0", version_compatible=True)
+    write_manifest(engine_dir, m)
+    code, err = run(vit_infer, engine_dir, 2, tmp_path)
+    assert_one_line_error(code, err, "could not create a runtime")  # got past the version check
+
+
+@pytest.mark.parametrize(("batch", "needle"), [(1, "below the engine's profile minimum 2"),
+                                               (5, "above the engine's profile maximum 4")])
+def test_batch_outside_the_profile(vit_infer, engine_dir, tmp_path, batch, needle):
+    code, err = run(vit_infer, engine_dir, batch, tmp_path)
+    assert_one_line_error(code, err, f"batch {batch} is {needle}")
+
+
+def test_plan_sha256_mismatch(vit_infer, engine_dir, tmp_path):
+    plan = next(engine_dir.glob("*.plan"))
+    recorded = hashlib.sha256(plan.read_bytes()).hexdigest()
+    plan.write_bytes(plan.read_bytes() + b"tampered")
+    code, err = run(vit_infer, engine_dir, 2, tmp_path)
+    actual = hashlib.sha256(plan.read_bytes()).hexdigest()
+    assert_one_line_error(code, err, f"has sha256 {actual} but the manifest records {recorded}")
+
+
+def test_usage_and_bad_batch_argument(vit_infer, engine_dir, tmp_path):
+    r = subprocess.run([str(vit_infer["exe"])], capture_output=True, text=True, env=vit_infer["env"], timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("usage: vit_infer")
+    code, err = run(vit_infer, engine_dir, 2, tmp_path, "two")
+    assert_one_line_error(code, err, "BATCH must be a whole number")
+
+
+CASES_DRIVER = r"""
+#include <iostream>
+#include <string>
+#include "compat.hpp"
+#include "sha256.hpp"
+int main() {  // lines "v BUILT RUNNING FLAG", "c BUILT RUNNING FLAG" or "h TEXT" -> one answer per line
+  std::string kind, a, b;
+  int flag = 0;
+  while (std::cin >> kind) {
+    if (kind == "h") { std::cin >> a; std::cout << vit_deploy::sha256_hex(a.data(), a.size()) << "\n"; continue; }
+    std::cin >> a >> b >> flag;
+    std::cout << (kind == "v" ? vit_deploy::version_allowed(a, b, flag) : vit_deploy::capability_allowed(a, b, flag))
+              << "\n";
+  }
+}
+"""
+
+
+def test_cpp_follows_the_shared_compatibility_table_and_hashes_like_hashlib(toolchain, tmp_path):
+    from vit_deploy.trt.engine import compatibility_rules
+
+    source = tmp_path / "cases.cpp"
+    source.write_text(CASES_DRIVER)
+    obj = compile_source(toolchain, source, tmp_path / "cases.o")
+    exe = tmp_path / "cases"
+    subprocess.run([toolchain["cxx"], str(obj), "-o", str(exe)], check=True, timeout=120)
+    rules = compatibility_rules()
+    texts = ["", "abc", "x" * 55, "y" * 56, "z" * 64, "w" * 119, "v" * 1000]
+    lines = [f"v {c['built']} {c['running']} {int(c['version_compatible'])}" for c in rules["version_cases"]]
+    lines += [f"c {c['built']} {c['running']} {int(c['hardware_compatible'])}" for c in rules["capability_cases"]]
+    lines += [f"h {t}" for t in texts if t]
+    r = subprocess.run([str(exe)], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=60)
+    answers = r.stdout.split()
+    expected = [str(int(c["allowed"])) for c in rules["version_cases"] + rules["capability_cases"]]
+    expected += [hashlib.sha256(t.encode()).hexdigest() for t in texts if t]
+    assert answers == expected, [(line, a, e) for line, a, e in zip(lines, answers, expected, strict=True) if a != e]
+    assert json.dumps(rules["cross_major_pairs"]) == "[[8, 10], [10, 11]]"  # compat.hpp's kCrossMajorPairs
+    assert "{{8, 10}, {10, 11}}" in (EXAMPLE / "compat.hpp").read_text()
+    assert f"kHardwareCompatibleMinMajor = {rules['hardware_compatible_min_major']};" in (
+        EXAMPLE / "compat.hpp").read_text()
