@@ -3,6 +3,7 @@ workers and the round-robin schedule, the result's structure, table, JSON, plot,
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -176,3 +177,62 @@ def test_build_cost_phases(tmp_path):
     assert not any("cached" in s["step"] for s in phases["int8"]["steps"])  # calibration ran, not a cache hit
     assert [t["met"] for t in summary["targets"]] == [True, True]
     assert "Exporting to ONNX" in format_build(summary)
+
+
+# -- the OpenVINO + NNCF INT8 peer that bench builds itself -----------------------------------
+NNCF_ROW = "openvino-nncf-int8"
+NNCF_MISSING = next((m for m in ("openvino", "nncf") if importlib.util.find_spec(m) is None), None)
+
+
+def _nncf_opts(fp32: Path, **kw) -> BenchOptions:
+    return BenchOptions(artifacts=(fp32,), backends=(NNCF_ROW,), batch_sizes=(2,), threads=1, repeats=1,
+                        min_time=0.01, warmup=1, settle=0.0, ceiling=False, **kw)
+
+
+def test_nncf_peer_is_skipped_with_the_reason_without_calib(tiny_artifacts):
+    e = run_bench(_nncf_opts(tiny_artifacts["fp32"]))["rows"][0]
+    assert e["name"] == NNCF_ROW and e["status"] == "skipped" and e["peer"]
+    if NNCF_MISSING:
+        assert f"{NNCF_MISSING} is not installed" in e["reason"]
+    else:
+        assert "--calib" in e["reason"]
+    with pytest.raises(UsageError, match="does not exist"):
+        check_options(_nncf_opts(tiny_artifacts["fp32"], calib="no/such/folder"))
+    with pytest.raises(UsageError, match="calib-images"):
+        check_options(_nncf_opts(tiny_artifacts["fp32"], calib=str(PHOTOS), calib_images=0))
+
+
+@pytest.mark.skipif(NNCF_MISSING is not None, reason=f"{NNCF_MISSING} is not installed (pip install 'vit-deploy[cpu]')")
+def test_nncf_peer_is_built_cached_and_close_to_fp32(tiny_artifacts, private_cache):
+    import numpy as np
+    import onnxruntime as ort
+
+    from vit_deploy.bench.workers import OpenVinoIrPeer
+    from vit_deploy.calibration import load_image_set
+    from vit_deploy.manifest import read_manifest
+    from vit_deploy.specs import Preprocessing
+
+    fp32 = tiny_artifacts["fp32"]
+    first = run_bench(_nncf_opts(fp32, calib=str(PHOTOS)))
+    e = first["rows"][0]
+    assert e["status"] == "ok", e["reason"]
+    assert e["peer"] and e["compute"] == "int8" and e["ceiling"] == "int8"
+    assert e["built"]["cached"] is False and e["built"]["calibration"]["used"] > 0
+    assert e["runner"]["backend"] == "openvino" and e["runner"]["model"] == e["built"]["model"]
+    assert e["results"][0]["status"] == "ok" and e["results"][0]["img_per_s"] > 0
+    assert first["calibration"]["source"] == str(PHOTOS)
+    again = run_bench(_nncf_opts(fp32, calib=str(PHOTOS)))["rows"][0]
+    assert again["status"] == "ok" and again["built"]["cached"] is True
+    assert again["built"]["model"] == e["built"]["model"]
+
+    # the built graph is INT8 and its logits follow the FP32 export's
+    manifest = read_manifest(fp32)
+    images = load_image_set(PHOTOS, Preprocessing.from_dict(manifest["preprocessing"])).images
+    ref = ort.InferenceSession(str(fp32 / manifest["files"][0]["path"]),
+                               providers=["CPUExecutionProvider"]).run(None, {"images": images})[0]
+    peer = OpenVinoIrPeer(fp32, 1, e["built"]["model"], None)
+    got = np.array(peer.infer(images))
+    peer.close()
+    cos = np.sum(ref * got, -1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1))
+    assert cos.min() > 0.99, cos
+    assert "FakeQuantize" in Path(e["built"]["model"]).read_text()

@@ -37,7 +37,10 @@ class Row:
     "x best peer" column compares every row with the fastest peer of the run.
     ``opener``: "runtime" (vit_deploy.runtime.open) or the name of a function in
     ``workers.OPENERS`` for peers that are not vit-deploy runtimes (OpenVINO).
-    ``requires``: a module that must be importable for the row to run (checked without importing).
+    ``requires``: a module, or a tuple of modules, that must be importable for the row to run
+    (checked without importing).
+    ``build``: the row's model is built by ``bench`` itself from the FP32 export and the ``--calib``
+    set (``peers.build_peer``; e.g. "nncf-int8"); without ``--calib`` the row is skipped.
     """
 
     name: str
@@ -47,8 +50,9 @@ class Row:
     devices: tuple[str, ...] = DEVICES
     peer: bool = False
     opener: str = "runtime"
-    requires: str | None = None
+    requires: str | tuple[str, ...] | None = None
     description: str = ""
+    build: str | None = None
 
 
 ROWS: dict[str, Row] = {r.name: r for r in (
@@ -72,6 +76,11 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     # precision it actually chose (INFERENCE_PRECISION_HINT) and that decides the ceiling.
     Row("openvino", "fp32", {}, "bf16", devices=("cpu",), peer=True, opener="openvino", requires="openvino",
         description="OpenVINO on the FP32 ONNX graph, default settings"),
+    # built by bench from the export and --calib (peers.py): the INT8 a CPU user would pick instead of ours
+    Row("openvino-nncf-int8", "fp32", {}, "int8", devices=("cpu",), peer=True, opener="openvino-ir",
+        requires=("openvino", "nncf"), build="nncf-int8",
+        description="OpenVINO + NNCF post-training INT8 (model_type=TRANSFORMER) of the FP32 export, "
+                    "calibrated on --calib"),
 )}
 
 
@@ -88,12 +97,19 @@ def select_rows(backends: str | Sequence[str]) -> list[Row]:
     return [ROWS[n] for n in dict.fromkeys(names)]
 
 
-def skip_reason(row: Row, artifacts: dict[str, Path], device: str, fp32: Path) -> str | None:
+def skip_reason(
+    row: Row, artifacts: dict[str, Path], device: str, fp32: Path, calib: str | None = None,
+) -> str | None:
     """Why ``row`` cannot run in this run (None: it can), with what to do about it."""
     if device not in row.devices:
         return f"runs on {' or '.join(row.devices)} only (this run: --device {device})"
-    if row.requires and importlib.util.find_spec(row.requires) is None:
-        return f"{row.requires} is not installed ({INSTALL_HINTS.get(row.requires, 'pip install ' + row.requires)})"
+    required = (row.requires,) if isinstance(row.requires, str) else row.requires or ()
+    for module in required:
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed ({INSTALL_HINTS.get(module, 'pip install ' + module)})"
+    if row.build and not calib:
+        return ("bench builds it from the FP32 export and a calibration set: pass --calib with a folder of images "
+                "or a definition file (as build-engine --calib takes it)")
     if row.artifact not in artifacts:
         return f"no {row.artifact} artifact; {_how_to_make(row.artifact, fp32)}"
     if row.artifact.startswith("trt-"):

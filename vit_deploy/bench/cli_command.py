@@ -19,6 +19,7 @@ import click
 
 from ..progress import Progress
 from .backends import ROWS
+from .peers import DEFAULT_CALIB_IMAGES
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -48,16 +49,24 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
               help="Writes bench.json, bench.md and bench.png (the plot needs matplotlib: vit-deploy[bench]).")
 @click.option("--no-ceiling", is_flag=True, help="Skip measuring the matrix-multiply ceilings (no '% of ceiling').")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input images.")
+@click.option("--calib", default=None,
+              help="Calibration images for the rows bench builds itself (openvino-nncf-int8: NNCF INT8 of the "
+                   "export): a folder, or a definition file (calibration/*.txt), as build-engine takes it. "
+                   "Without it those rows are skipped.")
+@click.option("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, show_default=True,
+              help="Use at most N calibration images (a seeded sample, as build-engine).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON on stdout.")
 def bench(
     artifacts: tuple[Path, ...], backends: str, batch_sizes: str, threads: int | None, repeats: int, min_time: float,
-    warmup: int, device: str, baseline: str, out_dir: Path, no_ceiling: bool, seed: int, as_json: bool,
+    warmup: int, device: str, baseline: str, out_dir: Path, no_ceiling: bool, seed: int, calib: str | None,
+    calib_images: int, as_json: bool,
 ) -> None:
     """Throughput, latency, memory and % of the matrix-multiply ceiling of every backend, in one run.
 
     ARTIFACTS: the FP32 export (required) and any FP16/INT8 graph or engine folders; siblings
     named <export>-fp16, <export>-int8, <export>-trt, <export>-fp16-trt, <export>-int8-trt are
-    found automatically.
+    found automatically. With --calib, bench also builds the OpenVINO + NNCF INT8 peer from the
+    export (cached in the vit-deploy cache, keyed by the model and the calibration set).
     """
     from .report import format_table, format_targets, targets, write_outputs
     from .run import BenchOptions, run_bench
@@ -65,7 +74,7 @@ def bench(
     opts = BenchOptions(
         artifacts=artifacts, backends=backends, batch_sizes=parse_batch_sizes(batch_sizes), threads=threads,
         repeats=repeats, min_time=min_time, warmup=warmup, device=device, baseline=baseline, ceiling=not no_ceiling,
-        seed=seed, extra=_command_line("bench"),
+        seed=seed, calib=calib, calib_images=calib_images, extra=_command_line("bench"),
     )
     result = run_bench(opts, Progress(enabled=True))
     written = write_outputs(result, out_dir)

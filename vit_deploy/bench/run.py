@@ -30,6 +30,7 @@ from ..progress import Progress
 from .backends import DEVICES, ROWS, Row, find_artifacts, select_rows, skip_reason
 from .ceiling import CPU_PRECISIONS, CUDA_PRECISIONS, ceiling_key, gemm_shapes
 from .flops import model_flops
+from .peers import DEFAULT_CALIB_IMAGES, CalibrationSpec
 from .workers import Worker, WorkerSpec
 
 SCHEMA = "vit-deploy/bench"
@@ -52,6 +53,8 @@ class BenchOptions:
     settle: float = 0.05  # pause before each timed block, so the previous worker's spinning threads go idle
     ceiling_shapes: tuple[tuple[int, int, int], ...] | None = None  # default: the model's MLP GEMMs
     ceiling_min_time: float = 0.3
+    calib: str | None = None  # calibration set for the rows bench builds itself (openvino-nncf-int8)
+    calib_images: int | None = DEFAULT_CALIB_IMAGES  # a seeded sample of at most this many; None: all
     extra: dict[str, Any] = field(default_factory=dict)  # recorded verbatim in the result (e.g. the command line)
 
 
@@ -80,6 +83,10 @@ def check_options(opts: BenchOptions) -> None:
         raise UsageError(f"--device {opts.device!r} is unknown; choose one of {', '.join(DEVICES)}")
     if opts.baseline not in ROWS:
         raise UsageError(f"--baseline {opts.baseline!r} is unknown; valid: {', '.join(ROWS)}")
+    if opts.calib_images is not None and opts.calib_images < 1:
+        raise UsageError(f"--calib-images must be >= 1, got {opts.calib_images}")
+    if opts.calib is not None and not Path(opts.calib).exists():
+        raise UsageError(f"--calib {opts.calib} does not exist; pass a folder of images or a definition file")
 
 
 def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict[str, Any]:
@@ -100,12 +107,13 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict[str,
 
     entries: list[dict[str, Any]] = []
     for row in rows:
-        reason = skip_reason(row, artifacts, opts.device, fp32)
+        reason = skip_reason(row, artifacts, opts.device, fp32, opts.calib)
         entries.append({"name": row.name, "description": row.description, "compute": row.compute, "peer": row.peer,
                         "artifact": str(artifacts.get(row.artifact, "")) or None,
                         "status": "skipped" if reason else "pending", "reason": reason, "results": []})
     runnable = [(row, e) for row, e in zip(rows, entries, strict=True) if e["status"] == "pending"]
-    progress.total = (opts.ceiling and bool(runnable)) + 1 + len(opts.batch_sizes)
+    to_build = [(row, e) for row, e in runnable if row.build]
+    progress.total = (opts.ceiling and bool(runnable)) + len(to_build) + 1 + len(opts.batch_sizes)
 
     load_before = _loadavg()
     started = datetime.now(UTC)
@@ -113,12 +121,15 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict[str,
     if opts.ceiling and runnable:
         ceilings = _measure_ceilings(opts, cfg, threads, {row.compute for row, _ in runnable}, progress)
 
+    built = _build_peers(to_build, fp32, opts, threads, progress)
+    runnable = [(row, e) for row, e in runnable if e["status"] == "pending"]
+
     ctx = multiprocessing.get_context("spawn")
     workers: dict[str, Worker] = {}
     try:
         with progress.step(f"Loading {len(runnable)} row(s) in their own processes ({plural(threads, 'thread')} each)"):
             for row, _ in runnable:
-                workers[row.name] = Worker(_spec(row, artifacts, threads, opts), ctx)
+                workers[row.name] = Worker(_spec(row, artifacts, threads, opts, built.get(row.name)), ctx)
             for row, entry in runnable:
                 ready = workers[row.name].wait_ready()
                 if ready["ok"]:
@@ -149,6 +160,8 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict[str,
         "model": {"variant": cfg.variant, "img_size": cfg.img_size, "num_classes": cfg.num_classes,
                   "num_tokens": cfg.num_tokens, "gflop_per_image": _sig(flops["gflop"]), "flops": flops},
         "artifacts": {k: str(v) for k, v in artifacts.items()},
+        "calibration": ({"source": str(opts.calib), "images": opts.calib_images, "seed": CalibrationSpec.seed}
+                        if opts.calib else None),
         "ceilings": ceilings,
         "baseline": opts.baseline,
         "rows": entries,
@@ -158,9 +171,49 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict[str,
     return result
 
 
-def _spec(row: Row, artifacts: dict[str, Path], threads: int, opts: BenchOptions) -> WorkerSpec:
+def _spec(row: Row, artifacts: dict[str, Path], threads: int, opts: BenchOptions,
+          built: dict[str, Any] | None = None) -> WorkerSpec:
+    kwargs = dict(row.open_kwargs)
+    if built is not None:  # a row bench built itself: open its model, inputs from the export's manifest
+        kwargs.update(model=built["model"], built=built)
     return WorkerSpec(row=row.name, artifact=str(artifacts[row.artifact]), opener=row.opener,
-                      open_kwargs=dict(row.open_kwargs), threads=threads, device=opts.device, seed=opts.seed)
+                      open_kwargs=kwargs, threads=threads, device=opts.device, seed=opts.seed)
+
+
+def _build_peers(
+    to_build: list[tuple[Row, dict[str, Any]]], fp32: Path, opts: BenchOptions, threads: int, progress: Progress,
+) -> dict[str, dict[str, Any]]:
+    """Build (or take from the cache) the model of every row that bench builds itself, each in a fresh process.
+
+    A calibration set that cannot be used is the user's error (raised); a quantizer that fails
+    marks its row failed with the reason, and the run goes on.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .peers import build_peer
+
+    calib = CalibrationSpec(str(opts.calib), opts.calib_images)
+    built: dict[str, dict[str, Any]] = {}
+    for row, entry in to_build:
+        sample = f"{opts.calib_images} seeded" if opts.calib_images else "all"
+        label = f"Building {row.name} from the FP32 export and {opts.calib} ({sample} images; cached after)"
+        with progress.step(label), \
+                ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            try:
+                record = pool.submit(build_peer, row.build, str(fp32), calib, threads).result()
+            except UsageError:
+                raise
+            except Exception as e:  # the row fails with the reason; the others still run
+                entry.update(status="failed", reason=f"could not build: {type(e).__name__}: {e}")
+        if entry["status"] == "failed":
+            progress.note(f"  {row.name}: {entry['reason']}")
+            continue
+        progress.note(f"  {row.name}: {'cached' if record['cached'] else 'built'} {record['model']}"
+                      + ("" if record["cached"] else f" ({record['seconds']:.0f} s)"))
+        keep = ("model", "cached", "seconds", "quantizer", "calibration", "key")
+        entry.update(artifact=record["model"], built={k: record[k] for k in keep})
+        built[row.name] = record
+    return built
 
 
 def _measure_ceilings(

@@ -90,14 +90,15 @@ class OpenVinoPeer:
 
     backend = "openvino"
 
-    def __init__(self, directory: Path, threads: int | None) -> None:
+    def __init__(self, directory: Path, threads: int | None, model: str | None = None) -> None:
         import openvino as ov
 
         from ..manifest import model_file, read_manifest
 
-        path = model_file(directory, read_manifest(directory))
+        path = model or model_file(directory, read_manifest(directory))
         config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
         self.version = ov.__version__
+        self.model = str(path)
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
 
@@ -123,6 +124,29 @@ class OpenVinoPeer:
         del self.request, self.compiled
 
 
+class OpenVinoIrPeer(OpenVinoPeer):
+    """An OpenVINO IR that ``bench`` built itself (``peers.py``: NNCF INT8 of the FP32 export).
+
+    The inputs are the export's (its manifest: shape, preprocessing); the matrix products run in
+    INT8, so the row is held to the INT8 ceiling whatever precision OpenVINO picks for the rest.
+    """
+
+    def __init__(self, directory: Path, threads: int | None, model: str, built: dict[str, Any] | None) -> None:
+        super().__init__(directory, threads, model)
+        self.built = built or {}
+
+    def compute(self) -> str:
+        return "int8"
+
+    def describe(self) -> dict[str, Any]:
+        facts = super().describe()
+        facts["model"] = self.model
+        for key in ("quantizer", "cached", "key"):
+            if key in self.built:
+                facts[key] = self.built[key]
+        return facts
+
+
 def _open_runtime(spec: WorkerSpec) -> Any:
     from .. import runtime
 
@@ -134,6 +158,8 @@ def _open_runtime(spec: WorkerSpec) -> Any:
 OPENERS = {
     "runtime": _open_runtime,
     "openvino": lambda spec: OpenVinoPeer(Path(spec.artifact), spec.threads),
+    "openvino-ir": lambda spec: OpenVinoIrPeer(Path(spec.artifact), spec.threads, spec.open_kwargs["model"],
+                                               spec.open_kwargs.get("built")),
 }
 
 

@@ -1,0 +1,103 @@
+"""Peers that ``bench`` builds itself: OpenVINO + NNCF INT8 from the FP32 export and a calibration set.
+
+The ``openvino-nncf-int8`` row is what a CPU user would pick instead of vit-deploy's INT8 CPU
+path: the FP32 ONNX export read by OpenVINO, quantized with NNCF's post-training quantization
+(``nncf.quantize(model, dataset, model_type=TRANSFORMER)``, its defaults otherwise, as NNCF's
+docs show for transformers), run on OpenVINO's CPU plugin. ``bench`` builds it from the export
+and the images given with ``--calib`` (a folder or a definition file, as ``build-engine`` takes
+it; a seeded sample of ``--calib-images``, default 256, preprocessed as the export's manifest
+says), one image per calibration item as NNCF's examples do.
+
+The quantized IR is cached in the vit-deploy cache (``$VIT_DEPLOY_CACHE``, else
+~/.cache/vit-deploy), under ``bench/openvino-nncf-int8-<key>``, the key a sha256 over the FP32
+model file, the calibration set's digest (its files' contents and the preprocessing), the sample
+size and seed, the settings and the NNCF and OpenVINO versions: a repeated run reuses it, any
+change builds anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+NNCF_INT8 = "nncf-int8"
+DEFAULT_CALIB_IMAGES = 256  # as build-engine's --calib-images
+CALIB_SEED = 0  # as build-engine's sample
+SETTINGS = {"model_type": "TRANSFORMER", "preset": "default", "items": "one image per item",
+            "backend": "openvino"}
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """The calibration set ``bench`` builds its quantized peers from."""
+
+    source: str
+    count: int | None = DEFAULT_CALIB_IMAGES
+    seed: int = CALIB_SEED
+
+
+def build_peer(kind: str, fp32_dir: str, calib: CalibrationSpec, threads: int | None = None) -> dict[str, Any]:
+    """Build (or find in the cache) the model of a built peer row; returns its record.
+
+    Runs in a fresh process (``run.py`` starts it), so NNCF's imports and the calibration
+    inference leave nothing behind in the benchmark's parent. Record: ``model`` (the file the
+    row opens), ``cached``, ``seconds``, ``calibration`` (images, skipped, digest) and versions.
+    """
+    if kind != NNCF_INT8:
+        raise ValueError(f"unknown built peer {kind!r}")
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(threads)
+    import nncf
+    import openvino as ov
+
+    from ..calibration import cache_dir, load_image_set
+    from ..manifest import model_file, read_manifest, sha256_file
+    from ..specs import Preprocessing
+
+    manifest = read_manifest(fp32_dir)
+    onnx_path = model_file(fp32_dir, manifest)
+    prep = Preprocessing.from_dict(manifest["preprocessing"])
+    images = load_image_set(calib.source, prep, count=calib.count, batch=1, seed=calib.seed, role="calibration")
+    facts = {"fp32_sha256": sha256_file(onnx_path), "calibration_digest": images.digest, "count": calib.count,
+             "seed": calib.seed, "settings": SETTINGS, "nncf": nncf.__version__, "openvino": ov.__version__}
+    key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+    folder = cache_dir() / "bench" / f"openvino-{kind}-{key[:20]}"
+    record_path = folder / "build.json"
+    if record_path.is_file() and (folder / "model.xml").is_file() and (folder / "model.bin").is_file():
+        record = json.loads(record_path.read_text())
+        return {**record, "model": str(folder / "model.xml"), "cached": True}
+
+    core = ov.Core()
+    if threads:
+        core.set_property("CPU", {"INFERENCE_NUM_THREADS": threads})
+    model = core.read_model(str(onnx_path))
+    dataset = nncf.Dataset([images.images[i:i + 1] for i in range(len(images.images))])
+    t0 = time.perf_counter()
+    quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(images.images))
+    seconds = time.perf_counter() - t0
+    record = {
+        "kind": kind, "key": key, **facts, "seconds": round(seconds, 2),
+        "quantizer": f"nncf.quantize (NNCF {nncf.__version__}), model_type=TRANSFORMER, OpenVINO {ov.__version__} IR",
+        "calibration": {"source": str(calib.source), **images.summary(), "used": len(images.images)},
+        "source_model": str(onnx_path),
+    }
+    staging = folder.parent / f".{folder.name}.{os.getpid()}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    ov.save_model(quantized, str(staging / "model.xml"), compress_to_fp16=False)
+    (staging / "build.json").write_text(json.dumps(record, indent=2))
+    try:
+        staging.rename(folder)
+    except OSError:  # another run built it meanwhile (or a stale copy is there): keep a complete one
+        if not (folder / "model.xml").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            staging.rename(folder)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+    return {**record, "model": str(folder / "model.xml"), "cached": False}
