@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,10 @@ def build_peer(kind: str, fp32_dir: str, calib: CalibrationSpec, threads: int | 
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[var] = str(threads)
+    # NNCF draws its progress bars on stdout; this process is ours alone, and bench's stdout is for
+    # the table or --json, so the bars go to stderr with bench's own progress
+    sys.stdout.flush()
+    os.dup2(2, 1)
     import nncf
     import openvino as ov
 

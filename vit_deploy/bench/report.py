@@ -5,7 +5,9 @@ Result layout (``run.run_bench``; JSON as it is)::
     schema, schema_version, created_at, duration_s, machine {cpu, threads, loadavg_start/end, versions, ...},
     options {...}, model {variant, img_size, gflop_per_image, flops {total, breakdown, per_block}},
     artifacts {key: folder}, ceilings {precision: {gflops, shape, method, runs}}, baseline,
+    calibration {source, images, seed} (with --calib: for the rows bench builds itself) or null,
     rows [{name, status ("ok" | "skipped" | "failed"), reason, compute, ceiling, peer, runner {...},
+           built {model, cached, seconds, quantizer, calibration, key} (rows bench built itself),
            results [{batch, img_per_s, img_per_s_min/_max/_iqr, spread_pct, latency_ms {p50, p90, p99, mean},
                      calls, peak_rss_mib, gflops, ceiling_fraction, vs_baseline, best_peer, vs_best_peer}]}]
 
@@ -86,6 +88,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             else:
                 out.append({"target": target, "measured": "not in this run", "met": None})
         out.append(_cpu_path_target(rows))
+        out.append(_int8_cpu_target(rows))
     else:
         m = result["model"]
         target = "TensorRT FP16 on b16@384 at batch 64 >= 60% of the GPU's FP16 matrix ceiling"
@@ -113,6 +116,17 @@ def _cpu_path_target(rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, An
     best, peer = max(ours, key=ours.get), max(peers, key=peers.get)
     ratio = ours[best] / peers[peer]
     return {"target": target, "measured": f"{ratio:.2f}x ({best} vs {peer})", "met": ratio >= 1.2}
+
+
+def _int8_cpu_target(rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+    """vit-deploy's INT8 CPU path (--target cpu graph on OpenVINO) vs OpenVINO + NNCF INT8 of the same export."""
+    target = "vit-deploy INT8 on OpenVINO (--target cpu) >= 1.2x OpenVINO + NNCF INT8 at batch 8"
+    ours, peer = rows.get("openvino-int8", {}).get(8), rows.get("openvino-nncf-int8", {}).get(8)
+    if ours is None or peer is None:
+        return {"target": target, "met": None,
+                "measured": "not in this run (needs openvino-int8 and openvino-nncf-int8 (--calib) at batch 8)"}
+    ratio = ours["img_per_s"] / peer["img_per_s"]
+    return {"target": target, "measured": f"{ratio:.2f}x", "met": ratio >= 1.2}
 
 
 def format_targets(items: list[dict[str, Any]]) -> str:
