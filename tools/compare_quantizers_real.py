@@ -37,10 +37,11 @@ in its own virtualenv, given with ``--modelopt-python`` (recipe in tools/compare
 whose venv it is), skipped when not given:
 
     python tools/compare_quantizers_real.py --realdata ../shared/realdata \\
-        --modelopt-python /work/movenv/bin/python --work /tmp/quantcmp-real
+        --modelopt-python /tmp/movenv/bin/python --work /tmp/quantcmp-real
 
 Results: a markdown table on stdout and ``results.md`` / ``results.json`` in --work (the export
-and the image arrays are kept there and reused; --reuse also keeps the quantized graphs, --fresh
+and the image arrays are kept there and reused; --reuse also keeps the quantized graphs, and
+--reuse --redo ours ours-cpu quantizes our rows anew beside the peers' kept graphs; --fresh
 starts over). Time on 2 shared cores (2026-12): 6.7 minutes for every row (export 14 s, each
 quantizer 33-54 s, the evaluation of all 10 graphs 50 s).
 """
@@ -471,7 +472,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             log(f"{name}: skipped: {row['skipped']}")
             continue
         out = work / (f"{name}.int8.xml" if worker == "nncf_openvino" else f"{name}.int8.onnx")
-        if args.reuse and out.is_file() and (work / f"{name}.json").is_file():
+        if args.reuse and name not in args.redo and out.is_file() and (work / f"{name}.json").is_file():
             r = json.loads((work / f"{name}.json").read_text())
             log(f"{name}: reusing {out}")
         else:
@@ -561,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--work", type=Path, default=Path("/tmp/quantcmp-real"))
     p.add_argument("--reuse", action="store_true", help="reuse quantized graphs already in --work")
+    p.add_argument("--redo", nargs="+", default=[], choices=list(VARIANTS),
+                   help="with --reuse: quantize these again (e.g. --redo ours ours-cpu after changing our quantizer)")
     p.add_argument("--fresh", action="store_true", help="delete --work first")
     args = p.parse_args(argv)
 
