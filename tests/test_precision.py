@@ -84,42 +84,49 @@ def check_symmetric_qdq(graph: onnx.GraphProto) -> None:
         assert zero_point.dtype == np.int8 and not zero_point.any(), n.name
 
 
-def test_int8_graph_is_symmetric_per_channel_with_attention_quantized(fp32, tmp_path):
+def test_int8_graph_is_symmetric_per_channel_on_every_weight_layer(fp32, tmp_path):
     s = build_precision_artifact(PrecisionOptions("int8", fp32, tmp_path / "int8", calib=str(PHOTOS), calib_batch=4))
     g = onnx.load(s["model_file"]).graph
     check_symmetric_qdq(g)
     inits = {t.name: t for t in g.initializer}
     prod = producers(g)
-    for mm in (n for n in g.node if n.op_type == "MatMul"):
-        a, b = (prod.get(i) for i in mm.input)
-        assert a is not None and a.op_type == "DequantizeLinear", mm.name  # activation input quantized
+    attention = set(attention_matmuls(onnx.load(str(fp32 / "model.onnx"))))
+    for mm in (n for n in g.node if n.op_type in ("MatMul", "Gemm", "Conv")):
+        a, b = (prod.get(i) for i in mm.input[:2])
+        quantized = a is not None and a.op_type == "DequantizeLinear"
+        assert quantized == (mm.name not in attention), mm.name  # attention stays float by default
         if b is not None and b.input[0] in inits and inits[b.input[0]].data_type == onnx.TensorProto.INT8:
             weight = numpy_helper.to_array(inits[b.input[0]])
             scale = numpy_helper.to_array(inits[b.input[1]])
             axis = next(a.i for a in b.attribute if a.name == "axis")
-            assert axis == 1 and scale.shape == (weight.shape[1],)  # per output channel of [K, N]
+            out_axis = {"MatMul": 1, "Gemm": 0, "Conv": 0}[mm.op_type]  # [K, N]; Gemm transB [N, K]; [O, I, h, w]
+            assert axis == out_axis and scale.shape == (weight.shape[out_axis],), mm.name
     # Q/DQ sits on GEMM inputs only: an output Q/DQ pair would feed float ops (Add, GELU) and
     # only add rounding error, since TensorRT cannot keep that tensor in INT8
     gemm_outputs = {o for n in g.node if n.op_type in ("MatMul", "Gemm", "Conv") for o in n.output}
     requantized = [n.name for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] in gemm_outputs]
     assert not requantized, requantized
     m = read_manifest(s["artifact"])
-    assert m["precision_policy"]["excluded_nodes"] == []
-    assert m["calibration"]["images"] == 20 and m["validation"]["metrics"]["min_cosine"] >= 0.99
+    policy = m["precision_policy"]
+    assert set(policy["excluded_nodes"]) == attention and policy["float_layers"] == []
+    assert policy["int8_weight_layers"] == 2 * 4 + 2  # 2 blocks x (qkv, proj, fc1, fc2) + patch embedding + head
+    assert m["calibration"]["images"] == 20 and m["validation"]["passed"]
+    assert m["validation"]["metrics"]["mean_cosine"] >= 0.995
 
 
-def test_int8_keeps_attention_in_float_above_512_tokens(fp32_long, tmp_path):
-    s = build_precision_artifact(
-        PrecisionOptions("int8", fp32_long, tmp_path / "int8", calib=str(PHOTOS), calib_images=8, calib_batch=4)
-    )
-    g = onnx.load(s["model_file"]).graph
-    prod = producers(g)
-    attention = set(read_manifest(s["artifact"])["precision_policy"]["excluded_nodes"])
-    fp32_graph = onnx.load(str(fp32_long / "model.onnx"))
-    assert attention == set(attention_matmuls(fp32_graph)) and len(attention) == 2 * 2  # two per block
-    for mm in (n for n in g.node if n.op_type == "MatMul"):
-        quantized = any(prod.get(i) is not None and prod[i].op_type == "DequantizeLinear" for i in mm.input)
-        assert quantized == (mm.name not in attention), mm.name
+def test_int8_attention_quantized_only_on_request_and_only_up_to_512_tokens(fp32, fp32_long):
+    from vit_deploy.onnx.int8 import plan_int8
+
+    short = onnx.load(str(fp32 / "model.onnx"))
+    long = onnx.load(str(fp32_long / "model.onnx"))
+    assert len(attention_matmuls(long)) == 2 * 2  # two per block
+    assert not plan_int8(short, "tensorrt", 17)["attention_quantized"]
+    assert plan_int8(short, "tensorrt", 17, quantize_attention=True)["attention_quantized"]
+    assert not plan_int8(short, "cpu", 17, quantize_attention=True)["attention_quantized"]
+    assert not plan_int8(long, "tensorrt", 530, quantize_attention=True)["attention_quantized"]
+    plan = plan_int8(short, "tensorrt", 17, quantize_attention=True)
+    reads = {node for node, _ in plan["inputs"]}
+    assert set(attention_matmuls(short)) <= reads
 
 
 def test_calibration_cache_reused_and_never_stale(fp32, tmp_path):
@@ -127,13 +134,22 @@ def test_calibration_cache_reused_and_never_stale(fp32, tmp_path):
 
     def build(name, **kw):
         artifact = kw.pop("artifact", fp32)
-        opts = PrecisionOptions("int8", artifact, tmp_path / name, calib=str(calib), calib_batch=2, **kw)
+        opts = PrecisionOptions("int8", artifact, tmp_path / name, calib=str(calib), **({"calib_batch": 2} | kw))
         return read_manifest(build_precision_artifact(opts)["artifact"])
 
     first, again = build("a"), build("b")
     assert first["precision_policy"]["calibration_cache"]["reused"] is False
     assert again["precision_policy"]["calibration_cache"]["reused"] is True
     assert first["files"][0]["sha256"] == again["files"][0]["sha256"]  # same ranges, same graph
+    # the statistics do not depend on the batch size, so another batch reuses them
+    assert build("b3", calib_batch=3)["precision_policy"]["calibration_cache"]["reused"] is True
+    # a corrupt cache file is a miss, recalibrated and rewritten, not a crash
+    cache = Path(first["precision_policy"]["calibration_cache"]["path"])
+    cache.write_text("{not json")
+    rebuilt = build("e")
+    assert rebuilt["precision_policy"]["calibration_cache"]["reused"] is False
+    assert rebuilt["files"][0]["sha256"] == first["files"][0]["sha256"]
+    assert json.loads(cache.read_text())["version"] >= 2
     # another data set (one image fewer) must not reuse the ranges
     sorted(calib.iterdir())[0].unlink()
     assert build("c")["precision_policy"]["calibration_cache"]["reused"] is False
@@ -219,7 +235,7 @@ def test_cli_build_engine_exit_codes(fp32, tmp_path, run_cli, monkeypatch):
     assert code == 1 and "--int8 needs calibration images" in err
     code, _, err = run_cli("build-engine", "--artifact", str(fp32), "--int8", "--calib", str(PHOTOS),
                            "--calib-method", "kl")
-    assert code == 1 and "choose one of entropy, percentile, minmax" in err
+    assert code == 1 and "'kl' is not one of 'mse', 'entropy', 'percentile', 'minmax'" in err
 
 
 def test_cli_validation_failure_exits_2(fp32, tmp_path, run_cli, monkeypatch):

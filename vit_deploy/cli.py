@@ -18,7 +18,7 @@ import click
 from . import __version__
 from .errors import VitDeployError
 from .progress import Progress
-from .specs import DEFAULT_RESOLUTION, VARIANTS
+from .specs import CALIBRATION_METHODS, DEFAULT_RESOLUTION, VARIANTS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,7 +73,14 @@ def export(
 @click.option("--calib", default=None, help="Calibration images: a folder, or a definition file (calibration/*.txt).")
 @click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
               help="INT8 graph for TensorRT, or for the OpenVINO CPU path (attention kept float; no engine step).")
-@click.option("--calib-method", default="entropy", show_default=True, help="entropy, percentile or minmax.")
+@click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default="mse",
+              show_default=True, help="How each activation's INT8 range is chosen from its histogram.")
+@click.option("--accuracy-budget", type=float, default=1.5, show_default=True,
+              help="INT8: top-1 agreement points (vs FP32, on the calibration images) the graph may lose before "
+                   "its most sensitive layers are left in float (mean cosine must also stay >= 0.997).")
+@click.option("--max-float-layers", type=int, default=None,
+              help="INT8: at most N weight layers may be left in float to meet the budget (default: 10%; "
+                   "0: never).")
 @click.option("--calib-images", type=int, default=256, show_default=True, help="Use at most N images (seeded sample).")
 @click.option("--calib-batch", type=int, default=8, show_default=True, help="Calibration batch size.")
 @click.option("--val-images", default=None,
@@ -96,8 +103,9 @@ def export(
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling images.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 def build_engine(
-    artifact: Path | None, precision: str | None, calib: str | None, calib_method: str, calib_images: int,
-    calib_batch: int, target: str, val_images: str | None, out_dir: Path | None, engine_out: Path | None,
+    artifact: Path | None, precision: str | None, calib: str | None, calib_method: str, accuracy_budget: float,
+    max_float_layers: int | None, calib_images: int, calib_batch: int, target: str, val_images: str | None,
+    out_dir: Path | None, engine_out: Path | None,
     min_batch: int,
     opt_batch: int, max_batch: int, workspace_mib: int | None, optimization_level: int, timing_cache: Path | None,
     hardware_compatible: bool, version_compatible: bool, force: bool, seed: int, as_json: bool,
@@ -109,12 +117,8 @@ def build_engine(
     from .engine import EngineOptions, build_engine_artifact, check_options
     from .errors import EngineUnavailable, UsageError
     from .exporter import raise_if_failed
-    from .onnx.int8 import CALIBRATION_METHODS
     from .precision import PrecisionOptions, build_precision_artifact, open_parent
 
-    if calib_method not in CALIBRATION_METHODS:
-        choices = ", ".join(CALIBRATION_METHODS)
-        raise UsageError(f"--calib-method {calib_method!r} is unknown; choose one of {choices}")
     engine_opts = EngineOptions(
         out_dir=engine_out, force=force, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         workspace_mib=workspace_mib, optimization_level=optimization_level, timing_cache=timing_cache,
@@ -126,7 +130,7 @@ def build_engine(
     summary: dict[str, Any] = {"artifact": str(source_dir), "precision": source["precision"]}
     if precision is not None and precision != source["precision"]:
         opts = PrecisionOptions(precision, source_dir, out_dir, force, calib, calib_method, calib_images, calib_batch,
-                                val_images, seed, target)
+                                val_images, seed, target, accuracy_budget, max_float_layers)
         summary = build_precision_artifact(opts, Progress(enabled=True))
         summary["precision"] = precision
         if not as_json:
@@ -191,9 +195,38 @@ def compare(
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the artifact's files.")
+@click.option("--sensitivity", is_flag=True,
+              help="INT8 per-layer sensitivity and activation statistics on real images (needs --calib).")
+@click.option("--calib", default=None, help="--sensitivity: calibration images (a folder or a definition file).")
+@click.option("--calib-images", type=int, default=256, show_default=True,
+              help="--sensitivity: use at most N calibration images (seeded sample).")
+@click.option("--val-images", default=None,
+              help="--sensitivity: images to score on, a folder with labels.csv (default: the calibration images).")
+@click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default=CALIBRATION_METHODS[0],
+              show_default=True, help="--sensitivity: how activation ranges are chosen.")
+@click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default=None,
+              help="--sensitivity: INT8 target (default: the artifact's, else tensorrt).")
+@click.option("--report", type=click.Path(path_type=Path), default=None,
+              help="--sensitivity: also write the report as JSON to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
-def inspect(artifact: Path, no_verify: bool, as_json: bool) -> None:
-    """Show what an artifact holds: ONNX opset, I/O and ops, or an engine's layers and precisions."""
+def inspect(
+    artifact: Path, no_verify: bool, sensitivity: bool, calib: str | None, calib_images: int, val_images: str | None,
+    calib_method: str, target: str | None, report: Path | None, as_json: bool,
+) -> None:
+    """Show what an artifact holds: ONNX opset, I/O and ops, or an engine's layers and precisions.
+
+    With --sensitivity: where INT8 loses accuracy, layer by layer, on real images.
+    """
+    if sensitivity:
+        from .fileio import atomic_write_text
+        from .sensitivity import format_sensitivity, sensitivity_for_artifact
+
+        result = sensitivity_for_artifact(artifact, calib, val_images, calib_images, calib_method, target,
+                                          Progress(enabled=True))
+        if report is not None:
+            atomic_write_text(report, json.dumps(result, indent=2))
+        click.echo(json.dumps(result, indent=2) if as_json else format_sensitivity(result))
+        return
     from .inspect import format_inspection, inspect_artifact
 
     summary = inspect_artifact(artifact, verify=not no_verify)

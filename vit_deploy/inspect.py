@@ -34,6 +34,7 @@ def inspect_artifact(artifact: str | Path, verify: bool = True) -> dict[str, Any
         "io": manifest["io"],
         "checkpoint": manifest["checkpoint"],
         "validation_passed": (manifest.get("validation") or {}).get("passed"),
+        "precision_policy": manifest.get("precision_policy"),
         "hash_verified": verify,
     }
     if manifest["kind"] == "onnx":
@@ -101,6 +102,12 @@ def format_inspection(s: dict[str, Any]) -> str:
         lines.append("  weights   " + ", ".join(f"{n} {t}" for t, n in o["initializer_types"].items()))
         if o["qdq_pairs"]:
             lines.append(f"  Q/DQ      {o['ops'].get('QuantizeLinear', 0)} Q, {o['ops'].get('DequantizeLinear', 0)} DQ")
+        policy = s.get("precision_policy") or {}
+        if "int8_weight_layers" in policy:
+            kept = policy.get("float_layer_names") or []
+            total = policy["int8_weight_layers"] + len(kept)
+            lines.append(f"  INT8      {policy['int8_weight_layers']} of {total} weight layers; "
+                         + (f"left in float: {', '.join(kept)}" if kept else "none left in float"))
         lines.append("  ops       " + ", ".join(f"{op} {n}" for op, n in o["ops"].items()))
     else:
         t = s["tensorrt"]

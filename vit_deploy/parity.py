@@ -13,7 +13,7 @@ from .specs import Tolerance
 
 
 def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """Max/mean abs error, relative L2 (||c - r|| / ||r||), worst per-sample cosine, top-1 agreement."""
+    """Max/mean abs error, relative L2 (||c - r|| / ||r||), worst and mean per-sample cosine, top-1 agreement."""
     if reference.shape != candidate.shape:
         raise ValueError(f"shape mismatch: reference {reference.shape}, candidate {candidate.shape}")
     ref = reference.astype(np.float64)
@@ -29,6 +29,7 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, fl
         "mean_abs": float(np.mean(np.abs(diff))) if diff.size else 0.0,
         "rel_l2": rel_l2,
         "min_cosine": float(np.min(cosine)) if cosine.size else 1.0,
+        "mean_cosine": float(np.mean(cosine)) if cosine.size else 1.0,
         "top1_agreement": float(np.mean(ref.argmax(-1) == cand.argmax(-1))) if ref.size else 1.0,
     }
 
@@ -42,6 +43,8 @@ def failures(metrics: dict[str, float], tol: Tolerance, gate_top1: bool = True) 
         out.append(f"max abs {metrics['max_abs']:.2e} > {tol.max_abs:.0e}")
     if tol.min_cosine is not None and metrics["min_cosine"] < tol.min_cosine:
         out.append(f"cosine {metrics['min_cosine']:.6f} < {tol.min_cosine}")
+    if tol.min_mean_cosine is not None and not metrics["mean_cosine"] >= tol.min_mean_cosine:
+        out.append(f"mean cosine {metrics['mean_cosine']:.6f} < {tol.min_mean_cosine}")
     if gate_top1 and tol.min_top1_agreement is not None and metrics["top1_agreement"] < tol.min_top1_agreement:
         out.append(f"top-1 agreement {metrics['top1_agreement']:.2%} < {tol.min_top1_agreement:.1%}")
     drop = metrics.get("accuracy_drop_points")
@@ -85,5 +88,6 @@ def worst(runs: list[dict[str, Any]]) -> dict[str, float]:
         "mean_abs": max(r["mean_abs"] for r in runs),
         "rel_l2": max(r["rel_l2"] for r in runs),
         "min_cosine": min(r["min_cosine"] for r in runs),
+        "mean_cosine": min(r["mean_cosine"] for r in runs),
         "top1_agreement": min(r["top1_agreement"] for r in runs),
     }

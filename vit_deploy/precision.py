@@ -34,6 +34,12 @@ PRECISIONS = ("fp16", "int8")
 DEFAULT_CALIB_IMAGES = 256
 DEFAULT_CALIB_BATCH = 8
 RANDOM_VALIDATION_IMAGES = 16
+# The INT8 fallback's check runs on the calibration images, which the ranges were fitted to; on
+# the real ViT-Ti that check read 0.0015-0.003 higher mean cosine and 0.4-2.4 points more top-1
+# agreement than held-out photos (docs/precision.md), so it asks for that much headroom over the
+# validation bounds (0.995, 97%).
+DEFAULT_ACCURACY_BUDGET = 1.5  # points of top-1 agreement: the check wants >= 98.5%
+BUDGET_MIN_MEAN_COSINE = 0.997
 
 
 @dataclass(frozen=True)
@@ -43,12 +49,14 @@ class PrecisionOptions:
     out_dir: Path | None = None
     force: bool = False
     calib: str | None = None
-    calib_method: str = "entropy"
+    calib_method: str = "mse"
     calib_images: int | None = DEFAULT_CALIB_IMAGES
     calib_batch: int = DEFAULT_CALIB_BATCH
     val_images: str | None = None
     seed: int = 0
     target: str = "tensorrt"  # INT8 only: "cpu" keeps attention float for the OpenVINO CPU path
+    accuracy_budget: float = DEFAULT_ACCURACY_BUDGET  # INT8: top-1 agreement points the check may lose
+    max_float_layers: int | None = None  # INT8: layers the budget may leave in float (None: 10%)
 
 
 def find_latest_export(root: Path = Path("artifacts")) -> Path:
@@ -101,6 +109,10 @@ def preflight(opts: PrecisionOptions, parent_dir: Path, parent: dict[str, Any]) 
         )
     if opts.calib_batch < 1 or (opts.calib_images is not None and opts.calib_images < 1):
         raise UsageError("--calib-batch and --calib-images must be positive")
+    if not 0 <= opts.accuracy_budget <= 100:
+        raise UsageError(f"--accuracy-budget {opts.accuracy_budget} is not a number of points between 0 and 100")
+    if opts.max_float_layers is not None and opts.max_float_layers < 0:
+        raise UsageError("--max-float-layers must be 0 (never leave a layer in float) or more")
     if opts.target not in INT8_TARGETS:
         raise UsageError(f"--target {opts.target!r} is unknown; choose one of {', '.join(INT8_TARGETS)}")
     if opts.target != "tensorrt" and opts.precision != "int8":
@@ -117,7 +129,7 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
     from .calibration import cache_dir, load_image_set
     from .onnx.fp16 import DEFAULT_KEEP_FP32, convert_fp16, fp16_policy
     from .onnx.graph import io_signature, op_histogram, save_model
-    from .onnx.int8 import quantize_int8
+    from .onnx.int8 import CACHE_VERSION, Budget, quantize_int8
     from .onnx.validate import check_graph
 
     progress = progress or Progress(enabled=False)
@@ -144,19 +156,24 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
             policy = fp16_policy(DEFAULT_KEEP_FP32)
         else:
             assert calib is not None
+            # the statistics do not depend on the batch size, so it is not in the key
             cache = cache_dir() / "calibration" / (
-                f"{parent['files'][0]['sha256'][:16]}-{calib.digest[:16]}-{opts.calib_method}-b{opts.calib_batch}"
-                f"{'' if opts.target == 'tensorrt' else '-' + opts.target}.json"
+                f"{parent['files'][0]['sha256'][:16]}-{calib.digest[:16]}-{opts.calib_method}"
+                f"{'' if opts.target == 'tensorrt' else '-' + opts.target}-v{CACHE_VERSION}.json"
             )
             cached = cache.is_file()
             label = f"Calibrating ({opts.calib_method}, {len(calib.files)} images) and quantizing"
+            budget = Budget(
+                min_top1_agreement=1 - opts.accuracy_budget / 100, min_mean_cosine=BUDGET_MIN_MEAN_COSINE,
+                max_float_layers=opts.max_float_layers, gate_top1=bool(parent["checkpoint"].get("pretrained")),
+            )
+            batches = -(-len(calib.files) // opts.calib_batch)
             with progress.step(label + (" [cached ranges]" if cached else "")), \
-                    progress.counter(0 if cached else -(-len(calib.files) // opts.calib_batch), "calibration batches"):
+                    progress.counter(0 if cached else 2 * batches, "calibration batches"):
                 policy = quantize_int8(
                     parent_file, stage / name, calib.images, method=opts.calib_method, num_tokens=cfg.num_tokens,
-                    batch=opts.calib_batch, cache_path=cache, progress=progress, target=opts.target,
+                    batch=opts.calib_batch, cache_path=cache, progress=progress, target=opts.target, budget=budget,
                 )
-            policy["calibration_cache"] = {"path": str(cache), "reused": cached}
             names = [p.name for p in sorted(stage.iterdir())]
         with progress.step("Checking the graph"):
             checker_error = check_graph(stage / name)

@@ -161,7 +161,8 @@ class Tolerance:
 
     max_rel_l2: float | None = None
     max_abs: float | None = None
-    min_cosine: float | None = None
+    min_cosine: float | None = None  # the worst sample's cosine
+    min_mean_cosine: float | None = None
     min_top1_agreement: float | None = None
     max_accuracy_drop: float | None = None
 
@@ -171,12 +172,16 @@ TOLERANCES: dict[str, Tolerance] = {
     # export-time check of the FP32 graph: only summation order differs from PyTorch
     "fp32": Tolerance(max_rel_l2=1e-5, max_abs=1e-4),
     "fp16": Tolerance(min_cosine=0.9999, min_top1_agreement=0.995, max_accuracy_drop=0.1),
-    "int8": Tolerance(min_cosine=0.99, max_accuracy_drop=1.0),
+    # a trained ViT's INT8 logits are judged on the mean cosine and top-1 agreement; their worst
+    # image sits near 0.95 for every quantizer measured (docs/quantizers.md), so no worst-case bound
+    "int8": Tolerance(min_mean_cosine=0.995, min_top1_agreement=0.97, max_accuracy_drop=1.0),
 }
 
 # What an INT8 graph is made for: "tensorrt" (attention in INT8 up to TensorRT's 512-token fused
 # INT8 attention limit) or "cpu" (attention always float: the OpenVINO CPU path; see onnx/int8.py).
 INT8_TARGETS = ("tensorrt", "cpu")
+# How an activation's INT8 range is chosen from its histogram (onnx/calibrate.py); the first is the default.
+CALIBRATION_METHODS = ("mse", "entropy", "percentile", "minmax")
 
 # Batch sizes of the export-time check: none equals the traced batch (2), which is what proves
 # the batch dimension really is dynamic.

@@ -1,85 +1,80 @@
 """INT8 explicit quantization: QuantizeLinear/DequantizeLinear pairs written into the ONNX graph
 (TensorRT 11 has no calibrators; it reads the scales from these nodes).
 
-Quantizer: ONNX Runtime's ``quantize_static`` in QDQ format (see docs/quantizers.md for the
-comparison with ModelOpt that chose it). Settings follow what TensorRT consumes and fuses:
-symmetric INT8 activations and weights (zero point 0), per-channel weight scales on the output
-channel, Q/DQ on the inputs of MatMul / Gemm / Conv only, so each DQ->MatMul pair fuses into
-an INT8 GEMM and everything between (LayerNorm, GELU, Softmax, residual Adds) stays in float.
+The recipe, each part chosen by measurement on a real trained ViT and real photographs
+(docs/precision.md, docs/quantizers.md):
+1. **Weight layers** (patch embedding Conv, qkv, proj, fc1, fc2, head): INT8 weights with
+   symmetric per-output-channel scales, INT8 activations with one symmetric per-tensor scale,
+   biases float, no Q/DQ on GEMM outputs (``qdq.py``).
+2. **SmoothQuant** folded into the LayerNorm affine and the V columns of qkv, so the graph gains
+   no ops; the strength alpha chosen per layer (``smoothquant.py``). Without it a real ViT loses
+   3-6 points of top-1: its LayerNorm outputs have a few channels 20-100x the median.
+3. **Ranges** per tensor from exact, batch-independent histograms, by the chosen method
+   (``calibrate.py``; default ``mse``).
 
-Attention: TensorRT's fused INT8 attention exists only for sequences of at most 512 tokens;
-beyond that (b16 at 384 has 577) the two attention MatMuls (Q*scale @ K^T and P @ V, the
-MatMuls whose inputs are both activations) are excluded and stay float.
-
-Target "cpu" (``build-engine --int8 --target cpu``): the graph for the OpenVINO CPU path keeps
-attention in float at every sequence length. Measured on b16@224 (docs/benchmarks.md): with
-quantized attention MatMuls OpenVINO spends about a third of its time on layout conversions and
-extra quantize ops around them; with them in float it fuses attention into one kernel and runs
-1.2x faster, at the same accuracy.
+Attention (the two MatMuls whose inputs are both activations, Q*scale @ K^T and P @ V): kept in
+float by default for every target. Quantizing them adds error on a real model (the softmax output
+has most of its mass near 0 and one per-tensor scale) while the weight layers, where the FLOPs of
+a ViT at 224-384 mostly are, are all INT8; TensorRT's fused INT8 attention also stops at 512
+tokens (b16 at 384 has 577). ``quantize_attention=True`` quantizes them where tokens <= 512.
+OpenVINO (``--target cpu``) fuses float attention into one kernel and runs 1.2x faster with it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-from collections.abc import Iterator
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from ..errors import UsageError
 from ..progress import Progress
-from ..specs import INT8_TARGETS
-from .export import INPUT_NAME
+from ..specs import CALIBRATION_METHODS, INT8_TARGETS, TOLERANCES
+from . import calibrate, qdq, smoothquant
+from .graph import save_model
 
 ATTENTION_INT8_MAX_TOKENS = 512
-QUANTIZED_OP_TYPES = ("MatMul", "Gemm", "Conv")
-CALIBRATION_METHODS = ("entropy", "percentile", "minmax")
-PERCENTILE = 99.999
+DEFAULT_METHOD = CALIBRATION_METHODS[0]
+CACHE_VERSION = 2
+MAX_FLOAT_FRACTION = 0.1  # the fallback leaves at most 10% of the weight layers in float
+BUDGET_CHECK_IMAGES = 128  # images the fallback checks each candidate graph on
+CLIP_CANDIDATES = 8  # activation ranges tried between the histogram's choice and no clipping
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How far the INT8 graph may stray from FP32 on the check images before layers go back to float.
+
+    The last resort of the recipe: when the fully INT8 graph misses these bounds, the most
+    sensitive weight layers are left in float, one at a time, up to ``max_float_layers``.
+    Defaults: the INT8 validation bounds (``specs.TOLERANCES["int8"]``).
+    """
+
+    min_top1_agreement: float = TOLERANCES["int8"].min_top1_agreement or 0.0
+    min_mean_cosine: float = TOLERANCES["int8"].min_mean_cosine or 0.0
+    max_float_layers: int | None = None  # None: 10% of the weight layers; 0: never fall back
+    gate_top1: bool = True  # False for random weights, whose near-tied logits make agreement noise
+
+    def misses(self, metrics: dict[str, float]) -> list[str]:
+        out = []
+        if not metrics["mean_cosine"] >= self.min_mean_cosine:
+            out.append(f"mean cosine {metrics['mean_cosine']:.4f} < {self.min_mean_cosine}")
+        if self.gate_top1 and not metrics["top1_agreement"] >= self.min_top1_agreement:
+            out.append(f"top-1 agreement {metrics['top1_agreement']:.1%} < {self.min_top1_agreement:.1%}")
+        return out
+
+
+class BudgetNotMet(UsageError):
+    """Even with the allowed layers in float the INT8 graph misses the budget."""
 
 
 def attention_matmuls(model: onnx.ModelProto) -> list[str]:
     """Names of MatMul nodes whose inputs are both activations (no weight initializer)."""
-    constants = {t.name for t in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return [
-        n.name for n in model.graph.node
-        if n.op_type == "MatMul" and not any(i in constants for i in n.input)
-    ]
-
-
-class _BatchReader:
-    """ONNX Runtime CalibrationDataReader over an in-memory array, one batch per item.
-
-    ``set_range`` lets quantize_static's strided calibration run one batch at a time, so the
-    memory for intermediate tensors is that of one batch, not of the whole set.
-    """
-
-    def __init__(self, images: np.ndarray, batch: int, progress: Progress | None) -> None:
-        self.batches = [images[i : i + batch] for i in range(0, len(images), batch)]
-        self.start, self.end = 0, len(self.batches)
-        self.progress = progress
-        self._it: Iterator[dict[str, np.ndarray]] | None = None
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self.start, self.end = start_index, end_index
-        self._it = None
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._it is None:
-            self._it = iter([{INPUT_NAME: b} for b in self.batches[self.start : self.end]])
-        item = next(self._it, None)
-        if item is not None and self.progress is not None:
-            self.progress.tick()
-        return item
-
-    def rewind(self) -> None:
-        self._it = None
+    return [n.name for n in qdq.activation_matmuls(model)]
 
 
 def quantize_int8(
@@ -87,83 +82,246 @@ def quantize_int8(
     out_path: Path,
     calib_images: np.ndarray,
     *,
-    method: str,
+    method: str = DEFAULT_METHOD,
     num_tokens: int,
     batch: int,
     cache_path: Path | None = None,
     progress: Progress | None = None,
     target: str = "tensorrt",
+    smooth: bool = True,
+    quantize_attention: bool = False,
+    float_layers: Sequence[str] = (),
+    budget: Budget | None = None,
 ) -> dict[str, Any]:
-    """Write the Q/DQ graph to ``out_path``; returns the policy record for the manifest."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    """Calibrate on ``calib_images`` and write the Q/DQ graph to ``out_path``.
 
+    ``float_layers``: weight-layer node names to leave unquantized. ``budget``: check the graph on
+    the calibration images and, where it misses, leave the most sensitive layers in float
+    (:func:`fit_budget`); raises :class:`BudgetNotMet` when that is not enough.
+    Returns the policy record for the manifest. Ranges and smoothing scales are cached in
+    ``cache_path`` when given and reused when the file matches these settings (the caller keys
+    the file name by the graph and the images).
+    """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r}")
     if target not in INT8_TARGETS:
         raise ValueError(f"unknown target {target!r}")
-    model = onnx.load(str(fp32_path), load_external_data=False)
-    float_attention = target == "cpu" or num_tokens > ATTENTION_INT8_MAX_TOKENS
-    excluded = attention_matmuls(model) if float_attention else []
-    calibrate_method = {
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-        "minmax": CalibrationMethod.MinMax,
-    }[method]
-    extra_options = {
-        "ActivationSymmetric": True,
-        "WeightSymmetric": True,
-        "CalibTensorRangeSymmetric": True,
-        "CalibStridedMinMax": 1,  # one batch per collection round (see _BatchReader)
-        "CalibPercentile": PERCENTILE,
-        # ORT would quantize biases to INT32 DequantizeLinear nodes; TensorRT's quantized types are
-        # INT8/FP8/INT4/FP4 only ("Working with Quantized Types"), and it fuses float biases itself
-        "QuantizeBias": False,
-        # ORT also puts Q/DQ on MatMul/Conv *outputs* by default; TensorRT fuses DQ->GEMM->Q only
-        # when the next op consumes INT8, and here it is float (Add, LayerNorm, GELU), so the extra
-        # pair only adds rounding error (measured: rel L2 ~20% lower on b16 without it)
-        "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES),
-        # TensorRT wants per-channel scales on the output-channel axis: 1 for a MatMul weight [K, N]
-        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-    }
-    reader = _BatchReader(calib_images, batch, progress)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_static logs advice about pre-processing on every call
-    try:
-        # ORT's histogram calibrators print() progress; our bar shows it, and stdout is for --json
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-            quantize_static(
-                str(fp32_path), str(out_path), reader,
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(QUANTIZED_OP_TYPES),
-                per_channel=True,
-                reduce_range=False,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=excluded,
-                calibrate_method=calibrate_method,
-                extra_options=extra_options,
-                calibration_cache_path=cache_path,
-                use_external_data_format=fp32_path.stat().st_size > (1 << 30),
-            )
-    finally:
-        root.setLevel(level)
+    model = onnx.load(str(fp32_path))
+    plan = plan_int8(model, target, num_tokens, quantize_attention, float_layers)
+    ranges, reused = calibration(model, plan, calib_images, batch, method, smooth, cache_path, progress)
+    check = None
+    if budget is not None:
+        kept_float, check = fit_budget(model, plan, ranges, calib_images[:BUDGET_CHECK_IMAGES], budget, progress)
+        if kept_float:
+            plan = plan_int8(model, target, num_tokens, quantize_attention, list(float_layers) + kept_float)
+    save_model(quantized_graph(model, plan, ranges), out_path)
+    cache = {"path": str(cache_path), "reused": reused} if cache_path is not None else None
+    policy = _policy(plan, ranges, method, target, num_tokens, smooth)
+    return policy | {"budget_check": check, "calibration_cache": cache}
+
+
+def run_graph(model: onnx.ModelProto, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Logits of an in-memory graph on ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    from .export import INPUT_NAME
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {INPUT_NAME: images[i : i + batch]})[0]
+                           for i in range(0, len(images), batch)])
+
+
+def fit_budget(
+    model: onnx.ModelProto, plan: dict[str, Any], ranges: dict[str, Any], images: np.ndarray, budget: Budget,
+    progress: Progress | None = None,
+) -> tuple[list[str], dict[str, Any]]:
+    """The fewest weight layers to leave in float for the graph to meet ``budget`` on ``images``.
+
+    Candidates are the layers whose INT8 GEMM had the largest error at calibration (twice as many
+    as may be kept); each is measured end to end once, left alone in float, and they are added
+    in that order until the budget is met. Returns (node names, the check's record).
+    """
+    from ..parity import compare_logits
+
+    reference = run_graph(model, images)
+    everything = [layer.node for layer in plan["layers"]]
+
+    def measure(kept: list[str]) -> dict[str, float]:
+        only = [n for n in everything if n not in kept] + [n for n, _ in plan["inputs"] if n not in everything]
+        return compare_logits(reference, run_graph(quantized_graph(model, plan, ranges, only=only), images))
+
+    def record(kept: list[str], metrics: dict[str, float]) -> dict[str, Any]:
+        return {"images": len(images), "float_layers": kept, "top1_agreement": metrics["top1_agreement"],
+                "mean_cosine": metrics["mean_cosine"], "budget": vars(budget)}
+
+    metrics = measure([])
+    if not budget.misses(metrics):
+        return [], record([], metrics)
+    limit = budget.max_float_layers
+    limit = int(MAX_FLOAT_FRACTION * len(everything)) if limit is None else limit
+    errors = ranges.get("layer_errors", {})
+    candidates = sorted(everything, key=lambda n: -errors.get(n, 0.0))[: 2 * limit]
+    if progress is not None and limit:
+        progress.note(f"  INT8 misses the budget ({'; '.join(budget.misses(metrics))}): "
+                      f"trying up to {limit} of {len(candidates)} candidate layers in float")
+    alone = {n: measure([n]) for n in candidates}
+    ranked = sorted(candidates, key=lambda n: (-alone[n]["mean_cosine"], -alone[n]["top1_agreement"]))
+    kept: list[str] = []
+    for node in ranked[:limit]:
+        kept.append(node)
+        metrics = measure(kept)
+        if not budget.misses(metrics):
+            return kept, record(kept, metrics)
+    tried = ", ".join(qdq.layer_label(n) for n in kept) or "none (--max-float-layers 0)"
+    raise BudgetNotMet(
+        f"the INT8 graph misses the accuracy budget ({'; '.join(budget.misses(metrics))} on {len(images)} "
+        f"calibration images) even with {len(kept)} layer(s) in float: {tried}. Allow more with "
+        "--max-float-layers, loosen --accuracy-budget, see `vit-deploy inspect --sensitivity`, or use --fp16"
+    )
+
+
+def calibration(
+    model: onnx.ModelProto, plan: dict[str, Any], images: np.ndarray, batch: int, method: str, smooth: bool,
+    cache_path: Path | None = None, progress: Progress | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """``calibrate_ranges`` through the cache file when one is given; (ranges, whether they were cached)."""
+    settings = {"method": method, "smooth": smooth, "activations": plan["activations"]}
+    ranges = _read_cache(cache_path, settings, progress)
+    if ranges is not None:
+        return ranges, True
+    ranges = calibrate_ranges(model, plan, images, batch, method, smooth, progress.tick if progress else None)
+    _write_cache(cache_path, ranges, settings)
+    return ranges, False
+
+
+def quantized_graph(
+    model: onnx.ModelProto, plan: dict[str, Any], ranges: dict[str, Any], only: Sequence[str] | None = None,
+) -> onnx.ModelProto:
+    """The smoothed FP32 graph with Q/DQ on the planned inputs (or on those of the nodes in ``only``)."""
+    inputs = [(node, i) for node, i in plan["inputs"] if only is None or node in only]
+    nodes = {n.name: n for n in model.graph.node}
+    activations = {nodes[node].input[i] for node, i in inputs}
+    layers = [layer for layer in plan["layers"] if only is None or layer.node in only]
+    smoothed = smoothquant.fold(model, _groups_with_scales(plan["groups"], ranges["smoothing"]))
+    return qdq.insert_qdq(smoothed, layers, {t: ranges["amax"][t] for t in sorted(activations)}, inputs)
+
+
+def plan_int8(
+    model: onnx.ModelProto, target: str, num_tokens: int, quantize_attention: bool = False,
+    float_layers: Sequence[str] = (),
+) -> dict[str, Any]:
+    """What to quantize: weight layers, smoothing groups, activation tensors and the inputs that read them."""
+    skipped = set(float_layers)
+    layers = [layer for layer in qdq.weight_layers(model) if layer.node not in skipped]
+    attention = qdq.activation_matmuls(model)
+    with_attention = quantize_attention and target == "tensorrt" and num_tokens <= ATTENTION_INT8_MAX_TOKENS
+    inputs = [(layer.node, 0) for layer in layers]
+    if with_attention:
+        inputs += [(node.name, i) for node in attention for i in (0, 1)]
+    nodes = {n.name: n for n in model.graph.node}
+    activations = sorted({nodes[name].input[i] for name, i in inputs})
+    groups = smoothquant.find_groups(model, layers)
     return {
-        "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
+        "layers": layers, "groups": groups, "inputs": inputs, "activations": activations,
+        "attention": [n.name for n in attention], "attention_quantized": with_attention,
+        "float_layers": sorted(skipped),
+    }
+
+
+def calibrate_ranges(
+    model: onnx.ModelProto, plan: dict[str, Any], images: np.ndarray, batch: int, method: str, smooth: bool,
+    tick: Any = None,
+) -> dict[str, Any]:
+    """Smoothing scales per group and the clipping range per activation tensor (two passes)."""
+    groups: list[smoothquant.SmoothGroup] = plan["groups"] if smooth else []
+    sampled = [g.activations[0] for g in groups]
+    channel, samples = calibrate.channel_absmax(model, plan["activations"], images, batch, tick, sampled)
+    top = {name: float(values.max()) for name, values in channel.items()}  # the range the quantizer sees
+    smoothing = {}
+    for group in groups:
+        x_absmax = np.max([channel[a] for a in group.activations], axis=0)
+        smoothquant.choose_scales(model, group, x_absmax, samples.get(group.activations[0]))
+        smoothing[group.producer] = {"alpha": group.alpha, "scales": group.scales.tolist()}
+        for a in group.activations:
+            top[a] = float((channel[a] / group.scales).max())
+    hist = calibrate.histograms(smoothquant.fold(model, groups), top, images, batch, tick) if method != "minmax" else {}
+    amax = {name: calibrate.choose_amax(hist[name], top[name], method) if hist else top[name] for name in top}
+    for group in groups if method != "minmax" else []:
+        # where a group was rescaled, the clip is checked against the GEMM's own error
+        sample = samples.get(group.activations[0])
+        if sample is not None and group.alpha is not None and len(group.activations) == 1:
+            name = group.activations[0]
+            candidates = list(np.linspace(amax[name], top[name], CLIP_CANDIDATES))
+            amax[name] = float(smoothquant.best_clip(model, group, sample, candidates))
+    errors = {layer.node: group.error for group in groups for layer in group.layers if group.error is not None}
+    return {"smoothing": smoothing, "amax": amax, "absmax": top, "layer_errors": errors,
+            "channel_absmax": {name: values.tolist() for name, values in channel.items()}}
+
+
+def _groups_with_scales(groups: list[smoothquant.SmoothGroup], smoothing: dict[str, Any]):
+    chosen = []
+    for group in groups:
+        if group.producer in smoothing:
+            group.alpha = smoothing[group.producer]["alpha"]
+            group.scales = np.asarray(smoothing[group.producer]["scales"], dtype=np.float32)
+            chosen.append(group)
+    return chosen
+
+
+def _read_cache(path: Path | None, settings: dict[str, Any], progress: Progress | None) -> dict[str, Any] | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") == CACHE_VERSION and data.get("settings") == settings:
+            return data
+        reason = "made by another version or with other settings"
+    except (OSError, ValueError, AttributeError) as e:
+        reason = f"unreadable ({e.__class__.__name__})"
+    if progress is not None:
+        progress.note(f"  calibration cache {path} is {reason}: calibrating again and rewriting it")
+    return None
+
+
+def _write_cache(path: Path | None, ranges: dict[str, Any], settings: dict[str, Any]) -> None:
+    if path is None:
+        return
+    from ..fileio import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"version": CACHE_VERSION, "settings": settings, **ranges}))
+
+
+def _policy(
+    plan: dict[str, Any], ranges: dict[str, Any], method: str, target: str, num_tokens: int, smooth: bool,
+) -> dict[str, Any]:
+    alphas = [g["alpha"] for g in ranges["smoothing"].values() if g["alpha"] is not None]
+    return {
+        "quantizer": "vit-deploy (SmoothQuant folded, per-tensor ranges from histograms)",
         "activations": "int8 symmetric per-tensor (zero point 0)",
         "weights": "int8 symmetric per-channel (output channel)",
-        "op_types": list(QUANTIZED_OP_TYPES),
+        "op_types": ["MatMul", "Gemm", "Conv"],
         "calibration_method": method,
-        "percentile": PERCENTILE if method == "percentile" else None,
+        "percentile": calibrate.PERCENTILE if method == "percentile" else None,
         "target": target,
-        "attention": _attention_note(target, num_tokens, bool(excluded)),
-        "excluded_nodes": excluded,
+        "smoothquant": {
+            "enabled": smooth, "groups": len(alphas), "left_unscaled": len(ranges["smoothing"]) - len(alphas),
+            "alpha": {"min": min(alphas), "max": max(alphas)} if alphas else None,
+        },
+        "int8_weight_layers": len(plan["layers"]),
+        "float_layers": plan["float_layers"],
+        "float_layer_names": [qdq.layer_label(n) for n in plan["float_layers"]],
+        "weight_layers_int8_fraction": len(plan["layers"]) / max(len(plan["layers"]) + len(plan["float_layers"]), 1),
+        "attention": _attention_note(target, num_tokens, plan["attention_quantized"]),
+        "excluded_nodes": plan["float_layers"] + ([] if plan["attention_quantized"] else plan["attention"]),
     }
 
 
-def _attention_note(target: str, num_tokens: int, excluded: bool) -> str:
+def _attention_note(target: str, num_tokens: int, quantized: bool) -> str:
+    if quantized:
+        return f"quantized ({num_tokens} tokens <= {ATTENTION_INT8_MAX_TOKENS})"
     if target == "cpu":
-        return "excluded from INT8: CPU target (OpenVINO fuses float attention)"
-    if excluded:
-        return f"excluded from INT8: {num_tokens} tokens > {ATTENTION_INT8_MAX_TOKENS} (TensorRT fused INT8 MHA limit)"
-    return f"quantized ({num_tokens} tokens <= {ATTENTION_INT8_MAX_TOKENS})"
+        return "float: CPU target (OpenVINO fuses float attention)"
+    if num_tokens > ATTENTION_INT8_MAX_TOKENS:
+        return f"float: {num_tokens} tokens > {ATTENTION_INT8_MAX_TOKENS} (TensorRT fused INT8 MHA limit)"
+    return "float (the default: quantizing it costs accuracy on trained models; docs/precision.md)"

@@ -1,0 +1,172 @@
+"""Activation statistics for INT8 calibration, collected batch by batch, and the ranges chosen from them.
+
+Two passes over the calibration images on ONNX Runtime, each holding one batch of the watched
+tensors at a time (the graph is rewritten to expose them as outputs), so memory follows the
+batch, not the set:
+
+1. ``channel_absmax``: the largest |x| per channel (last axis) of each watched tensor, which
+   SmoothQuant needs (its maximum over channels is the tensor's range), and a sample of rows
+   to choose the SmoothQuant strength with.
+2. ``histograms``: a histogram of |x| per tensor over the fixed range [0, amax] found by pass 1,
+   so the result does not depend on the batch size or the image order (unlike a calibrator that
+   widens its range as batches arrive).
+
+From a histogram, ``choose_amax`` picks the clipping range of a symmetric INT8 scale:
+``minmax`` (no clipping), ``percentile``, ``entropy`` (TensorRT's KL-divergence rule) or ``mse``
+(the range that minimises the expected squared error: clipping plus rounding noise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import onnx
+
+from ..specs import CALIBRATION_METHODS
+from .export import INPUT_NAME
+
+HISTOGRAM_BINS = 2048
+INT8_LEVELS = 127  # symmetric INT8: -127..127 (TensorRT's range; -128 is not used)
+PERCENTILE = 99.999
+ENTROPY_STRIDE = 4  # candidate clips every 4 bins: 480 KL evaluations per tensor instead of 1,920
+SAMPLE_IMAGES = 32  # rows kept per tensor for choosing SmoothQuant strengths: 32 images x (4 + 64) tokens
+SAMPLE_ROWS = 64
+SAMPLE_TOP_ROWS = 4
+
+
+def _exposing(model: onnx.ModelProto, tensors: Sequence[str]) -> bytes:
+    """The model with ``tensors`` as extra graph outputs (type left open: ONNX Runtime infers it)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    for name in tensors:
+        if name not in present:
+            exposed.graph.output.append(onnx.ValueInfoProto(name=name))
+    return exposed.SerializeToString()
+
+
+def _batch_outputs(
+    model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray, batch: int,
+    tick: Callable[[], None] | None,
+) -> Iterable[dict[str, np.ndarray]]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # the watched tensors must exist as they are in the graph, not fused away
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(_exposing(model, tensors), options, providers=["CPUExecutionProvider"])
+    for start in range(0, len(images), batch):
+        values = session.run(list(tensors), {INPUT_NAME: images[start : start + batch]})
+        if tick is not None:
+            tick()
+        yield dict(zip(tensors, values, strict=True))
+
+
+def channel_absmax(
+    model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray, batch: int,
+    tick: Callable[[], None] | None = None, sampled: Sequence[str] = (),
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """max |x| per channel (last axis) of each tensor over all images, and for the tensors in
+    ``sampled`` a weighted sample of their rows: (rows, weights).
+
+    The sample takes, from each of the first ``SAMPLE_IMAGES`` images, the ``SAMPLE_TOP_ROWS`` rows
+    with the largest |x| (weight 1) and ``SAMPLE_ROWS`` of the others at random (weighted by how
+    many rows each stands for). A trained ViT keeps its largest activations in a few tokens
+    (ViT-Ti: 4 of 197, the corner patches); a uniform sample misses them, and with them the error
+    that decides the SmoothQuant strength. Rows are picked by the image's index, so the sample
+    does not depend on the batch size.
+    """
+    absmax: dict[str, np.ndarray] = {}
+    rows_of: dict[str, list[np.ndarray]] = {name: [] for name in sampled}
+    weights_of: dict[str, list[np.ndarray]] = {name: [] for name in sampled}
+    for start, outputs in zip(range(0, len(images), batch), _batch_outputs(model, tensors, images, batch, tick),
+                              strict=True):
+        for name, value in outputs.items():
+            m = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
+            absmax[name] = m if name not in absmax else np.maximum(absmax[name], m)
+            if name not in rows_of:
+                continue
+            for offset, rows in enumerate(value[: max(SAMPLE_IMAGES - start, 0)]):
+                rows = rows.reshape(-1, value.shape[-1])
+                order = np.argsort(-np.abs(rows).max(axis=1), kind="stable")
+                top, others = order[:SAMPLE_TOP_ROWS], order[SAMPLE_TOP_ROWS:]
+                picked = np.random.default_rng(start + offset).permutation(others)[:SAMPLE_ROWS]
+                rows_of[name].append(rows[np.concatenate([top, picked])])
+                weights_of[name].append(np.concatenate([
+                    np.ones(len(top)), np.full(len(picked), len(others) / max(len(picked), 1)),
+                ]).astype(np.float32))
+    samples = {name: (np.concatenate(rows_of[name]), np.concatenate(weights_of[name]))
+               for name in sampled if rows_of[name]}
+    return absmax, samples
+
+
+def histograms(
+    model: onnx.ModelProto, amax: dict[str, float], images: np.ndarray, batch: int,
+    tick: Callable[[], None] | None = None, bins: int = HISTOGRAM_BINS,
+) -> dict[str, np.ndarray]:
+    """Histogram of |x| over [0, amax[name]] for each tensor named in ``amax``."""
+    tensors = list(amax)
+    counts = {name: np.zeros(bins, dtype=np.int64) for name in tensors}
+    for outputs in _batch_outputs(model, tensors, images, batch, tick):
+        for name, value in outputs.items():
+            top = max(float(amax[name]), 1e-12)
+            counts[name] += np.histogram(np.abs(value), bins=bins, range=(0.0, top))[0]
+    return counts
+
+
+def choose_amax(hist: np.ndarray, amax: float, method: str) -> float:
+    """The clipping range (the value mapped to 127) for a |x| histogram over [0, amax]."""
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}")
+    total = hist.sum()
+    if amax <= 0 or total == 0 or method == "minmax":
+        return float(amax)
+    width = amax / len(hist)
+    if method == "percentile":
+        cdf = np.cumsum(hist) / total
+        return float(min(amax, (np.searchsorted(cdf, PERCENTILE / 100) + 1) * width))
+    if method == "mse":
+        return _mse_amax(hist, width)
+    return _entropy_amax(hist, width)
+
+
+def _mse_amax(hist: np.ndarray, width: float) -> float:
+    """Clip that minimises E[(x - q(x))^2]: (x - c)^2 above the clip, step^2 / 12 below it."""
+    centers = (np.arange(len(hist)) + 0.5) * width
+    candidates = np.arange(len(hist) // 16, len(hist) + 1) * width  # never clip more than 15/16
+    below = np.cumsum(hist)  # count of values under each candidate's bin edge
+    errors = []
+    for i, c in enumerate(candidates, len(hist) // 16):
+        over = np.maximum(centers[i:] - c, 0.0)
+        clip_error = float(np.dot(hist[i:], over * over))
+        rounding = below[i - 1] * (c / INT8_LEVELS) ** 2 / 12
+        errors.append(clip_error + rounding)
+    return float(candidates[int(np.argmin(errors))])
+
+
+def _entropy_amax(hist: np.ndarray, width: float, levels: int = INT8_LEVELS + 1) -> float:
+    """TensorRT's entropy calibration: the clip whose 128-level quantized distribution has the least
+    KL divergence from the clipped reference distribution (outliers folded into the last bin)."""
+    hist = hist.astype(np.float64)
+    best, best_i = np.inf, len(hist)
+    for i in range(levels, len(hist) + 1, ENTROPY_STRIDE):
+        reference = hist[:i].copy()
+        reference[-1] += hist[i:].sum()
+        nonzero = hist[:i] != 0
+        # merge the i bins into `levels` groups, then spread each group's mass over its non-empty bins
+        groups = np.minimum((np.arange(i) * levels) // i, levels - 1)
+        mass = np.bincount(groups, weights=hist[:i], minlength=levels)
+        filled = np.bincount(groups, weights=nonzero, minlength=levels)
+        expanded = np.where(nonzero, mass[groups] / np.maximum(filled[groups], 1), 0.0)
+        p = reference / reference.sum()
+        q = expanded / max(expanded.sum(), 1e-30)
+        mask = p > 0
+        q_masked = q[mask]
+        if np.any(q_masked == 0):
+            continue
+        kl = float(np.sum(p[mask] * np.log(p[mask] / q_masked)))
+        if kl < best:
+            best, best_i = kl, i
+    return float(best_i * width)
+

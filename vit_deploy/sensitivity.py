@@ -1,0 +1,203 @@
+"""Where INT8 loses accuracy: ``vit-deploy inspect ARTIFACT --sensitivity --calib ... --val-images ...``.
+
+Calibrates once (the same recipe as ``build-engine --int8``), then measures on real images, for
+every weight layer (patch embedding, qkv, proj, fc1, fc2, head):
+- **only**: the FP32 graph with just this layer quantized: the error the layer adds by itself;
+- **all but**: the full INT8 graph with just this layer left in float: what leaving it out buys;
+each as top-1 agreement with FP32, mean and worst cosine of the logits, and top-1 accuracy when
+the images have labels. Per quantized activation tensor it reports the statistics behind the
+error: range (max |x|), the INT8 clipping range chosen, the fraction of values clipped, the
+outlier channels (channel max over 8x the median channel max; before SmoothQuant) and the
+SmoothQuant strength applied. Anchors: ONNX Runtime's ``qdq_loss_debug``, Polygraphy's
+``debug precision``, ModelOpt's per-layer reports.
+
+The per-layer runs reuse one calibration (ranges and smoothing scales), so a report costs one
+calibration plus two inferences of the validation set per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .errors import UsageError
+from .onnx import calibrate
+from .onnx.int8 import DEFAULT_METHOD, calibrate_ranges, plan_int8, quantized_graph, run_graph
+from .onnx.qdq import layer_kind, layer_label
+from .parity import accuracy, compare_logits
+from .progress import Progress
+
+OUTLIER_FACTOR = 8.0  # a channel whose max |x| exceeds 8x the median channel's is an outlier
+
+
+def _metrics(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
+    m = compare_logits(reference, logits)
+    out = {"top1_agreement": m["top1_agreement"], "mean_cosine": m["mean_cosine"], "min_cosine": m["min_cosine"]}
+    if labels is not None:
+        out["accuracy"] = accuracy(logits, labels)
+    return out
+
+
+def sensitivity_report(
+    fp32_path: Path,
+    calib_images: np.ndarray,
+    val_images: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    num_tokens: int,
+    method: str = DEFAULT_METHOD,
+    target: str = "tensorrt",
+    batch: int = 8,
+    smooth: bool = True,
+    tick: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Per-layer and per-tensor INT8 sensitivity of the FP32 graph at ``fp32_path`` (see the module doc)."""
+    model = onnx.load(str(fp32_path))
+    plan = plan_int8(model, target, num_tokens)
+    ranges = calibrate_ranges(model, plan, calib_images, batch, method, smooth, tick)
+    reference = run_graph(model, val_images)
+    full = run_graph(quantized_graph(model, plan, ranges), val_images)
+
+    layers = []
+    for layer in plan["layers"]:
+        everyone_else = [other.node for other in plan["layers"] if other.node != layer.node]
+        only = run_graph(quantized_graph(model, plan, ranges, only=[layer.node]), val_images)
+        all_but = run_graph(quantized_graph(model, plan, ranges, only=everyone_else), val_images)
+        layers.append({
+            "layer": layer_label(layer.node), "node": layer.node, "kind": layer_kind(layer.node),
+            "only": _metrics(reference, only, labels), "all_but": _metrics(reference, all_but, labels),
+        })
+        if tick is not None:
+            tick()
+
+    report = {
+        "fp32_graph": str(fp32_path),
+        "method": method,
+        "target": target,
+        "smoothquant": smooth,
+        "images": {"calibration": len(calib_images), "validation": len(val_images), "labels": labels is not None},
+        "fp32": {"accuracy": accuracy(reference, labels)} if labels is not None else {},
+        "int8": _metrics(reference, full, labels),
+        "layers": layers,
+        "tensors": tensor_statistics(model, plan, ranges, calib_images, batch),
+    }
+    return report
+
+
+def tensor_statistics(
+    model: onnx.ModelProto, plan: dict[str, Any], ranges: dict[str, Any], images: np.ndarray, batch: int,
+) -> list[dict[str, Any]]:
+    """Range, chosen clip, clipped fraction, outlier channels and smoothing of each quantized activation."""
+    activations = plan["activations"]
+    raw_absmax, _ = calibrate.channel_absmax(model, activations, images, batch)
+    smoothed = quantized_graph(model, plan, ranges, only=[])  # smoothing folded, no Q/DQ
+    hist = calibrate.histograms(smoothed, {a: ranges["absmax"][a] for a in activations}, images, batch)
+    readers = {}
+    for node, i in plan["inputs"]:
+        readers.setdefault(next(n for n in model.graph.node if n.name == node).input[i], []).append(node)
+    alpha_of = {}
+    for group in plan["groups"]:
+        for a in group.activations:
+            alpha_of[a] = ranges["smoothing"].get(group.producer, {}).get("alpha")
+    rows = []
+    for name in activations:
+        channels = raw_absmax[name]
+        median = float(np.median(channels))
+        outliers = np.flatnonzero(channels > OUTLIER_FACTOR * max(median, 1e-12))
+        top, clip = ranges["absmax"][name], ranges["amax"][name]
+        counts = hist[name]
+        above = int(counts[min(int(clip / max(top, 1e-12) * len(counts)), len(counts)) :].sum())
+        rows.append({
+            "tensor": name,
+            "read_by": [layer_label(n) for n in readers.get(name, [])],
+            "max_abs": float(channels.max()),
+            "median_channel_max": median,
+            "outlier_channels": len(outliers),
+            "outlier_channel_ids": outliers[:8].tolist(),
+            "smoothquant_alpha": alpha_of.get(name),
+            "max_abs_smoothed": top,
+            "clip": clip,
+            "clipped_fraction": above / max(int(counts.sum()), 1),
+        })
+    return rows
+
+
+def sensitivity_for_artifact(
+    artifact: Path, calib: str | None, val_images: str | None, calib_images: int | None = 256,
+    method: str = DEFAULT_METHOD, target: str | None = None, progress: Progress | None = None,
+) -> dict[str, Any]:
+    """:func:`sensitivity_report` for an FP32 export, or for an INT8 graph (then its parent export and
+    its target), with the image sets loaded through the artifact's preprocessing."""
+    from .calibration import load_image_set
+    from .manifest import model_file, read_manifest
+    from .precision import model_config_of, open_parent
+
+    if not calib:
+        raise UsageError("--sensitivity needs calibration images: pass --calib FOLDER or a definition file")
+    if calib_images is not None and calib_images < 1:
+        raise UsageError("--calib-images must be positive")
+    manifest = read_manifest(Path(artifact))
+    if manifest["kind"] == "onnx" and manifest["precision"] == "int8":
+        target = target or (manifest.get("precision_policy") or {}).get("target", "tensorrt")
+        artifact = Path(manifest["parent"]["path"])
+    elif manifest["kind"] != "onnx" or manifest["precision"] != "fp32":
+        raise UsageError(f"{artifact} is a {manifest['precision']} {manifest['kind']} artifact; --sensitivity "
+                         "reads an FP32 export or an INT8 graph (whose export it then uses)")
+    parent_dir, parent = open_parent(Path(artifact))
+    cfg = model_config_of(parent)
+    progress = progress or Progress(enabled=False)
+    calib_set = load_image_set(calib, cfg.preprocessing, calib_images, 8, 0, progress)
+    if val_images:
+        val = load_image_set(val_images, cfg.preprocessing, None, 1, 0, progress, role="validation")
+        if val.labels is None:
+            raise UsageError(f"--val-images {val_images} has no labels.csv, and the report's accuracy needs one "
+                             "('file,label' rows); add it, or omit --val-images to score on the calibration images")
+        images, labels = val.images, val.labels
+    else:
+        images, labels = calib_set.images, None
+    layers = len(plan_int8(onnx.load(str(model_file(parent_dir, parent)), load_external_data=False),
+                           target or "tensorrt", cfg.num_tokens)["layers"])
+    with progress.step(f"Calibrating and measuring {layers} layers, each alone and each left out"), \
+            progress.counter(2 * -(-len(calib_set.images) // 8) + layers, "steps"):
+        report = sensitivity_report(
+            model_file(parent_dir, parent), calib_set.images, images, labels, num_tokens=cfg.num_tokens,
+            method=method, target=target or "tensorrt", tick=progress.tick,
+        )
+    report["artifact"] = str(parent_dir)
+    report["calibration_set"] = calib_set.summary()
+    report["validation_set"] = val_images or "the calibration images"
+    return report
+
+
+def format_sensitivity(r: dict[str, Any]) -> str:
+    """The report as tables: the whole graph, layers by the error they add alone, then tensors."""
+    has_acc = r["images"]["labels"]
+
+    def cells(m: dict[str, float]) -> str:
+        acc = f" {100 * m['accuracy']:6.1f}%" if has_acc else ""
+        return f"{100 * m['top1_agreement']:6.1f}% {m['mean_cosine']:8.5f} {m['min_cosine']:7.4f}{acc}"
+
+    head = "  agree   mean cos   worst" + ("     acc" if has_acc else "")
+    fp32 = f", FP32 top-1 {100 * r['fp32']['accuracy']:.1f}%" if has_acc else ""
+    lines = [
+        f"INT8 sensitivity of {r['artifact']} ({r['target']} target, {r['method']} ranges, "
+        f"{r['images']['calibration']} calibration / {r['images']['validation']} scoring images{fp32})",
+        f"  all INT8: {cells(r['int8'])}",
+        "",
+        f"{'layer':<18}{'only this layer INT8':<{len(head) + 2}}| all INT8 but this layer",
+        f"{'':<18}{head}  | {head}",
+    ]
+    for layer in sorted(r["layers"], key=lambda item: item["only"]["mean_cosine"]):
+        lines.append(f"{layer['layer']:<18}{cells(layer['only'])}  | {cells(layer['all_but'])}")
+    lines += ["", f"{'activation read by':<22}{'max|x|':>8}{'outliers':>9}{'alpha':>7}{'clip':>8}{'clipped':>10}"]
+    for t in sorted(r["tensors"], key=lambda item: -item["max_abs"]):
+        alpha = "-" if t["smoothquant_alpha"] is None else f"{t['smoothquant_alpha']:.2f}"
+        lines.append(f"{','.join(t['read_by'])[:21]:<22}{t['max_abs']:>8.2f}{t['outlier_channels']:>9}{alpha:>7}"
+                     f"{t['clip']:>8.3f}{100 * t['clipped_fraction']:>9.3f}%")
+    lines.append("(outliers: channels whose max |x| is over 8x the median channel's, before SmoothQuant; "
+                 "clip: the INT8 range after it)")
+    return "\n".join(lines)
