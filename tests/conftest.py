@@ -81,8 +81,8 @@ def assert_concurrent_calls_match_sequential(runner, inputs: list, threads: int 
 @pytest.fixture(scope="session")
 def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
     """The ``test`` variant at 32 px, 5 classes: its FP32 export and FP16/INT8 graphs (read-only: copy to alter)."""
-    from vit_deploy.exporter import ExportOptions, export_artifact
-    from vit_deploy.precision import PrecisionOptions, build_precision_artifact
+    from vit_deploy.steps.export import ExportOptions, export_artifact
+    from vit_deploy.steps.precision import PrecisionOptions, build_precision_artifact
 
     root = tmp_path_factory.mktemp("tiny")
     with pytest.MonkeyPatch.context() as mp:
@@ -105,7 +105,7 @@ def engine_manifest_without_plan(graph: Path, dst: Path) -> Path:
     """
     import shutil
 
-    from vit_deploy.manifest import read_manifest, write_manifest
+    from vit_deploy.artifact import read_manifest, write_manifest
 
     shutil.copytree(graph, dst)
     manifest = read_manifest(dst)

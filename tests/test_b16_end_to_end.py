@@ -15,8 +15,8 @@ import onnxruntime as ort
 import pytest
 from conftest import hf_logits, hf_vit
 
-from vit_deploy.inputs import random_images
-from vit_deploy.manifest import read_manifest, verify_files
+from vit_deploy.artifact import read_manifest, verify_files
+from vit_deploy.images.synthetic import random_images
 from vit_deploy.specs import Preprocessing
 
 pytestmark = pytest.mark.slow

@@ -68,7 +68,7 @@ def test_unknown_backend_lists_the_valid_ones():
 
 
 def test_bad_options_are_usage_errors(tiny_artifacts, tmp_path):
-    from vit_deploy.bench.cli_command import parse_batch_sizes
+    from vit_deploy.cli.bench import parse_batch_sizes
 
     with pytest.raises(UsageError, match="batch"):
         parse_batch_sizes("1,eight")
@@ -81,7 +81,7 @@ def test_bad_options_are_usage_errors(tiny_artifacts, tmp_path):
 def test_cli_commands_refuse_bad_input_before_starting_anything(tiny_artifacts):
     from click.testing import CliRunner
 
-    from vit_deploy.bench.cli_command import bench, bench_build
+    from vit_deploy.cli.bench import bench, bench_build
 
     r = CliRunner().invoke(bench, [str(tiny_artifacts["fp32"]), "--backends", "nope"])
     assert isinstance(r.exception, UsageError) and "pytorch-fp32" in str(r.exception)
@@ -207,9 +207,9 @@ def test_nncf_peer_is_built_cached_and_close_to_fp32(tiny_artifacts, private_cac
     import numpy as np
     import onnxruntime as ort
 
+    from vit_deploy.artifact import read_manifest
     from vit_deploy.bench.workers import OpenVinoIrPeer
-    from vit_deploy.calibration import load_image_set
-    from vit_deploy.manifest import read_manifest
+    from vit_deploy.images.sets import load_image_set
     from vit_deploy.specs import Preprocessing
 
     fp32 = tiny_artifacts["fp32"]

@@ -11,12 +11,12 @@ import onnx
 import pytest
 import torch
 
-from vit_deploy.exporter import ExportOptions, export_artifact
-from vit_deploy.images import load_batch
-from vit_deploy.manifest import read_manifest, write_manifest
-from vit_deploy.parity import topk_agreement
+from vit_deploy.artifact import read_manifest, write_manifest
+from vit_deploy.images.decode import load_batch
+from vit_deploy.parity.metrics import topk_agreement
+from vit_deploy.parity.reference import reference_model
 from vit_deploy.predict import imagenet_labels
-from vit_deploy.reference import reference_model
+from vit_deploy.steps.export import ExportOptions, export_artifact
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "calibration" / "photos.txt"
@@ -61,7 +61,7 @@ def test_compare_metrics_are_those_of_an_independent_computation(artifacts, run_
     code, out, _ = run_cli("compare", str(artifacts["int8"]), "--images", str(PHOTOS), "--batch-sizes", "4", "--json")
     row = json.loads(out)["rows"][0]["metrics"]
     manifest = read_manifest(artifacts["int8"])
-    from vit_deploy.calibration import list_sources
+    from vit_deploy.images.sets import list_sources
     from vit_deploy.specs import Preprocessing
 
     files = [p for p, _ in list_sources(PHOTOS)]

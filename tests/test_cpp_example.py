@@ -75,7 +75,7 @@ def engine_dir(tiny_artifacts, tmp_path) -> Path:
     """An engine-kind artifact whose manifest matches the stub TensorRT; its plan is not a plan (nothing runs it)."""
     from conftest import engine_manifest_without_plan
 
-    from vit_deploy.manifest import read_manifest, write_manifest
+    from vit_deploy.artifact import read_manifest, write_manifest
 
     d = engine_manifest_without_plan(tiny_artifacts["fp16"], tmp_path / "engine")
     m = read_manifest(d)
@@ -126,7 +126,7 @@ def test_manifest_malformed(vit_infer, engine_dir, tmp_path):
 
 @pytest.mark.parametrize("recorded", ["11.1.0", "11.4.0.106", "11.4", "10.8.0"])
 def test_version_mismatch(vit_infer, engine_dir, tmp_path, recorded):
-    from vit_deploy.manifest import read_manifest, write_manifest
+    from vit_deploy.artifact import read_manifest, write_manifest
 
     m = read_manifest(engine_dir)
     m["tensorrt"]["version"] = recorded
@@ -137,7 +137,7 @@ def test_version_mismatch(vit_infer, engine_dir, tmp_path, recorded):
 
 
 def test_version_compatible_plan_from_an_older_minor_passes_the_version_check(vit_infer, engine_dir, tmp_path):
-    from vit_deploy.manifest import read_manifest, write_manifest
+    from vit_deploy.artifact import read_manifest, write_manifest
 
     m = read_manifest(engine_dir)
     m["tensorrt"].update(version="11.1.0", version_compatible=True)
@@ -188,7 +188,7 @@ int main() {  // lines "v BUILT RUNNING FLAG", "c BUILT RUNNING FLAG" or "h TEXT
 
 
 def test_cpp_follows_the_shared_compatibility_table_and_hashes_like_hashlib(toolchain, tmp_path):
-    from vit_deploy.trt.engine import compatibility_rules
+    from vit_deploy.trt.plan import compatibility_rules
 
     source = tmp_path / "cases.cpp"
     source.write_text(CASES_DRIVER)

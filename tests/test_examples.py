@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from vit_deploy import runtime
-from vit_deploy.images import load_batch
-from vit_deploy.manifest import read_manifest
-from vit_deploy.reference import reference_model
+from vit_deploy.artifact import read_manifest
+from vit_deploy.images.decode import load_batch
+from vit_deploy.parity.reference import reference_model
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples" / "python"))
@@ -73,7 +73,7 @@ def test_http_service_answers_with_the_models_top5(tiny_artifacts, photo):
 def test_batch_worker_batches_and_matches_single_calls(tiny_artifacts):
     from batch_worker import BatchWorker
 
-    from vit_deploy.inputs import random_images
+    from vit_deploy.images.synthetic import random_images
 
     artifact = tiny_artifacts["int8"]
     images = random_images(12, 32, runtime.open(artifact).preprocessing, seed=5)

@@ -12,12 +12,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from vit_deploy import exporter
-from vit_deploy.exporter import ExportOptions, export_artifact
-from vit_deploy.inputs import random_images
-from vit_deploy.manifest import read_manifest, sha256_file, verify_files
+from vit_deploy.artifact import read_manifest, sha256_file, verify_files
+from vit_deploy.images.synthetic import random_images
 from vit_deploy.model.factory import build_model
 from vit_deploy.specs import Preprocessing
+from vit_deploy.steps import export as export_step
+from vit_deploy.steps.export import ExportOptions, export_artifact
 
 
 def export_tiny(out: Path, **kw) -> dict:
@@ -209,4 +209,4 @@ def test_user_errors_are_one_line_exit_1(args, message, run_cli, tmp_path):
 
 
 def test_exporter_default_out_dir():
-    assert exporter.default_out_dir("b16", 384) == Path("artifacts/b16-384")
+    assert export_step.default_out_dir("b16", 384) == Path("artifacts/b16-384")

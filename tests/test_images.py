@@ -1,4 +1,4 @@
-"""vit_deploy.images against references written out here: real photos from scikit-image's bundled
+"""vit_deploy.images.decode against references written out here: real photos from scikit-image's bundled
 data, preprocessed by hand with PIL + numpy, and synthetic files with known pixel values."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import skimage.data
 from PIL import Image
 
 from vit_deploy.errors import UsageError
-from vit_deploy.images import find_images, load_batch, load_rgb, preprocess
+from vit_deploy.images.decode import find_images, load_batch, load_rgb, preprocess
 from vit_deploy.specs import Preprocessing, model_config
 
 SKIMAGE_DATA = Path(skimage.data.__file__).parent

@@ -7,9 +7,7 @@ import json
 
 import pytest
 
-from vit_deploy.errors import ArtifactError
-from vit_deploy.fileio import atomic_write_text, staged_directory
-from vit_deploy.manifest import (
+from vit_deploy.artifact import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
     file_entry,
@@ -19,6 +17,8 @@ from vit_deploy.manifest import (
     verify_files,
     write_manifest,
 )
+from vit_deploy.errors import ArtifactError
+from vit_deploy.fileio import atomic_write_text, staged_directory
 
 
 def make_artifact(directory):

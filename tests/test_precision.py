@@ -12,12 +12,12 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
+from vit_deploy.artifact import read_manifest, sha256_file
 from vit_deploy.errors import ArtifactError, UsageError
-from vit_deploy.exporter import ExportOptions, export_artifact
-from vit_deploy.manifest import read_manifest, sha256_file
 from vit_deploy.onnx.graph import topologically_sorted
 from vit_deploy.onnx.int8 import attention_matmuls
-from vit_deploy.precision import PrecisionOptions, build_precision_artifact
+from vit_deploy.steps.export import ExportOptions, export_artifact
+from vit_deploy.steps.precision import PrecisionOptions, build_precision_artifact
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "calibration" / "photos.txt"
@@ -41,7 +41,7 @@ def fp32_long(tmp_path_factory) -> Path:
 
 def photos_folder(tmp_path: Path, n: int = 6) -> Path:
     """n real photographs (from the shipped definition) copied into a folder."""
-    from vit_deploy.calibration import list_sources
+    from vit_deploy.images.sets import list_sources
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -281,7 +281,7 @@ def test_cpu_target_int8_keeps_attention_float_at_any_length(fp32, tmp_path, run
 
 
 def test_missing_checkpoint_falls_back_to_the_fp32_graph_and_says_so(fp32, tmp_path):
-    from vit_deploy.manifest import write_manifest
+    from vit_deploy.artifact import write_manifest
 
     copy = Path(shutil.copytree(fp32, tmp_path / "a"))
     manifest = read_manifest(copy)

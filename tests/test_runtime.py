@@ -15,10 +15,10 @@ import torch
 from conftest import assert_concurrent_calls_match_sequential
 
 from vit_deploy import runtime
+from vit_deploy.artifact import read_manifest, sha256_file, write_manifest
 from vit_deploy.errors import ArtifactError, EngineUnavailable, UsageError
-from vit_deploy.inputs import random_images
-from vit_deploy.manifest import read_manifest, sha256_file, write_manifest
-from vit_deploy.reference import reference_model
+from vit_deploy.images.synthetic import random_images
+from vit_deploy.parity.reference import reference_model
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None

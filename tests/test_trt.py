@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vit_deploy.engine import (
+from vit_deploy.artifact import read_manifest, sha256_file
+from vit_deploy.errors import ArtifactError, EngineBuildError, EngineUnavailable, UsageError
+from vit_deploy.steps.engine import (
     EngineOptions,
     batch_schedule,
     build_engine_artifact,
@@ -27,12 +29,10 @@ from vit_deploy.engine import (
     plan_name,
     validation_batches,
 )
-from vit_deploy.errors import ArtifactError, EngineBuildError, EngineUnavailable, UsageError
-from vit_deploy.manifest import read_manifest, sha256_file
 from vit_deploy.trt import LogCollector, unavailable_reason
 from vit_deploy.trt.build import check_batches, format_parser_errors, profile_shapes
-from vit_deploy.trt.engine import capability_allowed, check_compatible, compatibility_problem, version_allowed
-from vit_deploy.trt.inspect import io_tensors, layer_precision, layer_precision_counts, summarize, tensor_precision
+from vit_deploy.trt.inspector import io_tensors, layer_precision, layer_precision_counts, summarize, tensor_precision
+from vit_deploy.trt.plan import capability_allowed, check_compatible, compatibility_problem, version_allowed
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_REASON = unavailable_reason()
@@ -54,7 +54,7 @@ def fp32(tiny_artifacts) -> Path:
 
 @pytest.fixture(scope="module")
 def fp16(fp32, tmp_path_factory) -> Path:
-    from vit_deploy.precision import PrecisionOptions, build_precision_artifact
+    from vit_deploy.steps.precision import PrecisionOptions, build_precision_artifact
 
     out = tmp_path_factory.mktemp("art") / "test-32-fp16"
     build_precision_artifact(PrecisionOptions("fp16", fp32, out))
@@ -101,10 +101,10 @@ def test_fp16_engine_artifact_matches_pytorch_and_records_the_build(fp16, fp16_e
 def test_engine_runner_profile_types_and_batch_limit(fp16, fp16_engine):
     import torch
 
-    from vit_deploy.inputs import random_images
-    from vit_deploy.precision import model_config_of
-    from vit_deploy.reference import reference_model
-    from vit_deploy.trt.engine import TrtEngine
+    from vit_deploy.images.synthetic import random_images
+    from vit_deploy.parity.reference import reference_model
+    from vit_deploy.steps.precision import model_config_of
+    from vit_deploy.trt.plan import TrtEngine
 
     summary, _ = fp16_engine
     parent = read_manifest(fp16)
@@ -135,7 +135,7 @@ def test_runtime_runs_the_engine_like_any_artifact(fp16_engine):
     from conftest import assert_concurrent_calls_match_sequential
 
     from vit_deploy import runtime
-    from vit_deploy.inputs import random_images
+    from vit_deploy.images.synthetic import random_images
 
     summary, _ = fp16_engine
     with runtime.open(summary["artifact"]) as runner, runtime.open(summary["artifact"], "pytorch") as torch_runner:
@@ -165,7 +165,7 @@ def test_compare_and_inspect_commands_on_an_engine(fp16_engine, run_cli):
 @pytest.mark.gpu
 @requires_gpu
 def test_inspector_lists_every_layer_with_its_precision(fp16_engine):
-    from vit_deploy.trt.inspect import engine_summary
+    from vit_deploy.trt.inspector import engine_summary
 
     summary, _ = fp16_engine
     s = engine_summary(Path(summary["model_file"]))
@@ -223,7 +223,7 @@ def test_unparsable_graph_reports_every_parser_error(tmp_path):
 def test_version_and_hardware_compatible_engines_build_record_and_run(fp16, flags, tmp_path):
     """Audit point 5: the portable build options, built, recorded, checked and run (host code for VC plans)."""
     from vit_deploy import runtime
-    from vit_deploy.inputs import random_images
+    from vit_deploy.images.synthetic import random_images
 
     opts = EngineOptions(fp16, tmp_path / "engine", min_batch=1, opt_batch=2, max_batch=4, **flags)
     s = build_engine_artifact(opts)
@@ -255,7 +255,7 @@ def test_int8_qdq_engine_reports_int8_layers_and_meets_the_int8_tolerance(tiny_a
 @requires_gpu
 def test_fp16_engine_reports_fp16_layers(fp16_engine):
     """Audit point 1 on a real plan: the inspector's type field is read, so FP16 layers count as fp16."""
-    from vit_deploy.trt.inspect import engine_summary
+    from vit_deploy.trt.inspector import engine_summary
 
     summary, _ = fp16_engine
     counts = engine_summary(Path(summary["model_file"]))["precision_counts"]
@@ -269,10 +269,10 @@ def test_cuda_input_written_on_a_non_default_stream(fp16, fp16_engine):
     """Audit point 5: an input still being written on the caller's side stream is waited for, not raced."""
     import torch
 
-    from vit_deploy.inputs import random_images
-    from vit_deploy.precision import model_config_of
-    from vit_deploy.reference import reference_model
-    from vit_deploy.trt.engine import TrtEngine
+    from vit_deploy.images.synthetic import random_images
+    from vit_deploy.parity.reference import reference_model
+    from vit_deploy.steps.precision import model_config_of
+    from vit_deploy.trt.plan import TrtEngine
 
     summary, _ = fp16_engine
     parent = read_manifest(fp16)
@@ -365,7 +365,7 @@ def test_only_vit_deploy_trt_imports_tensorrt_and_everything_imports_without_it(
     code = (
         "import sys\n"
         "sys.modules['tensorrt'] = sys.modules['tensorrt_bindings'] = None  # their imports now raise ImportError\n"
-        "import vit_deploy.engine, vit_deploy.trt.build, vit_deploy.trt.engine, vit_deploy.trt.inspect\n"
+        "import vit_deploy.steps.engine, vit_deploy.trt.build, vit_deploy.trt.plan, vit_deploy.trt.inspector\n"
         "from vit_deploy.trt import unavailable_reason, tensorrt_version\n"
         "assert tensorrt_version() is None\n"
         "print(unavailable_reason())\n"
@@ -432,7 +432,7 @@ def test_version_compatible_engines_run_on_later_runtimes_only():
 
 
 def test_check_compatible_raises_with_the_rebuild_command(monkeypatch, tmp_path):
-    import vit_deploy.trt.engine as trt_engine
+    import vit_deploy.trt.plan as trt_engine
 
     monkeypatch.setattr(trt_engine, "current_facts", lambda: dict(H100_11_1))
     with pytest.raises(ArtifactError) as e:
@@ -666,7 +666,7 @@ def fresh_probe():
 
 def test_builder_and_runtime_nullptr_become_engine_unavailable_in_one_line():
     from vit_deploy.trt.build import create_builder
-    from vit_deploy.trt.engine import create_runtime
+    from vit_deploy.trt.plan import create_runtime
 
     fake = _NullFactory()
     for create in (create_builder, create_runtime):
@@ -727,7 +727,7 @@ def test_no_tensorrt_at_all_says_not_installed_with_the_command(monkeypatch, fre
 
 
 def test_python_follows_the_shared_compatibility_table():
-    from vit_deploy.trt.engine import compatibility_rules
+    from vit_deploy.trt.plan import compatibility_rules
 
     rules = compatibility_rules()
     for case in rules["version_cases"]:

@@ -143,8 +143,8 @@ def attempt(name, fn):
 
 from vit_deploy.trt import LogCollector, trt_logger, unavailable_reason
 from vit_deploy.trt.build import build_serialized_engine
-from vit_deploy.trt.engine import TrtEngine, check_compatible, deserialize
-from vit_deploy.trt.inspect import engine_summary
+from vit_deploy.trt.plan import TrtEngine, check_compatible, deserialize
+from vit_deploy.trt.inspector import engine_summary
 
 graph = Path(tempfile.mkdtemp()) / "model.onnx"
 graph.write_bytes(b"not needed: TensorRT cannot start")

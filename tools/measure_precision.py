@@ -20,13 +20,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from vit_deploy.calibration import load_image_set
-from vit_deploy.manifest import model_file, read_manifest
+from vit_deploy.artifact import model_file, read_manifest
+from vit_deploy.images.sets import load_image_set
 from vit_deploy.onnx.fp16 import convert_fp16
 from vit_deploy.onnx.graph import save_model
 from vit_deploy.onnx.int8 import CALIBRATION_METHODS, quantize_int8
-from vit_deploy.parity import accuracy, compare_logits
-from vit_deploy.precision import model_config_of
+from vit_deploy.parity.metrics import accuracy, compare_logits
+from vit_deploy.steps.precision import model_config_of
 
 FP16_POLICIES = {
     "all FP16": (),

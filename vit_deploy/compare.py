@@ -20,7 +20,7 @@ import numpy as np
 
 from . import runtime
 from .errors import ArtifactError, UsageError
-from .parity import evaluate
+from .parity.metrics import evaluate
 from .progress import Progress
 from .specs import TOLERANCES
 
@@ -85,13 +85,13 @@ def _inputs(
     opts: CompareOptions, runner: runtime.Runner, progress: Progress,
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
     if opts.images:
-        from .calibration import load_image_set
+        from .images.sets import load_image_set
 
         data = load_image_set(opts.images, runner.preprocessing, opts.max_images, 1, opts.seed, progress,
                               role="comparison")
         skipped = f" ({len(data.skipped)} skipped)" if data.skipped else ""
         return data.images, data.labels, f"{len(data.files)} images from {opts.images}{skipped}"
-    from .inputs import random_images
+    from .images.synthetic import random_images
 
     n = opts.max_images or max(RANDOM_INPUTS, *opts.batch_sizes)
     c, h, _ = runner.chw

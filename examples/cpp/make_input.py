@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from vit_deploy.images import load_batch
-from vit_deploy.manifest import read_manifest
+from vit_deploy.artifact import read_manifest
+from vit_deploy.images.decode import load_batch
 from vit_deploy.specs import Preprocessing
 
 

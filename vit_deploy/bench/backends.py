@@ -148,7 +148,7 @@ def find_artifacts(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[s
     ``<fp32>-trt``, ``<fp32>-fp16-trt``, ``<fp32>-int8-trt``) are added when not given. Every
     artifact must be of the same model (variant, resolution, classes).
     """
-    from ..manifest import read_manifest
+    from ..artifact import read_manifest
     from ..runtime import artifact_dir
 
     if not paths:
@@ -206,7 +206,7 @@ def _model_identity(manifest: dict[str, Any]) -> str:
 
 
 def _fp32_ancestor(directories: list[Path]) -> Path | None:
-    from ..manifest import read_manifest
+    from ..artifact import read_manifest
 
     for directory in directories:
         seen = set()

@@ -61,8 +61,8 @@ def build_peer(kind: str, fp32_dir: str, calib: CalibrationSpec, threads: int | 
     import nncf
     import openvino as ov
 
-    from ..calibration import cache_dir, load_image_set
-    from ..manifest import model_file, read_manifest, sha256_file
+    from ..artifact import model_file, read_manifest, sha256_file
+    from ..images.sets import cache_dir, load_image_set
     from ..specs import Preprocessing
 
     manifest = read_manifest(fp32_dir)

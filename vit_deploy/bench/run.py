@@ -91,8 +91,8 @@ def check_options(opts: BenchOptions) -> None:
 
 def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Measure every selected row at every batch size; returns the result (see report.py for its layout)."""
-    from ..manifest import read_manifest
-    from ..precision import model_config_of
+    from ..artifact import read_manifest
+    from ..steps.precision import model_config_of
 
     check_options(opts)
     rows = select_rows(opts.backends)
@@ -349,7 +349,7 @@ def _print_batch(live: list[tuple[Worker, dict[str, Any]]], batch: int, progress
 
 
 def _machine(threads: int, device: str, load_before: list[float] | None) -> dict[str, Any]:
-    from ..manifest import package_versions
+    from ..artifact import package_versions
 
     facts: dict[str, Any] = {
         "cpu": _cpu_model(), "cpus_available": default_threads(), "threads": threads, "device": device,

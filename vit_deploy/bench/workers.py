@@ -93,7 +93,7 @@ class OpenVinoPeer:
     def __init__(self, directory: Path, threads: int | None, model: str | None = None) -> None:
         import openvino as ov
 
-        from ..manifest import model_file, read_manifest
+        from ..artifact import model_file, read_manifest
 
         path = model or model_file(directory, read_manifest(directory))
         config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
@@ -234,8 +234,8 @@ def worker_main(conn: Any, spec: WorkerSpec) -> None:
 
 
 def _inputs(spec: WorkerSpec, runner: Any, chw: Any, batch: int, cuda_input: bool) -> Any:
-    from ..inputs import random_images
-    from ..manifest import read_manifest
+    from ..artifact import read_manifest
+    from ..images.synthetic import random_images
     from ..specs import Preprocessing
 
     if chw is None or not hasattr(runner, "preprocessing"):  # a peer: read the export's own manifest

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..artifact import sha256_file
 from ..errors import CheckpointError
-from ..manifest import sha256_file
 from ..specs import VARIANTS
 from .pos_embed import grid_of, resample_pos_embed
 from .vit import VisionTransformer

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import torch
 
-from ..inputs import random_images
-from ..parity import compare_logits, failures, worst
+from ..images.synthetic import random_images
+from ..parity.metrics import compare_logits, failures, worst
 from ..specs import ModelConfig, Tolerance
 from .export import INPUT_NAME, OUTPUT_NAME
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..artifact import MANIFEST_NAME, read_manifest, verify_files
 from ..errors import ArtifactError, UsageError
-from ..manifest import MANIFEST_NAME, read_manifest, verify_files
 from .base import Runner, check_images
 
 BACKENDS = ("tensorrt", "onnxruntime", "openvino", "pytorch")

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..artifact import model_file
 from ..errors import ArtifactError, UsageError
-from ..manifest import model_file
 from .base import Runner, as_numpy, like_input
 
 # provider option -> ONNX Runtime providers in priority order (CPU last: ORT's own fallback for

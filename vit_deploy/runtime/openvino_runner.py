@@ -20,8 +20,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..artifact import model_file
 from ..errors import ArtifactError, UsageError
-from ..manifest import model_file
 from .base import Runner, as_numpy, like_input
 
 

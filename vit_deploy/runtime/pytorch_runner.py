@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..reference import reference_model
+from ..parity.reference import reference_model
 from .base import Runner, _is_torch
 
 AUTOCAST_DTYPES = ("bfloat16", "float16")

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..artifact import model_file
 from ..errors import EngineUnavailable
-from ..manifest import model_file
 from .base import Runner
 
 
@@ -30,7 +30,7 @@ class TensorRTRunner(Runner):
                 f"cannot run the engine in {directory}: {reason}. Its ONNX parent ({manifest['parent']['path']}) "
                 "runs anywhere with backend 'onnxruntime'"
             )
-        from ..trt.engine import TrtEngine, check_compatible
+        from ..trt.plan import TrtEngine, check_compatible
 
         recorded = manifest["tensorrt"]
         check_compatible(recorded, rebuild_from=(manifest.get("parent") or {}).get("path"))

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..artifact import read_manifest, verify_files
 from ..errors import ArtifactError, UsageError
 from ..fileio import staged_directory
-from ..manifest import read_manifest, verify_files
 from ..runtime import artifact_dir
 
 BACKENDS = ("auto", "python", "onnxruntime", "tensorrt")

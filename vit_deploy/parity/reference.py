@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError, VitDeployError
+from ..errors import ArtifactError, VitDeployError
 
 REFERENCE_BATCH = 8
 
 
 def reference_model(manifest: dict[str, Any]):  # -> VisionTransformer (torch imported lazily)
-    from .model.factory import build_model
+    from ..model.factory import build_model
 
     ckpt, m = manifest["checkpoint"], manifest["model"]
     weights = ckpt.get("source") if ckpt.get("pretrained") else None

@@ -39,7 +39,7 @@ def triton_repo(artifacts, out, backend, name, version, as_versions, instances, 
                 preferred_batch, queue_delay_us, threads, no_cuda_graphs, force, as_json) -> None:
     """Write a Triton model repository from artifact folders (hash-checked first)."""
     from ..errors import UsageError
-    from .repository import RepoOptions, write_repository
+    from ..serving.repository import RepoOptions, write_repository
 
     preferred = None
     if preferred_batch:
@@ -69,7 +69,7 @@ def triton_repo(artifacts, out, backend, name, version, as_versions, instances, 
 @click.option("--ready-timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for the models.")
 def serve(repository, http_port, grpc_port, metrics_port, log_path, ready_timeout) -> None:
     """Run tritonserver on REPOSITORY on loopback until Ctrl-C (or SIGTERM)."""
-    from .server import TritonServer
+    from ..serving.server import TritonServer
 
     server = TritonServer(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                           log_path=log_path, ready_timeout=ready_timeout)
@@ -86,7 +86,7 @@ def serve(repository, http_port, grpc_port, metrics_port, log_path, ready_timeou
             click.echo("Ctrl-C to stop")
             while not stop.wait(0.5):
                 if server.process is None or server.process.poll() is not None:
-                    from .server import ServerError
+                    from ..serving.server import ServerError
 
                     raise ServerError(f"tritonserver stopped unexpectedly: {server.log_errors()} "
                                       f"(log: {server.log_path})")
@@ -110,7 +110,7 @@ def serve(repository, http_port, grpc_port, metrics_port, log_path, ready_timeou
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def triton_load(url, model, protocol, clients, requests, batch, artifact, threads, as_json) -> None:
     """Load test: N concurrent clients x M requests; throughput, latency, errors, batching."""
-    from .load import format_load, run_load
+    from ..serving.load import format_load, run_load
 
     result = run_load(url, model, protocol=protocol, clients=clients, requests=requests, batch=batch,
                       artifact=artifact, threads=threads)

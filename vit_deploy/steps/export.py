@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ValidationFailed
-from .fileio import check_can_write, staged_directory
-from .manifest import file_entry, new_manifest, package_versions, write_manifest
-from .progress import Progress
-from .specs import DEFAULT_NUM_CLASSES, TOLERANCES, VALIDATION_BATCHES, ModelConfig, model_config
+from ..artifact import file_entry, new_manifest, package_versions, write_manifest
+from ..errors import ValidationFailed
+from ..fileio import check_can_write, staged_directory
+from ..progress import Progress
+from ..specs import DEFAULT_NUM_CLASSES, TOLERANCES, VALIDATION_BATCHES, ModelConfig, model_config
 
 MODEL_FILE = "model.onnx"
 ATTENTION_FORM = "MatMul(Q*scale, K^T) -> Softmax -> MatMul(., V)"
@@ -46,7 +46,7 @@ def out_dir_of(opts: ExportOptions) -> Path:
 
 def preflight(opts: ExportOptions) -> None:
     """The cheap checks of the user's options, so bad input fails before any slow step."""
-    from .onnx.export import check_opset
+    from ..onnx.export import check_opset
 
     model_config(opts.variant, opts.img_size, opts.num_classes or DEFAULT_NUM_CLASSES)
     check_opset(opts.opset)
@@ -56,11 +56,11 @@ def preflight(opts: ExportOptions) -> None:
 def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Run the export; returns the summary (paths, sizes, node counts, validation, manifest)."""
     # Heavy imports here, not at module level, so `vit-deploy --help` stays fast.
-    from .model.factory import build_model
-    from .onnx.export import export_onnx
-    from .onnx.graph import io_signature, save_model
-    from .onnx.simplify import SimplifyResult, simplify
-    from .onnx.validate import check_graph, validate_against_torch
+    from ..model.factory import build_model
+    from ..onnx.export import export_onnx
+    from ..onnx.graph import io_signature, save_model
+    from ..onnx.simplify import SimplifyResult, simplify
+    from ..onnx.validate import check_graph, validate_against_torch
 
     preflight(opts)
     progress = progress or Progress(enabled=False)

@@ -15,10 +15,10 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .errors import VitDeployError
-from .progress import Progress
-from .specs import DEFAULT_RESOLUTION, VARIANTS
+from .. import __version__
+from ..errors import VitDeployError
+from ..progress import Progress
+from ..specs import DEFAULT_RESOLUTION, VARIANTS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,7 +47,7 @@ def export(
     out_dir: Path | None, no_simplify: bool, force: bool, seed: int, as_json: bool,
 ) -> None:
     """Export a ViT to a validated ONNX artifact with a dynamic batch dimension."""
-    from .exporter import ExportOptions, export_artifact, preflight, raise_if_failed
+    from ..steps.export import ExportOptions, export_artifact, preflight, raise_if_failed
 
     opts = ExportOptions(variant, img_size, num_classes, weights, opset, out_dir, not no_simplify, force, seed)
     preflight(opts)  # bad names, sizes, opsets and output folders fail before anything slow
@@ -106,11 +106,11 @@ def build_engine(
 
     Exit 3 when the graph is ready but this machine cannot build the engine (no TensorRT or GPU).
     """
-    from .engine import EngineOptions, build_engine_artifact, check_options
-    from .errors import EngineUnavailable, UsageError
-    from .exporter import raise_if_failed
-    from .onnx.int8 import CALIBRATION_METHODS
-    from .precision import PrecisionOptions, build_precision_artifact, open_parent
+    from ..errors import EngineUnavailable, UsageError
+    from ..onnx.int8 import CALIBRATION_METHODS
+    from ..steps.engine import EngineOptions, build_engine_artifact, check_options
+    from ..steps.export import raise_if_failed
+    from ..steps.precision import PrecisionOptions, build_precision_artifact, open_parent
 
     if calib_method not in CALIBRATION_METHODS:
         choices = ", ".join(CALIBRATION_METHODS)
@@ -177,8 +177,8 @@ def compare(
     backend: str | None, provider: str, seed: int, as_json: bool,
 ) -> None:
     """Run ARTIFACT and its reference on the same inputs; exit 2 when outside the precision's bounds."""
-    from .compare import CompareOptions, compare_artifact, format_table, parse_batch_sizes
-    from .errors import ValidationFailed
+    from ..compare import CompareOptions, compare_artifact, format_table, parse_batch_sizes
+    from ..errors import ValidationFailed
 
     opts = CompareOptions(artifact, reference, images, parse_batch_sizes(batch_sizes), max_images, seed, provider,
                           backend)
@@ -194,7 +194,7 @@ def compare(
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 def inspect(artifact: Path, no_verify: bool, as_json: bool) -> None:
     """Show what an artifact holds: ONNX opset, I/O and ops, or an engine's layers and precisions."""
-    from .inspect import format_inspection, inspect_artifact
+    from ..inspection import format_inspection, inspect_artifact
 
     summary = inspect_artifact(artifact, verify=not no_verify)
     click.echo(json.dumps(summary, indent=2) if as_json else format_inspection(summary))
@@ -212,7 +212,7 @@ def predict(
     images: tuple[str, ...], artifact: Path, backend: str | None, top_k: int, labels_file: str | None, as_json: bool,
 ) -> None:
     """Top-k classes with probabilities for each image."""
-    from .predict import predict as run_predict
+    from ..predict import predict as run_predict
 
     results = run_predict(list(images), artifact, top_k=top_k, backend=backend, labels_file=labels_file)
     if as_json:
@@ -299,7 +299,7 @@ def doctor(as_json: bool) -> None:
 
     Every "can't" comes with the reason and the command that fixes it. Always exits 0.
     """
-    from .doctor import format_report, report
+    from ..doctor import format_report, report
 
     r = report()
     click.echo(json.dumps(r, indent=2) if as_json else format_report(r))
@@ -307,8 +307,8 @@ def doctor(as_json: bool) -> None:
 
 def _add_commands() -> None:
     # long commands live in their own packages; importing them loads no numerical library
-    from .bench.cli_command import bench, bench_build
-    from .serving.cli_command import serve, triton_load, triton_repo
+    from .bench import bench, bench_build
+    from .serving import serve, triton_load, triton_repo
 
     for command in (bench, bench_build, triton_repo, serve, triton_load):
         cli.add_command(command)

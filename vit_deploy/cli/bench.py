@@ -1,11 +1,5 @@
 """The ``vit-deploy bench`` and ``vit-deploy bench-build`` click commands.
 
-Wire them into the CLI group with::
-
-    from .bench.cli_command import bench, bench_build
-    cli.add_command(bench)
-    cli.add_command(bench_build)
-
 Like every command, they raise ``VitDeployError`` subclasses for user errors and leave the exit
 code to ``cli.main``. Progress goes to stderr; stdout carries the table, or JSON with ``--json``.
 """
@@ -17,9 +11,9 @@ from pathlib import Path
 
 import click
 
+from ..bench.backends import ROWS
+from ..bench.peers import DEFAULT_CALIB_IMAGES
 from ..progress import Progress
-from .backends import ROWS
-from .peers import DEFAULT_CALIB_IMAGES
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -68,8 +62,8 @@ def bench(
     found automatically. With --calib, bench also builds the OpenVINO + NNCF INT8 peer from the
     export (cached in the vit-deploy cache, keyed by the model and the calibration set).
     """
-    from .report import format_table, format_targets, targets, write_outputs
-    from .run import BenchOptions, run_bench
+    from ..bench.report import format_table, format_targets, targets, write_outputs
+    from ..bench.run import BenchOptions, run_bench
 
     opts = BenchOptions(
         artifacts=artifacts, backends=backends, batch_sizes=parse_batch_sizes(batch_sizes), threads=threads,
@@ -108,7 +102,7 @@ def bench_build(
     threads: int | None, out_dir: Path, as_json: bool,
 ) -> None:
     """Time and peak memory of export + simplify, FP16 and INT8 conversion, each in a fresh process."""
-    from .build_cost import BuildOptions, format_build, run_build_cost, write_build_outputs
+    from ..bench.build_cost import BuildOptions, format_build, run_build_cost, write_build_outputs
 
     opts = BuildOptions(variant=variant, img_size=img_size, num_classes=num_classes, calib=calib, work_dir=work_dir,
                         phases=tuple(p.strip() for p in phases.split(",") if p.strip()), threads=threads,

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
-from .manifest import sha256_file
-from .progress import Progress
-from .specs import Preprocessing
+from ..artifact import sha256_file
+from ..errors import UsageError
+from ..progress import Progress
+from ..specs import Preprocessing
 
 DEFINITION_SUFFIXES = (".txt", ".sha256")
 
@@ -60,7 +60,7 @@ def cache_dir() -> Path:
 
 def list_sources(spec: str | os.PathLike[str]) -> list[tuple[Path, str | None]]:
     """(image path, expected sha256 or None) for every image a folder or definition file names."""
-    from .images import find_images
+    from .decode import find_images
 
     path = Path(spec)
     if path.is_dir():
@@ -126,7 +126,7 @@ def load_image_set(
     ``role`` names the set in messages ("calibration", "validation", ...): the same loader
     reads every image set, and the user must know which option a message is about.
     """
-    from .images import load_rgb, preprocess
+    from .decode import load_rgb, preprocess
 
     sources = list_sources(spec)
     if not sources:

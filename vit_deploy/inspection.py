@@ -13,8 +13,8 @@ import collections
 from pathlib import Path
 from typing import Any
 
+from .artifact import model_file, read_manifest, verify_files
 from .errors import ArtifactError
-from .manifest import model_file, read_manifest, verify_files
 from .runtime import artifact_dir
 
 
@@ -76,7 +76,7 @@ def engine_details(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         details["layers"] = None
         details["note"] = f"layer details need TensorRT on a GPU host: {reason}"
         return details
-    from .trt.inspect import engine_summary
+    from .trt.inspector import engine_summary
 
     details.update(engine_summary(path, allow_host_code=bool(details["build"].get("version_compatible"))))
     return details

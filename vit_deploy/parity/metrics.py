@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .specs import Tolerance
+from ..specs import Tolerance
 
 
 def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:

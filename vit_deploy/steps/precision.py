@@ -16,9 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError, UsageError
-from .fileio import check_can_write, staged_directory
-from .manifest import (
+from ..artifact import (
     file_entry,
     model_file,
     new_manifest,
@@ -27,8 +25,10 @@ from .manifest import (
     verify_files,
     write_manifest,
 )
-from .progress import Progress
-from .specs import INT8_TARGETS, TOLERANCES, ModelConfig
+from ..errors import ArtifactError, UsageError
+from ..fileio import check_can_write, staged_directory
+from ..progress import Progress
+from ..specs import INT8_TARGETS, TOLERANCES, ModelConfig
 
 PRECISIONS = ("fp16", "int8")
 DEFAULT_CALIB_IMAGES = 256
@@ -114,11 +114,11 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
     """Make, check, validate and write the precision artifact; returns its summary."""
     import onnx
 
-    from .calibration import cache_dir, load_image_set
-    from .onnx.fp16 import DEFAULT_KEEP_FP32, convert_fp16, fp16_policy
-    from .onnx.graph import io_signature, op_histogram, save_model
-    from .onnx.int8 import quantize_int8
-    from .onnx.validate import check_graph
+    from ..images.sets import cache_dir, load_image_set
+    from ..onnx.fp16 import DEFAULT_KEEP_FP32, convert_fp16, fp16_policy
+    from ..onnx.graph import io_signature, op_histogram, save_model
+    from ..onnx.int8 import quantize_int8
+    from ..onnx.validate import check_graph
 
     progress = progress or Progress(enabled=False)
     parent_dir, parent = open_parent(opts.artifact)
@@ -211,10 +211,10 @@ def validate_precision(
     """
     import onnxruntime as ort
 
-    from .calibration import load_image_set
-    from .inputs import random_images
-    from .parity import evaluate
-    from .reference import reference_logits
+    from ..images.sets import load_image_set
+    from ..images.synthetic import random_images
+    from ..parity.metrics import evaluate
+    from ..parity.reference import reference_logits
 
     labels = None
     if opts.val_images or (opts.calib and calib is None):

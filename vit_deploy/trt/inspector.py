@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import LogCollector, import_tensorrt, trt_logger
-from .engine import deserialize, read_plan
+from .plan import deserialize, read_plan
 
 # Most reduced first: a layer counts under the lowest precision among its inputs, the precision
 # its kernel computes in (an INT8 GEMM reads int8 and may write fp16; a DequantizeLinear reads int8).

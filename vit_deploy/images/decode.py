@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import UsageError
-from .specs import Preprocessing
+from ..errors import UsageError
+from ..specs import Preprocessing
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 

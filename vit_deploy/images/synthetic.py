@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .specs import Preprocessing
+from ..specs import Preprocessing
 
 
 def random_images(batch: int, img_size: int, prep: Preprocessing, seed: int = 0, channels: int = 3) -> np.ndarray:

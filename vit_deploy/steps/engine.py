@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError, EngineUnavailable, UsageError
-from .fileio import atomic_write_bytes, check_can_write, staged_directory
-from .manifest import file_entry, model_file, new_manifest, package_versions, write_manifest
-from .progress import Progress
-from .specs import TOLERANCES, ModelConfig
+from ..artifact import file_entry, model_file, new_manifest, package_versions, write_manifest
+from ..errors import ArtifactError, EngineUnavailable, UsageError
+from ..fileio import atomic_write_bytes, check_can_write, staged_directory
+from ..progress import Progress
+from ..specs import TOLERANCES, ModelConfig
 
 # Batch profile defaults, chosen for ViT-B/16 at 384 (577 tokens), the largest case we ship:
 # - min 1: single-image requests must work.
@@ -68,7 +68,7 @@ def default_out_dir(parent_dir: Path) -> Path:
 
 def default_timing_cache(trt_version: str, compute_capability: str) -> Path:
     """One timing cache per TensorRT version and compute capability: a cache never mixes GPUs."""
-    from .calibration import cache_dir
+    from ..images.sets import cache_dir
 
     return cache_dir() / "tensorrt" / f"timing-{trt_version}-cc{compute_capability}.cache"
 
@@ -108,7 +108,7 @@ def open_graph(artifact: Path | None) -> tuple[Path, dict[str, Any]]:
 
 def check_options(opts: EngineOptions) -> None:
     """The option checks that need no artifact: the CLI runs them before any slow step."""
-    from .trt.build import OPTIMIZATION_LEVELS, check_batches
+    from ..trt.build import OPTIMIZATION_LEVELS, check_batches
 
     check_batches(opts.min_batch, opts.opt_batch, opts.max_batch)
     if opts.optimization_level not in OPTIMIZATION_LEVELS:
@@ -140,7 +140,7 @@ def preflight(opts: EngineOptions, parent_dir: Path, parent: dict[str, Any]) -> 
 
 def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Build, inspect, validate and write the engine artifact; returns its summary."""
-    from .trt import tensorrt_version, unavailable_reason
+    from ..trt import tensorrt_version, unavailable_reason
 
     progress = progress or Progress(enabled=False)
     parent_dir, parent = open_graph(opts.artifact)
@@ -153,9 +153,9 @@ def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None)
             f"on a GPU host with TensorRT run: vit-deploy build-engine --artifact {parent_dir}"
         )
 
-    from .trt import device_facts
-    from .trt.build import build_serialized_engine
-    from .trt.inspect import engine_summary
+    from ..trt import device_facts
+    from ..trt.build import build_serialized_engine
+    from ..trt.inspector import engine_summary
 
     trt_version = str(tensorrt_version())
     facts = device_facts()
@@ -233,11 +233,11 @@ def validate_engine(
     CPU, exactly as at export, so no TF32 or GPU kernel choice enters it. If the checkpoint is
     gone, the FP32 ONNX graph it was exported to (validated against PyTorch then) stands in.
     """
-    from .calibration import load_image_set
-    from .inputs import random_images
-    from .parity import evaluate
-    from .reference import reference_logits
-    from .trt.engine import TrtEngine
+    from ..images.sets import load_image_set
+    from ..images.synthetic import random_images
+    from ..parity.metrics import evaluate
+    from ..parity.reference import reference_logits
+    from ..trt.plan import TrtEngine
 
     cfg = ModelConfig.from_dict({**parent["model"], "preprocessing": parent["preprocessing"]})
     sizes = validation_batches(opts.min_batch, opts.opt_batch, opts.max_batch)
@@ -282,7 +282,7 @@ def validate_engine(
 
 def _fp32_graph(parent_dir: Path, parent: dict[str, Any]) -> Path | None:
     """The FP32 ONNX export behind ``parent`` (itself, or the graph it was converted from), if intact."""
-    from .manifest import sha256_file
+    from ..artifact import sha256_file
 
     if parent["precision"] == "fp32":
         return model_file(parent_dir, parent)
