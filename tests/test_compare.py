@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from vit_deploy.artifact import read_manifest, write_manifest
+from vit_deploy.artifact import Artifact, read_manifest, write_manifest
 from vit_deploy.images.decode import load_batch
 from vit_deploy.parity.metrics import topk_agreement
 from vit_deploy.parity.reference import reference_model
@@ -67,7 +67,7 @@ def test_compare_metrics_are_those_of_an_independent_computation(artifacts, run_
     files = [p for p, _ in list_sources(PHOTOS)]
     x = load_batch(files, Preprocessing.from_dict(manifest["preprocessing"]))
     with torch.no_grad():
-        ref = reference_model(manifest)(torch.from_numpy(x)).double()
+        ref = reference_model(Artifact(Path('.'), manifest))(torch.from_numpy(x)).double()
     sess = ort.InferenceSession(str(artifacts["int8"] / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     cand = torch.from_numpy(np.concatenate([sess.run(None, {"images": x[i:i + 4]})[0] for i in range(0, 20, 4)]))
     cand = cand.double()
@@ -195,7 +195,7 @@ def test_predict_prints_five_labels_with_probabilities(run_cli, tmp_path):
 
     x = load_batch([cat], Preprocessing.from_dict(manifest["preprocessing"]))
     with torch.no_grad():
-        probs = torch.softmax(reference_model(manifest)(torch.from_numpy(x)).double(), dim=-1)[0]
+        probs = torch.softmax(reference_model(Artifact(Path('.'), manifest))(torch.from_numpy(x)).double(), dim=-1)[0]
     expected = torch.topk(probs, 5)
     assert [t["class"] for t in top] == expected.indices.tolist()
     np.testing.assert_allclose([t["probability"] for t in top], expected.values.numpy(), rtol=1e-4)

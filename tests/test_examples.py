@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from vit_deploy import runtime
-from vit_deploy.artifact import read_manifest
+from vit_deploy.artifact import Artifact, read_manifest
 from vit_deploy.images.decode import load_batch
 from vit_deploy.parity.reference import reference_model
 
@@ -55,7 +55,8 @@ def test_http_service_answers_with_the_models_top5(tiny_artifacts, photo):
             manifest = read_manifest(artifact)
             x = load_batch([photo], runner.preprocessing)
             with torch.no_grad():
-                probs = torch.softmax(reference_model(manifest)(torch.from_numpy(x)).double(), -1)[0]
+                model = reference_model(Artifact(Path(artifact), manifest))
+                probs = torch.softmax(model(torch.from_numpy(x)).double(), -1)[0]
             expected = torch.topk(probs, 5)
             assert [t["class"] for t in body["top"]] == expected.indices.tolist()
             np.testing.assert_allclose([t["probability"] for t in body["top"]], expected.values, rtol=1e-4)

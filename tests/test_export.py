@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from vit_deploy.artifact import read_manifest, sha256_file, verify_files
+from vit_deploy.artifact import Artifact, read_manifest, sha256_file
 from vit_deploy.images.synthetic import random_images
 from vit_deploy.model.factory import build_model
 from vit_deploy.specs import Preprocessing
@@ -76,7 +76,7 @@ def test_graph_ops_layernorm_single_op_and_fusable_attention(tiny):
 def test_manifest_describes_the_artifact(tiny):
     out = Path(tiny["artifact"])
     m = read_manifest(out)
-    verify_files(out, m)
+    Artifact(Path(out), m).verify()
     assert m["schema_version"] == 1 and (m["kind"], m["precision"]) == ("onnx", "fp32")
     assert {k: m["model"][k] for k in ("variant", "img_size", "patch_size", "num_classes")} == {
         "variant": "test", "img_size": 32, "patch_size": 8, "num_classes": 5}
@@ -89,9 +89,9 @@ def test_manifest_describes_the_artifact(tiny):
     assert m["checkpoint"] == {"pretrained": False, "init": "random", "seed": 0}
     assert {"torch", "onnx", "onnxruntime", "onnxsim", "python"} <= set(m["versions"])
     v = m["validation"]
-    assert [r["batch"] for r in v["runs"]] == [1, 3, 8]
+    assert v["batch_sizes"] == [1, 3, 8]
     assert v["passed"] and v["onnx_checker"] == "passed"
-    assert v["worst"]["rel_l2"] <= 1e-5 and v["worst"]["max_abs"] <= 1e-4
+    assert v["metrics"]["rel_l2"] <= 1e-5 and v["metrics"]["max_abs"] <= 1e-4
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
 
 
@@ -135,7 +135,7 @@ def test_external_data_above_the_size_limit(tmp_path, monkeypatch):
     assert s["files"] == ["model.onnx", "model.onnx.data"]
     assert [f["role"] for f in s["manifest"]["files"]] == ["model", "external_data"]
     assert (out / "model.onnx").stat().st_size < (out / "model.onnx.data").stat().st_size
-    verify_files(out, read_manifest(out))
+    Artifact(Path(out), read_manifest(out)).verify()
     assert s["validation"]["passed"]
 
 
@@ -180,14 +180,14 @@ def test_interrupted_export_leaves_nothing_that_looks_finished(tmp_path, run_cli
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("vit_deploy.onnx.validate.validate_against_torch", interrupt)
+    monkeypatch.setattr("vit_deploy.steps.validate.validate", interrupt)
     args = ["export", "--model", "test", "--res", "32", "--out", str(out), "--force"]
     code, _, err = run_cli(*args)
     assert code == 130 and "interrupted" in err
     assert [p.name for p in tmp_path.iterdir()] == (["a"] if with_old_artifact else [])
     if with_old_artifact:  # the good artifact it was going to replace is untouched
         assert sha256_file(out / "model.onnx") == old
-        verify_files(out, read_manifest(out))
+        Artifact(Path(out), read_manifest(out)).verify()
 
 
 @pytest.mark.parametrize(

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
 from vit_deploy.artifact import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
+    Artifact,
     file_entry,
     new_manifest,
     read_manifest,
     sha256_file,
-    verify_files,
     write_manifest,
 )
 from vit_deploy.errors import ArtifactError
@@ -38,14 +39,14 @@ def test_sha256_matches_hashlib(tmp_path):
 def test_round_trip_and_verify(tmp_path):
     m = make_artifact(tmp_path)
     assert read_manifest(tmp_path) == m
-    verify_files(tmp_path, m)
+    Artifact(Path(tmp_path), m).verify()
 
 
 def test_changed_file_names_both_hashes(tmp_path):
     m = make_artifact(tmp_path)
     (tmp_path / "model.onnx").write_bytes(b"tampered")
     with pytest.raises(ArtifactError) as e:
-        verify_files(tmp_path, m)
+        Artifact(Path(tmp_path), m).verify()
     assert hashlib.sha256(b"tampered").hexdigest()[:12] in str(e.value)
     assert m["files"][0]["sha256"][:12] in str(e.value)
 
@@ -54,7 +55,7 @@ def test_missing_listed_file(tmp_path):
     m = make_artifact(tmp_path)
     (tmp_path / "model.onnx").unlink()
     with pytest.raises(ArtifactError, match="missing"):
-        verify_files(tmp_path, m)
+        Artifact(Path(tmp_path), m).verify()
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import assert_concurrent_calls_match_sequential
 
+from vit_deploy import artifact as artifact_view
 from vit_deploy import runtime
 from vit_deploy.artifact import read_manifest, sha256_file, write_manifest
 from vit_deploy.errors import ArtifactError, EngineUnavailable, UsageError
@@ -40,7 +41,7 @@ def images() -> np.ndarray:
 
 def torch_logits(directory: Path, x: np.ndarray) -> np.ndarray:
     """The independent path: the PyTorch model called directly, no runner involved."""
-    model = reference_model(read_manifest(directory))
+    model = reference_model(artifact_view.open(directory))
     with torch.no_grad():
         return model(torch.from_numpy(x)).numpy()
 

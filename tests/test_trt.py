@@ -23,7 +23,6 @@ from vit_deploy.artifact import read_manifest, sha256_file
 from vit_deploy.errors import ArtifactError, EngineBuildError, EngineUnavailable, UsageError
 from vit_deploy.steps.engine import (
     EngineOptions,
-    batch_schedule,
     build_engine_artifact,
     default_timing_cache,
     plan_name,
@@ -101,17 +100,17 @@ def test_fp16_engine_artifact_matches_pytorch_and_records_the_build(fp16, fp16_e
 def test_engine_runner_profile_types_and_batch_limit(fp16, fp16_engine):
     import torch
 
+    from vit_deploy.artifact import Artifact
     from vit_deploy.images.synthetic import random_images
     from vit_deploy.parity.reference import reference_model
-    from vit_deploy.steps.precision import model_config_of
     from vit_deploy.trt.plan import TrtEngine
 
     summary, _ = fp16_engine
     parent = read_manifest(fp16)
-    prep = model_config_of(parent).preprocessing
+    prep = Artifact(fp16, parent).preprocessing
     images = random_images(3, 32, prep, seed=7)
     with torch.no_grad():
-        reference = reference_model(parent)(torch.from_numpy(images)).numpy()
+        reference = reference_model(Artifact(fp16, parent))(torch.from_numpy(images)).numpy()
     with TrtEngine(Path(summary["model_file"])) as engine:
         assert (engine.min_batch, engine.opt_batch, engine.max_batch) == (1, 2, 4)
         assert engine.input_name == "images" and engine.output_name == "logits"
@@ -269,16 +268,16 @@ def test_cuda_input_written_on_a_non_default_stream(fp16, fp16_engine):
     """Audit point 5: an input still being written on the caller's side stream is waited for, not raced."""
     import torch
 
+    from vit_deploy.artifact import Artifact
     from vit_deploy.images.synthetic import random_images
     from vit_deploy.parity.reference import reference_model
-    from vit_deploy.steps.precision import model_config_of
     from vit_deploy.trt.plan import TrtEngine
 
     summary, _ = fp16_engine
     parent = read_manifest(fp16)
-    images = random_images(4, 32, model_config_of(parent).preprocessing, seed=11)
+    images = random_images(4, 32, Artifact(fp16, parent).preprocessing, seed=11)
     with torch.no_grad():
-        reference = reference_model(parent)(torch.from_numpy(images)).numpy()
+        reference = reference_model(Artifact(fp16, parent))(torch.from_numpy(images)).numpy()
     side = torch.cuda.Stream()
     with TrtEngine(Path(summary["model_file"])) as engine, torch.cuda.stream(side):
         for _ in range(3):
@@ -612,9 +611,6 @@ def test_validation_batches_cover_the_profile():
     assert validation_batches(1, 8, 64) == [1, 3, 8, 64]
     assert validation_batches(1, 1, 1) == [1]
     assert validation_batches(4, 8, 16) == [4, 8, 16]  # no odd size below the minimum
-    assert batch_schedule(10, [1, 3, 8]) == [1, 3, 6]
-    assert batch_schedule(sum([1, 3, 8, 64]), [1, 3, 8, 64]) == [1, 3, 8, 64]
-    assert batch_schedule(0, [1]) == []
 
 
 def test_default_timing_cache_is_per_version_and_gpu(tmp_path):

@@ -20,13 +20,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from vit_deploy.artifact import model_file, read_manifest
+from vit_deploy import artifact
 from vit_deploy.images.sets import load_image_set
 from vit_deploy.onnx.fp16 import convert_fp16
 from vit_deploy.onnx.graph import save_model
 from vit_deploy.onnx.int8 import CALIBRATION_METHODS, quantize_int8
 from vit_deploy.parity.metrics import accuracy, compare_logits
-from vit_deploy.steps.precision import model_config_of
 
 FP16_POLICIES = {
     "all FP16": (),
@@ -58,9 +57,9 @@ def main() -> None:
     ap.add_argument("--calib-images", type=int, default=128)
     args = ap.parse_args()
 
-    manifest = read_manifest(args.artifact)
-    cfg = model_config_of(manifest)
-    fp32 = model_file(args.artifact, manifest)
+    export = artifact.open(args.artifact)
+    cfg = export.model_config
+    fp32 = export.model_file
     evalset = load_image_set(args.images, cfg.preprocessing)
     calib = load_image_set(args.calib, cfg.preprocessing, args.calib_images, batch=8)
     ref, ms = run(fp32, evalset.images)

@@ -13,33 +13,31 @@ import collections
 from pathlib import Path
 from typing import Any
 
-from .artifact import model_file, read_manifest, verify_files
+from . import artifact as artifact_view
+from .artifact import Artifact
 from .errors import ArtifactError
-from .runtime import artifact_dir
 
 
 def inspect_artifact(artifact: str | Path, verify: bool = True) -> dict[str, Any]:
-    directory = artifact_dir(artifact)
-    manifest = read_manifest(directory)
-    if verify:
-        verify_files(directory, manifest)
-    path = model_file(directory, manifest)
+    """What ``artifact`` holds, read from its files (``verify``: check their sha256 first)."""
+    art = artifact_view.open(artifact, verify=verify)
+    path = art.model_file
     summary: dict[str, Any] = {
-        "artifact": str(directory),
+        "artifact": str(art.directory),
         "file": str(path),
-        "bytes": sum(f["bytes"] for f in manifest["files"]),
-        "kind": manifest["kind"],
-        "precision": manifest["precision"],
-        "model": manifest["model"],
-        "io": manifest["io"],
-        "checkpoint": manifest["checkpoint"],
-        "validation_passed": (manifest.get("validation") or {}).get("passed"),
+        "bytes": art.total_bytes,
+        "kind": art.kind,
+        "precision": art.precision,
+        "model": art.model,
+        "io": art.io,
+        "checkpoint": art.checkpoint,
+        "validation_passed": art.passed,
         "hash_verified": verify,
     }
-    if manifest["kind"] == "onnx":
+    if art.kind == "onnx":
         summary["onnx"] = onnx_summary(path)
     else:
-        summary["tensorrt"] = engine_details(path, manifest)
+        summary["tensorrt"] = engine_details(art)
     return summary
 
 
@@ -67,10 +65,11 @@ def onnx_summary(path: Path) -> dict[str, Any]:
     }
 
 
-def engine_details(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def engine_details(art: Artifact) -> dict[str, Any]:
     from .trt import unavailable_reason
 
-    details: dict[str, Any] = {"build": manifest.get("tensorrt", {})}
+    path = art.model_file
+    details: dict[str, Any] = {"build": art.section("tensorrt")}
     reason = unavailable_reason()
     if reason is not None:
         details["layers"] = None

@@ -59,7 +59,7 @@ def predict(
         batch = load_batch(images, runner.preprocessing)
         probs = softmax(runner.infer(batch).astype(np.float64))
         names = class_names(runner.num_classes, labels_file)
-        pretrained = bool(runner.manifest["checkpoint"].get("pretrained"))
+        pretrained = runner.artifact.pretrained
     k = min(top_k, probs.shape[-1])
     results = []
     for path, p in zip(images, probs, strict=True):

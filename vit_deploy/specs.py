@@ -165,6 +165,10 @@ class Tolerance:
     min_top1_agreement: float | None = None
     max_accuracy_drop: float | None = None
 
+    def bounds(self) -> dict[str, float]:
+        """The bounds that are checked (None ones left out), as recorded in manifests and reports."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
 
 # The one table of per-precision bounds (documented in docs/precision.md).
 TOLERANCES: dict[str, Tolerance] = {
@@ -173,6 +177,16 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance(min_cosine=0.9999, min_top1_agreement=0.995, max_accuracy_drop=0.1),
     "int8": Tolerance(min_cosine=0.99, max_accuracy_drop=1.0),
 }
+
+
+
+def tolerance(precision: str) -> Tolerance:
+    """The bounds an artifact of ``precision`` is held to (the one lookup of TOLERANCES)."""
+    try:
+        return TOLERANCES[precision]
+    except KeyError:
+        raise UsageError(f"no tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}") from None
+
 
 # What an INT8 graph is made for: "tensorrt" (attention in INT8 up to TensorRT's 512-token fused
 # INT8 attention limit) or "cpu" (attention always float: the OpenVINO CPU path; see onnx/int8.py).

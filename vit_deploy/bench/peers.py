@@ -61,13 +61,13 @@ def build_peer(kind: str, fp32_dir: str, calib: CalibrationSpec, threads: int | 
     import nncf
     import openvino as ov
 
-    from ..artifact import model_file, read_manifest, sha256_file
+    from .. import artifact as artifact_view
+    from ..artifact import sha256_file
     from ..images.sets import cache_dir, load_image_set
-    from ..specs import Preprocessing
 
-    manifest = read_manifest(fp32_dir)
-    onnx_path = model_file(fp32_dir, manifest)
-    prep = Preprocessing.from_dict(manifest["preprocessing"])
+    export = artifact_view.open(fp32_dir, verify=False)
+    onnx_path = export.model_file
+    prep = export.preprocessing
     images = load_image_set(calib.source, prep, count=calib.count, batch=1, seed=calib.seed, role="calibration")
     facts = {"fp32_sha256": sha256_file(onnx_path), "calibration_digest": images.digest, "count": calib.count,
              "seed": calib.seed, "settings": SETTINGS, "nncf": nncf.__version__, "openvino": ov.__version__}

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from .. import __version__
+from ..artifact import Artifact
 from ..errors import VitDeployError
 from ..progress import Progress
 from ..specs import DEFAULT_RESOLUTION, VARIANTS
@@ -47,7 +48,8 @@ def export(
     out_dir: Path | None, no_simplify: bool, force: bool, seed: int, as_json: bool,
 ) -> None:
     """Export a ViT to a validated ONNX artifact with a dynamic batch dimension."""
-    from ..steps.export import ExportOptions, export_artifact, preflight, raise_if_failed
+    from ..steps.export import ExportOptions, export_artifact, preflight
+    from ..steps.validate import raise_if_failed
 
     opts = ExportOptions(variant, img_size, num_classes, weights, opset, out_dir, not no_simplify, force, seed)
     preflight(opts)  # bad names, sizes, opsets and output folders fail before anything slow
@@ -109,8 +111,8 @@ def build_engine(
     from ..errors import EngineUnavailable, UsageError
     from ..onnx.int8 import CALIBRATION_METHODS
     from ..steps.engine import EngineOptions, build_engine_artifact, check_options
-    from ..steps.export import raise_if_failed
     from ..steps.precision import PrecisionOptions, build_precision_artifact, open_parent
+    from ..steps.validate import raise_if_failed
 
     if calib_method not in CALIBRATION_METHODS:
         choices = ", ".join(CALIBRATION_METHODS)
@@ -122,9 +124,10 @@ def build_engine(
         seed=seed,
     )
     check_options(engine_opts)  # before the slow precision step
-    source_dir, source = open_parent(artifact)
-    summary: dict[str, Any] = {"artifact": str(source_dir), "precision": source["precision"]}
-    if precision is not None and precision != source["precision"]:
+    source = open_parent(artifact)
+    source_dir = source.directory.absolute()
+    summary: dict[str, Any] = {"artifact": str(source_dir), "precision": source.precision}
+    if precision is not None and precision != source.precision:
         opts = PrecisionOptions(precision, source_dir, out_dir, force, calib, calib_method, calib_images, calib_batch,
                                 val_images, seed, target)
         summary = build_precision_artifact(opts, Progress(enabled=True))
@@ -242,15 +245,15 @@ def _engine_text(s: dict[str, Any]) -> str:
 
 
 def _precision_text(s: dict[str, Any]) -> str:
-    m, v = s["manifest"], s["validation"]
+    art, v = Artifact(Path(s["artifact"]), s["manifest"]), s["validation"]
     met, tol = v["metrics"], v["tolerance"]
     lines = [
-        f"{m['precision'].upper()} graph of {m['model']['variant']} @ {m['model']['img_size']} from {s['parent']}",
+        f"{art.precision.upper()} graph of {art.variant} @ {art.img_size} from {s['parent']}",
         f"  file      {s['model_file']} ({s['bytes'] / 1e6:.1f} MB)",
-        f"  policy    {_policy_text(m['precision_policy'])}",
+        f"  policy    {_policy_text(art.section('precision_policy'))}",
     ]
-    if m.get("calibration"):
-        c = m["calibration"]
+    if art.section("calibration"):
+        c = art.section("calibration")
         lines.append(f"  calib     {c['images']} images ({c['skipped']} skipped), {c['method']}, batch {c['batch']}")
     lines += [
         f"  checked   on {v['inputs']} vs {v['reference']}",
@@ -272,20 +275,20 @@ def _policy_text(policy: dict[str, Any]) -> str:
 
 
 def _export_text(s: dict[str, Any]) -> str:
-    m, v = s["manifest"], s["validation"]
-    model, io = m["model"], m["io"]
-    pretrained = "pretrained" if m["checkpoint"]["pretrained"] else "NOT PRETRAINED"
+    art, v = Artifact(Path(s["artifact"]), s["manifest"]), s["validation"]
+    io, onnx_section = art.io, art.section("onnx")
+    pretrained = "pretrained" if art.pretrained else "NOT PRETRAINED"
     shape = lambda e: f"{e['name']} [{', '.join(map(str, e['shape']))}] {e['dtype']}"  # noqa: E731
-    simplified = "onnxsim" if s["simplified"] else f"not simplified: {m['onnx']['simplify_note']}"
-    w, tol = v["worst"], v["tolerance"]
-    batches = ",".join(str(r["batch"]) for r in v["runs"])
+    simplified = "onnxsim" if s["simplified"] else f"not simplified: {onnx_section['simplify_note']}"
+    w, tol = v["metrics"], v["tolerance"]
+    batches = ",".join(str(b) for b in v["batch_sizes"])
     verdict = "PASS" if v["passed"] else "FAIL"
     return "\n".join([
-        f"Exported {model['variant']} @ {model['img_size']} ({model['num_classes']} classes, {pretrained})",
+        f"Exported {art.variant} @ {art.img_size} ({art.num_classes} classes, {pretrained})",
         f"  file      {s['model_file']}",
         f"  size      {s['bytes'] / 1e6:.1f} MB in {len(s['files'])} file(s)",
         f"  nodes     {s['nodes_exported']} -> {s['nodes']} ({simplified})",
-        f"  graph     opset {m['onnx']['opset']}: {shape(io['inputs'][0])} -> {shape(io['outputs'][0])}",
+        f"  graph     opset {onnx_section['opset']}: {shape(io['inputs'][0])} -> {shape(io['outputs'][0])}",
         f"  parity    ONNX Runtime vs PyTorch at batch {batches}: rel L2 {w['rel_l2']:.1e} "
         f"(<= {tol['max_rel_l2']:.0e}), max abs {w['max_abs']:.1e} (<= {tol['max_abs']:.0e}): {verdict}",
         f"  manifest  {Path(s['artifact']) / 'manifest.json'}",

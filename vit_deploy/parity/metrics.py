@@ -78,12 +78,15 @@ def evaluate(
     return metrics, failures(metrics, tol, gate_top1=gate_top1)
 
 
+# Metrics where a larger value is better; every other metric is an error or a drop (smaller is better).
+HIGHER_IS_BETTER = ("cosine", "agreement", "accuracy")
+
+
 def worst(runs: list[dict[str, Any]]) -> dict[str, float]:
     """The worst value of each metric over several runs (max for errors, min for agreements)."""
-    return {
-        "max_abs": max(r["max_abs"] for r in runs),
-        "mean_abs": max(r["mean_abs"] for r in runs),
-        "rel_l2": max(r["rel_l2"] for r in runs),
-        "min_cosine": min(r["min_cosine"] for r in runs),
-        "top1_agreement": min(r["top1_agreement"] for r in runs),
-    }
+    out = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs]
+        better_high = any(word in key for word in HIGHER_IS_BETTER) and "drop" not in key
+        out[key] = min(values) if better_high else max(values)
+    return out

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..artifact import file_entry, model_file, new_manifest, package_versions, write_manifest
+from .. import artifact as artifact_view
+from ..artifact import Artifact, file_entry, new_manifest, package_versions, write_manifest
 from ..errors import ArtifactError, EngineUnavailable, UsageError
 from ..fileio import atomic_write_bytes, check_can_write, staged_directory
 from ..progress import Progress
-from ..specs import TOLERANCES, ModelConfig
+from ..specs import TOLERANCES, tolerance
+from .validate import fp32_reference, image_source, validate
 
 # Batch profile defaults, chosen for ViT-B/16 at 384 (577 tokens), the largest case we ship:
 # - min 1: single-image requests must work.
@@ -47,6 +47,22 @@ ODD_BATCH = 3
 
 @dataclass(frozen=True)
 class EngineOptions:
+    """How to build the engine.
+
+    Args:
+        artifact: the ONNX graph artifact folder (an FP32 export, or an FP16/INT8 graph).
+        out_dir: the engine artifact folder (None: ``<artifact>-trt`` beside it).
+        force: replace an existing folder.
+        min_batch, opt_batch, max_batch: the optimization profile's batch sizes.
+        workspace_mib: builder workspace limit (None: TensorRT's default).
+        optimization_level: TensorRT builder optimization level, 0-5.
+        timing_cache: the timing cache file (None: one per TensorRT version and GPU in the cache folder).
+        hardware_compatible: a plan for any Ampere-or-newer GPU (slower kernels).
+        version_compatible: a plan later TensorRT 11.x versions can run (embeds the lean runtime).
+        val_images: images to validate on (labels.csv adds accuracy); None: seeded random images.
+        seed: seeds the random images and samples.
+    """
+
     artifact: Path | None = None  # an ONNX graph artifact folder (fp32 export, or fp16/int8 graph)
     out_dir: Path | None = None  # default: "<artifact>-trt" beside it
     force: bool = False
@@ -83,27 +99,14 @@ def validation_batches(min_batch: int, opt_batch: int, max_batch: int) -> list[i
     return sorted(sizes)
 
 
-def batch_schedule(n: int, sizes: list[int]) -> list[int]:
-    """Split ``n`` images into batches cycling through ``sizes``; the last batch takes the remainder."""
-    out, i = [], 0
-    while n > 0:
-        take = min(sizes[i % len(sizes)], n)
-        out.append(take)
-        n -= take
-        i += 1
-    return out
-
-
-def open_graph(artifact: Path | None) -> tuple[Path, dict[str, Any]]:
+def open_graph(artifact: Path | None) -> Artifact:
     """The ONNX graph artifact to build from, checked against its manifest's hashes."""
-    from .precision import open_parent
-
     if artifact is None:
         raise UsageError(
             "build an engine from an ONNX graph artifact: pass --artifact DIR (an export, or the FP16/INT8 "
             "folder build-engine --fp16/--int8 made)"
         )
-    return open_parent(Path(artifact))
+    return artifact_view.open(artifact, verify=True)
 
 
 def check_options(opts: EngineOptions) -> None:
@@ -117,20 +120,21 @@ def check_options(opts: EngineOptions) -> None:
         raise UsageError(f"--workspace-mib {opts.workspace_mib} must be a positive number of MiB (or left unset)")
 
 
-def preflight(opts: EngineOptions, parent_dir: Path, parent: dict[str, Any]) -> Path:
+def preflight(opts: EngineOptions, parent: Artifact) -> Path:
     """Every check that needs neither TensorRT nor a GPU; returns the output folder."""
-    if parent["kind"] != "onnx":
-        source = (parent.get("parent") or {}).get("path", "the ONNX graph folder it was built from")
+    parent_dir = parent.directory.absolute()
+    if parent.kind != "onnx":
+        source = parent.parent_dir or "the ONNX graph folder it was built from"
         raise UsageError(
-            f"{parent_dir} is a {parent['kind']} artifact; build the engine from the ONNX graph folder ({source})"
+            f"{parent_dir} is a {parent.kind} artifact; build the engine from the ONNX graph folder ({source})"
         )
-    if parent["precision"] not in TOLERANCES:
-        raise ArtifactError(f"{parent_dir} has unknown precision {parent['precision']!r}; re-create it")
-    if not parent.get("validation", {}).get("passed", False):
+    if parent.precision not in TOLERANCES:
+        raise ArtifactError(f"{parent_dir} has unknown precision {parent.precision!r}; re-create it")
+    if not parent.passed:
         raise ArtifactError(
             f"{parent_dir} failed its own validation (see its manifest); fix and re-create it before building an engine"
         )
-    if len(parent["io"]["inputs"]) != 1 or len(parent["io"]["inputs"][0]["shape"]) != 4:
+    if not parent.has_single_image_input:
         raise ArtifactError(f"{parent_dir} does not have one NCHW image input; re-export it with vit-deploy export")
     check_options(opts)
     out_dir = (opts.out_dir or default_out_dir(parent_dir)).absolute()
@@ -139,13 +143,21 @@ def preflight(opts: EngineOptions, parent_dir: Path, parent: dict[str, Any]) -> 
 
 
 def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None) -> dict[str, Any]:
-    """Build, inspect, validate and write the engine artifact; returns its summary."""
+    """Build, inspect, validate and write the engine artifact; returns its summary.
+
+    Args:
+        opts: the :class:`EngineOptions`.
+        progress: where step progress goes (None: silent).
+
+    Raises EngineUnavailable (exit 3) before touching the disk when this machine has no TensorRT or GPU.
+    """
     from ..trt import tensorrt_version, unavailable_reason
 
     progress = progress or Progress(enabled=False)
-    parent_dir, parent = open_graph(opts.artifact)
-    out_dir = preflight(opts, parent_dir, parent)
-    precision = parent["precision"]
+    parent = open_graph(opts.artifact)
+    out_dir = preflight(opts, parent)
+    parent_dir = parent.directory.absolute()
+    precision = parent.precision
     reason = unavailable_reason()
     if reason is not None:  # before any work or any file: the graph is fine, this machine is not
         raise EngineUnavailable(
@@ -160,10 +172,7 @@ def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None)
     trt_version = str(tensorrt_version())
     facts = device_facts()
     cache = opts.timing_cache or default_timing_cache(trt_version, facts["compute_capability"])
-    graph_input = parent["io"]["inputs"][0]
-    graph_path = model_file(parent_dir, parent)  # ArtifactError if the manifest lists no model file
-    graph_entry = next(f for f in parent["files"] if f["role"] == "model")
-    c, h, w = (int(d) for d in graph_input["shape"][1:])
+    graph_path = parent.model_file  # ArtifactError if the manifest lists no model file
     name = plan_name(precision)
     progress.total = 4
 
@@ -171,7 +180,7 @@ def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None)
         with progress.step(f"Building the TensorRT {trt_version} engine on {facts['gpu']}"):
             plan, trt_info = build_serialized_engine(
                 graph_path,
-                input_name=graph_input["name"], chw=(c, h, w),
+                input_name=parent.input_name, chw=parent.chw,
                 min_batch=opts.min_batch, opt_batch=opts.opt_batch, max_batch=opts.max_batch,
                 workspace_mib=opts.workspace_mib, optimization_level=opts.optimization_level,
                 timing_cache=Path(cache), hardware_compatible=opts.hardware_compatible,
@@ -189,25 +198,22 @@ def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None)
                 "io_tensors": summary["io_tensors"],
                 "inspected_shapes": summary["inspected_shapes"],
             }
+        versions = package_versions("torch", "onnx", "numpy")
+        versions["tensorrt"] = trt_version
+        manifest = new_manifest(
+            "tensorrt", precision,
+            **parent.inherited(),
+            io=parent.io,
+            files=[file_entry(stage, name, "model")],
+            parent={**parent.parent_ref(), "path": str(parent_dir)},
+            tensorrt=trt_info,
+            versions=versions,
+        )
         with progress.step("Validating the engine against the PyTorch FP32 reference"):
-            validation = validate_engine(opts, parent_dir, parent, plan, trt_info, progress)
+            validation = validate_engine(opts, Artifact(stage, manifest), progress)
+        manifest.update(validation=validation)
 
         with progress.step("Writing the manifest"):
-            versions = package_versions("torch", "onnx", "numpy")
-            versions["tensorrt"] = trt_version
-            manifest = new_manifest(
-                "tensorrt", precision,
-                model=parent["model"],
-                preprocessing=parent["preprocessing"],
-                io=parent["io"],
-                files=[file_entry(stage, name, "model")],
-                parent={"path": str(parent_dir), "kind": parent["kind"], "precision": precision,
-                        "file": graph_entry["path"], "sha256": graph_entry["sha256"]},
-                checkpoint=parent["checkpoint"],
-                tensorrt=trt_info,
-                versions=versions,
-                validation=validation,
-            )
             write_manifest(stage, manifest)  # last: a folder with a manifest is a finished artifact
 
     return {
@@ -222,72 +228,18 @@ def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None)
     }
 
 
-def validate_engine(
-    opts: EngineOptions, parent_dir: Path, parent: dict[str, Any], plan: bytes, trt_info: dict[str, Any],
-    progress: Progress,
-) -> dict[str, Any]:
-    """The engine on this GPU vs the PyTorch FP32 model, at batch sizes across the profile.
+def validate_engine(opts: EngineOptions, staged: Artifact, progress: Progress) -> dict[str, Any]:
+    """The staged engine on this GPU vs the PyTorch FP32 model, at batch sizes across the profile.
 
     Inputs: ``--val-images`` (with accuracy when the folder has labels.csv), else seeded random
-    images, enough to run every batch size in ``validation_batches``. The reference runs on the
-    CPU, exactly as at export, so no TF32 or GPU kernel choice enters it. If the checkpoint is
-    gone, the FP32 ONNX graph it was exported to (validated against PyTorch then) stands in.
+    images, as many as the largest batch size in ``validation_batches``. The reference runs on
+    the CPU, exactly as at export, so no TF32 or GPU kernel choice enters it. If the checkpoint
+    is gone, the FP32 ONNX graph it was exported to (validated against PyTorch then) stands in.
     """
-    from ..images.sets import load_image_set
-    from ..images.synthetic import random_images
-    from ..parity.metrics import evaluate
-    from ..parity.reference import reference_logits
-    from ..trt.plan import TrtEngine
+    from .. import runtime
 
-    cfg = ModelConfig.from_dict({**parent["model"], "preprocessing": parent["preprocessing"]})
     sizes = validation_batches(opts.min_batch, opts.opt_batch, opts.max_batch)
-    labels = None
-    if opts.val_images:
-        data = load_image_set(opts.val_images, cfg.preprocessing, None, 1, opts.seed, progress, role="validation")
-        images, labels, inputs = data.images, data.labels, f"{len(data.files)} images from {opts.val_images}"
-    else:
-        count = sum(sizes)
-        images = random_images(count, cfg.img_size, cfg.preprocessing, seed=opts.seed)
-        inputs = f"{count} seeded random images (seed {opts.seed}); pass --val-images for real ones"
-    schedule = batch_schedule(len(images), sizes)
-
-    reference, reference_name = reference_logits(parent, images, fallback_graph=_fp32_graph(parent_dir, parent))
-    outputs, ran, start = [], set(), 0
-    with TrtEngine(plan, allow_host_code=opts.version_compatible) as engine:
-        for size in schedule:
-            batch = images[start : start + size]
-            start += size
-            if size < engine.min_batch:  # a short last batch: pad with its first image, drop the extras
-                batch = np.concatenate([batch, np.repeat(batch[:1], engine.min_batch - size, axis=0)])
-            ran.add(len(batch))
-            outputs.append(np.asarray(engine.infer(batch))[:size])
-    candidate = np.concatenate(outputs).astype(np.float32)
-
-    pretrained = bool(parent["checkpoint"].get("pretrained"))
-    tol = TOLERANCES[parent["precision"]]
-    metrics, found = evaluate(reference, candidate, labels, tol, pretrained)
-    return {
-        "backend": f"tensorrt {trt_info['version']} on {trt_info['gpu']} "
-                   f"(compute capability {trt_info['compute_capability']})",
-        "reference": reference_name,
-        "inputs": inputs,
-        "batch_sizes": sorted(ran),
-        "tolerance": {k: v for k, v in vars(tol).items() if v is not None},
-        "top1_agreement_gated": pretrained,
-        "metrics": metrics,
-        "failures": found,
-        "passed": not found,
-    }
-
-
-def _fp32_graph(parent_dir: Path, parent: dict[str, Any]) -> Path | None:
-    """The FP32 ONNX export behind ``parent`` (itself, or the graph it was converted from), if intact."""
-    from ..artifact import sha256_file
-
-    if parent["precision"] == "fp32":
-        return model_file(parent_dir, parent)
-    origin = parent.get("parent") or {}
-    path = Path(origin.get("path", "")) / origin.get("file", "")
-    if origin.get("path") and path.is_file() and sha256_file(path) == origin.get("sha256"):
-        return path
-    return None
+    images = image_source(opts.val_images, staged, max(sizes), opts.seed, progress=progress)
+    reference = fp32_reference(staged)
+    with runtime.open(staged, "tensorrt", verify=False) as runner, reference.runner:
+        return validate(runner, reference, images, sizes, tolerance(staged.precision)).to_dict()

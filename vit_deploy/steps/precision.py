@@ -9,35 +9,43 @@ parent (path and sha256), the precision policy, the calibration set and the vali
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..artifact import (
-    file_entry,
-    model_file,
-    new_manifest,
-    package_versions,
-    read_manifest,
-    verify_files,
-    write_manifest,
-)
+from .. import artifact as artifact_view
+from ..artifact import Artifact, file_entry, latest_export, new_manifest, package_versions, write_manifest
 from ..errors import ArtifactError, UsageError
 from ..fileio import check_can_write, staged_directory
 from ..progress import Progress
-from ..specs import INT8_TARGETS, TOLERANCES, ModelConfig
+from ..specs import INT8_TARGETS, tolerance
+from .validate import checked
 
 PRECISIONS = ("fp16", "int8")
 DEFAULT_CALIB_IMAGES = 256
 DEFAULT_CALIB_BATCH = 8
 RANDOM_VALIDATION_IMAGES = 16
+VALIDATION_BATCH = 8  # the graph is proven batch-dynamic at export; one batch size suffices here
 
 
 @dataclass(frozen=True)
 class PrecisionOptions:
+    """What precision graph to make.
+
+    Args:
+        precision: ``"fp16"`` or ``"int8"``.
+        artifact: the FP32 export folder (None: the newest under ./artifacts).
+        out_dir: the new artifact folder (None: ``<artifact>-<precision>[-<target>]`` beside it).
+        force: replace an existing folder.
+        calib: INT8 calibration images: a folder or a definition file.
+        calib_method: ``"entropy"``, ``"percentile"`` or ``"minmax"``.
+        calib_images: use at most this many calibration images (a seeded sample; None: all).
+        calib_batch: calibration batch size (also part of the cache key).
+        val_images: images to validate on (labels.csv adds accuracy); None: the calibration images, else random.
+        seed: seeds the samples and random images.
+        target: INT8 only: ``"tensorrt"`` or ``"cpu"`` (attention kept float for the OpenVINO CPU path).
+    """
+
     precision: str
     artifact: Path | None = None  # the FP32 export; None: the newest under ./artifacts
     out_dir: Path | None = None
@@ -51,32 +59,9 @@ class PrecisionOptions:
     target: str = "tensorrt"  # INT8 only: "cpu" keeps attention float for the OpenVINO CPU path
 
 
-def find_latest_export(root: Path = Path("artifacts")) -> Path:
-    """The newest FP32 ONNX artifact under ``root`` (by the manifest's creation time)."""
-    found = []
-    for manifest_path in root.glob("*/manifest.json"):
-        with contextlib.suppress(ArtifactError):
-            m = read_manifest(manifest_path.parent)
-            if m["kind"] == "onnx" and m["precision"] == "fp32":
-                found.append((m.get("created_at", ""), manifest_path.stat().st_mtime, manifest_path.parent))
-    if not found:
-        raise ArtifactError(
-            f"no exported model under {root.absolute()}; "
-            "run `vit-deploy export --model ...` first or pass --artifact DIR"
-        )
-    return max(found)[2]
-
-
-def open_parent(artifact: Path | None) -> tuple[Path, dict[str, Any]]:
-    """The FP32 artifact to convert, checked against its manifest's hashes."""
-    parent_dir = Path(artifact) if artifact else find_latest_export()
-    manifest = read_manifest(parent_dir)
-    verify_files(parent_dir, manifest)
-    return parent_dir.absolute(), manifest
-
-
-def model_config_of(manifest: dict[str, Any]) -> ModelConfig:
-    return ModelConfig.from_dict({**manifest["model"], "preprocessing": manifest["preprocessing"]})
+def open_parent(artifact: Path | None) -> Artifact:
+    """The FP32 artifact to convert (None: the newest export under ./artifacts), checked against its hashes."""
+    return artifact_view.open(artifact or latest_export(), verify=True)
 
 
 def default_out_dir(parent_dir: Path, precision: str, target: str = "tensorrt") -> Path:
@@ -84,15 +69,16 @@ def default_out_dir(parent_dir: Path, precision: str, target: str = "tensorrt") 
     return parent_dir.parent / f"{parent_dir.name}-{precision}{suffix}"
 
 
-def preflight(opts: PrecisionOptions, parent_dir: Path, parent: dict[str, Any]) -> Path:
+def preflight(opts: PrecisionOptions, parent: Artifact) -> Path:
+    parent_dir = parent.directory.absolute()
     if opts.precision not in PRECISIONS:
         raise UsageError(f"unknown precision {opts.precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if parent["kind"] != "onnx" or parent["precision"] != "fp32":
+    if parent.kind != "onnx" or parent.precision != "fp32":
         raise UsageError(
-            f"{parent_dir} is a {parent['precision']} {parent['kind']} artifact; "
+            f"{parent_dir} is a {parent.precision} {parent.kind} artifact; "
             "a precision graph is made from an FP32 ONNX export"
         )
-    if not parent.get("validation", {}).get("passed", False):
+    if not parent.passed:
         raise ArtifactError(f"{parent_dir} failed its export validation; fix and re-export it first")
     if opts.precision == "int8" and not opts.calib:
         raise UsageError(
@@ -111,7 +97,14 @@ def preflight(opts: PrecisionOptions, parent_dir: Path, parent: dict[str, Any]) 
 
 
 def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None = None) -> dict[str, Any]:
-    """Make, check, validate and write the precision artifact; returns its summary."""
+    """Make, check, validate and write the precision artifact; returns its summary.
+
+    Args:
+        opts: the :class:`PrecisionOptions`.
+        progress: where step progress goes (None: silent).
+
+    A graph that fails validation still lands (``"passed": false``); ``raise_if_failed`` makes that exit 2.
+    """
     import onnx
 
     from ..images.sets import cache_dir, load_image_set
@@ -121,10 +114,11 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
     from ..onnx.validate import check_graph
 
     progress = progress or Progress(enabled=False)
-    parent_dir, parent = open_parent(opts.artifact)
-    out_dir = preflight(opts, parent_dir, parent)
-    cfg = model_config_of(parent)
-    parent_file = model_file(parent_dir, parent)
+    parent = open_parent(opts.artifact)
+    out_dir = preflight(opts, parent)
+    parent_dir = parent.directory.absolute()
+    cfg = parent.model_config
+    parent_file = parent.model_file
     progress.total = 4 + (opts.precision == "int8")
 
     calib = None
@@ -145,7 +139,7 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
         else:
             assert calib is not None
             cache = cache_dir() / "calibration" / (
-                f"{parent['files'][0]['sha256'][:16]}-{calib.digest[:16]}-{opts.calib_method}-b{opts.calib_batch}"
+                f"{parent.model_sha256[:16]}-{calib.digest[:16]}-{opts.calib_method}-b{opts.calib_batch}"
                 f"{'' if opts.target == 'tensorrt' else '-' + opts.target}.json"
             )
             cached = cache.is_file()
@@ -161,31 +155,25 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
         with progress.step("Checking the graph"):
             checker_error = check_graph(stage / name)
             graph = onnx.load(str(stage / name), load_external_data=False)
+        files = [file_entry(stage, name, "model")]
+        files += [file_entry(stage, n, "external_data") for n in names if n != name]
+        manifest = new_manifest(
+            "onnx", opts.precision,
+            **parent.inherited(),
+            io=io_signature(graph),
+            files=files,
+            parent=parent_ref(parent),
+            onnx={**parent.section("onnx"), "nodes": len(graph.graph.node), "ops": op_histogram(graph)},
+            precision_policy=policy,
+            calibration=calib and calib.summary() | {"method": opts.calib_method, "batch": opts.calib_batch},
+            versions=package_versions("torch", "onnx", "onnxruntime", "onnxsim", "numpy"),
+        )
         with progress.step("Validating on ONNX Runtime against the FP32 reference"):
-            validation = validate_precision(opts, parent, parent_file, cfg, stage / name, calib, progress)
-        if checker_error:
-            validation["failures"].append(f"onnx.checker: {checker_error}")
-        validation["onnx_checker"] = checker_error or "passed"
-        validation["passed"] = not validation["failures"]
+            verdict = validate_precision(opts, Artifact(stage, manifest), calib, progress)
+        validation = checked(verdict, checker_error)
+        manifest.update(validation=validation)
 
         with progress.step("Writing the manifest"):
-            files = [file_entry(stage, name, "model")]
-            files += [file_entry(stage, n, "external_data") for n in names if n != name]
-            manifest = new_manifest(
-                "onnx", opts.precision,
-                model=parent["model"],
-                preprocessing=parent["preprocessing"],
-                io=io_signature(graph),
-                files=files,
-                parent={"path": str(parent_dir), "file": parent["files"][0]["path"],
-                        "sha256": parent["files"][0]["sha256"], "precision": parent["precision"]},
-                onnx={**parent["onnx"], "nodes": len(graph.graph.node), "ops": op_histogram(graph)},
-                precision_policy=policy,
-                calibration=calib and calib.summary() | {"method": opts.calib_method, "batch": opts.calib_batch},
-                checkpoint=parent["checkpoint"],
-                versions=package_versions("torch", "onnx", "onnxruntime", "onnxsim", "numpy"),
-                validation=validation,
-            )
             write_manifest(stage, manifest)
 
     return {
@@ -198,53 +186,29 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
     }
 
 
-def validate_precision(
-    opts: PrecisionOptions, parent: dict[str, Any], parent_file: Path, cfg: ModelConfig, candidate: Path,
-    calib: Any, progress: Progress,
-) -> dict[str, Any]:
-    """Candidate graph on ONNX Runtime vs the PyTorch FP32 model, on real images where given.
+def parent_ref(parent: Artifact) -> dict[str, Any]:
+    """The parent record of a precision graph: the export's folder (absolute), model file and its sha256."""
+    return {**parent.parent_ref(), "path": str(parent.directory.absolute())}
+
+
+def validate_precision(opts: PrecisionOptions, staged: Artifact, calib: Any, progress: Progress) -> dict[str, Any]:
+    """The staged graph on ONNX Runtime vs the PyTorch FP32 model, at batch 8, on real images where given.
 
     Inputs: ``--val-images`` (with accuracy when the folder has labels.csv), else the
     ``--calib`` images, else seeded random images. The reference is the PyTorch model rebuilt
     from the manifest; if its checkpoint is gone, the parent FP32 graph (validated against
     PyTorch at export) stands in, and the manifest says so.
     """
-    import onnxruntime as ort
+    from .. import runtime
+    from .validate import ImageSource, fp32_reference, image_source, validate
 
-    from ..images.sets import load_image_set
-    from ..images.synthetic import random_images
-    from ..parity.metrics import evaluate
-    from ..parity.reference import reference_logits
-
-    labels = None
     if opts.val_images or (opts.calib and calib is None):
-        source = opts.val_images or opts.calib
-        data = load_image_set(source, cfg.preprocessing, None, 1, opts.seed, progress,
-                              role="validation" if opts.val_images else "calibration")
-        images, labels, inputs = data.images, data.labels, f"{len(data.files)} images from {source}"
+        role = "validation" if opts.val_images else "calibration"
+        images = image_source(opts.val_images or opts.calib, staged, 0, opts.seed, role=role, progress=progress)
     elif calib is not None:
-        images, inputs = calib.images, f"the {len(calib.files)} calibration images"
+        images = ImageSource(calib.images, f"the {len(calib.files)} calibration images")
     else:
-        images = random_images(RANDOM_VALIDATION_IMAGES, cfg.img_size, cfg.preprocessing, seed=opts.seed)
-        inputs = f"{RANDOM_VALIDATION_IMAGES} seeded random images (seed {opts.seed}); pass --val-images for real ones"
-
-    reference, reference_name = reference_logits(parent, images, fallback_graph=parent_file)
-
-    session = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
-    candidate_logits = np.concatenate([session.run(None, {"images": b})[0] for b in _batches(images)])
-    pretrained = bool(parent["checkpoint"].get("pretrained"))
-    tol = TOLERANCES[opts.precision]
-    metrics, found = evaluate(reference, candidate_logits, labels, tol, pretrained)
-    return {
-        "backend": f"onnxruntime {ort.__version__} CPUExecutionProvider",
-        "reference": reference_name,
-        "inputs": inputs,
-        "tolerance": {k: v for k, v in vars(tol).items() if v is not None},
-        "top1_agreement_gated": pretrained,
-        "metrics": metrics,
-        "failures": found,
-    }
-
-
-def _batches(images: np.ndarray, size: int = 8):
-    return (images[i : i + size] for i in range(0, len(images), size))
+        images = image_source(None, staged, RANDOM_VALIDATION_IMAGES, opts.seed)
+    reference = fp32_reference(staged)
+    with runtime.open(staged, "onnxruntime", verify=False) as runner, reference.runner:
+        return validate(runner, reference, images, (VALIDATION_BATCH,), tolerance(opts.precision)).to_dict()
