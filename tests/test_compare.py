@@ -184,7 +184,7 @@ def test_predict_prints_five_labels_with_probabilities(run_cli, tmp_path):
     out = tmp_path / "b"
     export_artifact(ExportOptions("test", 32, num_classes=1000, out_dir=out))
     cat = Path(data.__file__).parent / "chelsea.png"
-    code, stdout, err = run_cli("predict", str(cat), "--artifact", str(out), "--json")
+    code, stdout, err = run_cli("predict", str(out), str(cat), "--json")
     assert code == 0, err
     (result,) = json.loads(stdout)
     top = result["top"]
@@ -208,7 +208,7 @@ def test_predict_prints_five_labels_with_probabilities(run_cli, tmp_path):
 def test_predict_bad_inputs(run_cli, artifacts, tmp_path):
     bad = tmp_path / "not-an-image.png"
     bad.write_text("hello")
-    code, _, err = run_cli("predict", str(bad), "--artifact", str(artifacts["fp32"]))
+    code, _, err = run_cli("predict", str(artifacts["fp32"]), str(bad))
     assert code == 1 and "not-an-image.png" in err
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\n")

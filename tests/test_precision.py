@@ -207,19 +207,19 @@ def test_precision_graph_is_not_a_valid_parent(fp32, tmp_path):
 
 def test_cli_build_engine_exit_codes(fp32, tmp_path, run_cli, monkeypatch):
     out = tmp_path / "fp16"
-    code, stdout, err = run_cli("build-engine", "--artifact", str(fp32), "--fp16", "--out", str(out), "--json")
+    code, stdout, err = run_cli("build-engine", str(fp32), "--fp16", "--out", str(out), "--json")
     assert code == 3, err
     summary = json.loads(stdout)
     assert summary["validation"]["passed"] and summary["engine"]["built"] is False
-    assert "engine not built" in err and f"build-engine --artifact {out}" in err
-    # a ready precision graph goes straight to the engine step
+    assert "engine not built" in err and f"build-engine {out}" in err
+    # a ready precision graph goes straight to the engine step (the old --artifact spelling still works)
     code, _, err = run_cli("build-engine", "--artifact", str(out))
     assert code == 3 and "validated fp16 graph" in err
-    code, _, err = run_cli("build-engine", "--artifact", str(fp32), "--int8", "--out", str(tmp_path / "x"))
+    code, _, err = run_cli("build-engine", str(fp32), "--int8", "--out", str(tmp_path / "x"))
     assert code == 1 and "--int8 needs calibration images" in err
-    code, _, err = run_cli("build-engine", "--artifact", str(fp32), "--int8", "--calib", str(PHOTOS),
+    code, _, err = run_cli("build-engine", str(fp32), "--int8", "--calib", str(PHOTOS),
                            "--calib-method", "kl")
-    assert code == 1 and "choose one of entropy, percentile, minmax" in err
+    assert code == 1 and "'kl' is not one of 'entropy', 'percentile', 'minmax'" in err
 
 
 def test_cli_validation_failure_exits_2(fp32, tmp_path, run_cli, monkeypatch):

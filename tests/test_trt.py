@@ -313,7 +313,7 @@ def test_build_engine_stops_with_exit_3_before_writing_anything(fp32, tmp_path, 
         build_engine_artifact(EngineOptions(fp32, out))
     assert e.value.exit_code == 3
     message = str(e.value)
-    assert no_tensorrt in message and f"vit-deploy build-engine --artifact {fp32}" in message
+    assert no_tensorrt in message and f"vit-deploy build-engine {fp32}" in message
     assert not (tmp_path / "out").exists(), "nothing may be written when no engine can be built"
     assert not (tmp_path / "cache").exists(), "not even the timing cache folder"
     assert not list(fp32.parent.glob(".*partial*")), "no staging folder left beside the graph"
@@ -328,7 +328,7 @@ def test_real_unavailable_reason_says_what_is_missing(fp32, tmp_path):
 
 
 def test_options_are_checked_before_tensorrt_is_needed(fp32, tmp_path, no_tensorrt):
-    with pytest.raises(UsageError, match="--artifact"):
+    with pytest.raises(UsageError, match="build-engine ARTIFACT"):
         build_engine_artifact(EngineOptions(None))
     with pytest.raises(UsageError, match="--min-batch"):
         build_engine_artifact(EngineOptions(fp32, tmp_path / "a", min_batch=4, opt_batch=2, max_batch=8))
@@ -436,7 +436,7 @@ def test_check_compatible_raises_with_the_rebuild_command(monkeypatch, tmp_path)
     monkeypatch.setattr(trt_engine, "current_facts", lambda: dict(H100_11_1))
     with pytest.raises(ArtifactError) as e:
         check_compatible(BUILT, rebuild_from=tmp_path / "graph")
-    hint = f"rebuild with vit-deploy build-engine --artifact {tmp_path / 'graph'} on this machine"
+    hint = f"rebuild with vit-deploy build-engine {tmp_path / 'graph'} on this machine"
     assert str(e.value).endswith(hint)
     monkeypatch.setattr(trt_engine, "current_facts", lambda: dict(BUILT))
     check_compatible(BUILT)

@@ -1,4 +1,4 @@
-"""Top-k predictions for image files: ``vit-deploy predict IMAGE... --artifact DIR``.
+"""Top-k predictions for image files: ``vit-deploy predict ARTIFACT IMAGE...``.
 
 Images go through the manifest's preprocessing (vit_deploy.images.decode), the artifact runs on its
 runtime, and the logits become softmax probabilities. A 1000-class model gets ImageNet-1k class

@@ -188,6 +188,13 @@ def tolerance(precision: str) -> Tolerance:
         raise UsageError(f"no tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}") from None
 
 
+# The choice lists the CLI offers (click.Choice) and the library checks against: cheap to import.
+RUNTIME_BACKENDS = ("tensorrt", "onnxruntime", "openvino", "pytorch")  # vit_deploy.runtime.open(artifact, backend)
+ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")  # ONNX Runtime execution providers, by short name
+TRITON_BACKENDS = ("auto", "python", "onnxruntime", "tensorrt")  # vit-deploy triton-repo --backend
+CALIBRATION_METHODS = ("entropy", "percentile", "minmax")  # INT8 activation range estimators
+PRECISIONS = ("fp16", "int8")  # what the precision step makes from an FP32 export
+
 # What an INT8 graph is made for: "tensorrt" (attention in INT8 up to TensorRT's 512-token fused
 # INT8 attention limit) or "cpu" (attention always float: the OpenVINO CPU path; see onnx/int8.py).
 INT8_TARGETS = ("tensorrt", "cpu")

@@ -127,10 +127,10 @@ def _how_to_make(key: str, fp32: Path) -> str:
     if key in ("fp16", "int8", "int8-cpu"):
         flags = {"fp16": "--fp16", "int8": "--int8 --calib calibration/photos.txt",
                  "int8-cpu": "--int8 --target cpu --calib calibration/photos.txt"}[key]
-        return f"make it with vit-deploy build-engine --artifact {fp32} {flags}, or pass its folder"
+        return f"make it with vit-deploy build-engine {fp32} {flags}, or pass its folder"
     precision = key.removeprefix("trt-")
     source = fp32 if precision == "fp32" else f"{fp32}-{precision}"
-    return f"build it on a GPU host with vit-deploy build-engine --artifact {source}, or pass its folder"
+    return f"build it on a GPU host with vit-deploy build-engine {source}, or pass its folder"
 
 
 def artifact_key(art: Artifact) -> str:

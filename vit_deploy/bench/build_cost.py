@@ -204,7 +204,7 @@ def _command(spec: dict[str, Any]) -> str:
         classes = f" --num-classes {spec['num_classes']}" if spec["num_classes"] else ""
         return f"vit-deploy export --model {spec['variant']} --res {spec['img_size']}{classes} --out {out}"
     calib = f" --calib {spec['calib']}" if spec["phase"] == "int8" else ""
-    return f"vit-deploy build-engine --artifact {out} --{spec['phase']}{calib} (graph step only)"
+    return f"vit-deploy build-engine {out} --{spec['phase']}{calib} (graph step only)"
 
 
 def _machine(threads: int | None) -> dict[str, Any]:

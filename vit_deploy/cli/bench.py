@@ -1,4 +1,4 @@
-"""The ``vit-deploy bench`` and ``vit-deploy bench-build`` click commands.
+"""``vit-deploy bench`` and ``vit-deploy bench-build``: throughput of every backend, and the cost of the build steps.
 
 Like every command, they raise ``VitDeployError`` subclasses for user errors and leave the exit
 code to ``cli.main``. Progress goes to stderr; stdout carries the table, or JSON with ``--json``.
@@ -14,12 +14,7 @@ import click
 from ..bench.backends import ROWS
 from ..bench.peers import DEFAULT_CALIB_IMAGES
 from ..progress import Progress
-
-
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    from ..compare import parse_batch_sizes as parse
-
-    return parse(text)
+from .options import PathType, alias, aliased, json_option, out_option, parse_batch_sizes
 
 
 @click.command("bench")
@@ -39,21 +34,23 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
               help="cuda: PyTorch on the GPU, ONNX Runtime's CUDA provider, TensorRT engines, GPU ceilings.")
 @click.option("--baseline", default="pytorch-fp32", show_default=True,
               help="The row the 'x baseline' column divides by.")
-@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True,
-              help="Writes bench.json, bench.md and bench.png (the plot needs matplotlib: vit-deploy[bench]).")
+@out_option("Writes bench.json, bench.md and bench.png (the plot needs matplotlib: vit-deploy[bench]).",
+            default=Path("bench-results"), old=("--out-dir",))
 @click.option("--no-ceiling", is_flag=True, help="Skip measuring the matrix-multiply ceilings (no '% of ceiling').")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input images.")
 @click.option("--calib", default=None,
               help="Calibration images for the rows bench builds itself (openvino-nncf-int8: NNCF INT8 of the "
                    "export): a folder, or a definition file (calibration/*.txt), as build-engine takes it. "
                    "Without it those rows are skipped.")
-@click.option("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, show_default=True,
+@click.option("--calib-count", type=int, default=DEFAULT_CALIB_IMAGES, show_default=True,
               help="Use at most N calibration images (a seeded sample, as build-engine).")
-@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON on stdout.")
+@alias("--calib-images", "calib_count", type=int)
+@json_option
+@click.pass_context
 def bench(
-    artifacts: tuple[Path, ...], backends: str, batch_sizes: str, threads: int | None, repeats: int, min_time: float,
-    warmup: int, device: str, baseline: str, out_dir: Path, no_ceiling: bool, seed: int, calib: str | None,
-    calib_images: int, as_json: bool,
+    ctx: click.Context, artifacts: tuple[Path, ...], backends: str, batch_sizes: str, threads: int | None,
+    repeats: int, min_time: float, warmup: int, device: str, baseline: str, out: Path, no_ceiling: bool, seed: int,
+    calib: str | None, calib_count: int, as_json: bool,
 ) -> None:
     """Throughput, latency, memory and % of the matrix-multiply ceiling of every backend, in one run.
 
@@ -68,10 +65,11 @@ def bench(
     opts = BenchOptions(
         artifacts=artifacts, backends=backends, batch_sizes=parse_batch_sizes(batch_sizes), threads=threads,
         repeats=repeats, min_time=min_time, warmup=warmup, device=device, baseline=baseline, ceiling=not no_ceiling,
-        seed=seed, calib=calib, calib_images=calib_images, extra=_command_line("bench"),
+        seed=seed, calib=calib, calib_images=aliased(ctx, "calib_count", calib_count, DEFAULT_CALIB_IMAGES),
+        extra=_command_line("bench"),
     )
     result = run_bench(opts, Progress(enabled=True))
-    written = write_outputs(result, out_dir)
+    written = write_outputs(result, aliased(ctx, "out", out, Path("bench-results")))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -91,15 +89,15 @@ def bench(
               help="Which steps to time: export (with onnxsim), fp16, int8 (graph conversion, no engine).")
 @click.option("--calib", default=None,
               help="Calibration images for int8 (default: calibration/photos.txt of the source checkout).")
-@click.option("--work-dir", type=click.Path(path_type=Path), default=None,
+@click.option("--work-dir", type=PathType, default=None,
               help="A new or empty folder to keep the artifacts in (default: a temporary folder, removed after).")
 @click.option("--threads", type=int, default=None, help="OMP/torch threads of each phase (default: theirs).")
-@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True,
-              help="Writes build-cost.json and build-cost.md.")
-@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON on stdout.")
+@out_option("Writes build-cost.json and build-cost.md.", default=Path("bench-results"), old=("--out-dir",))
+@json_option
+@click.pass_context
 def bench_build(
-    variant: str, img_size: int, num_classes: int | None, phases: str, calib: str | None, work_dir: Path | None,
-    threads: int | None, out_dir: Path, as_json: bool,
+    ctx: click.Context, variant: str, img_size: int, num_classes: int | None, phases: str, calib: str | None,
+    work_dir: Path | None, threads: int | None, out: Path, as_json: bool,
 ) -> None:
     """Time and peak memory of export + simplify, FP16 and INT8 conversion, each in a fresh process."""
     from ..bench.build_cost import BuildOptions, format_build, run_build_cost, write_build_outputs
@@ -108,7 +106,7 @@ def bench_build(
                         phases=tuple(p.strip() for p in phases.split(",") if p.strip()), threads=threads,
                         extra=_command_line("bench-build"))
     summary = run_build_cost(opts, Progress(enabled=True))
-    written = write_build_outputs(summary, out_dir)
+    written = write_build_outputs(summary, aliased(ctx, "out", out, Path("bench-results")))
     click.echo(json.dumps(summary, indent=2) if as_json else format_build(summary))
     if not as_json:
         click.echo(f"\nwrote {written['json']}, {written['markdown']}")
@@ -119,6 +117,6 @@ def _command_line(name: str) -> dict[str, str]:
     import sys
 
     args = sys.argv[1:]
-    if name not in args or not sys.argv[0].endswith(("vit-deploy", "cli.py", "vit_deploy.cli")):
+    if name not in args or not sys.argv[0].endswith(("vit-deploy", "__main__.py", "vit_deploy.cli")):
         return {}  # called in-process (tests, a notebook): the options are recorded anyway
     return {"command": " ".join(["vit-deploy", *args[args.index(name):]])}

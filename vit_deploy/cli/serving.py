@@ -1,4 +1,4 @@
-"""The ``vit-deploy triton-repo``, ``serve`` and ``triton-load`` click commands (added in cli.py).
+"""``vit-deploy triton-repo``, ``serve`` and ``triton-load``: Triton model repositories, the server, a load test.
 
 Like every command they raise ``VitDeployError`` subclasses for user errors and leave the exit
 code to ``cli.main``; importing this module loads no numerical library.
@@ -13,12 +13,14 @@ from pathlib import Path
 
 import click
 
+from ..specs import TRITON_BACKENDS
+from .options import PathType, alias, aliased, artifact_argument, artifact_of, force_option, json_option, out_option
+
 
 @click.command("triton-repo")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("model_repository"), show_default=True,
-              help="The model repository folder to write.")
-@click.option("--backend", type=click.Choice(["auto", "python", "onnxruntime", "tensorrt"]), default="auto",
+@out_option("The model repository folder to write.", default=Path("model_repository"))
+@click.option("--backend", type=click.Choice(TRITON_BACKENDS), default="auto",
               show_default=True, help="auto: tensorrt_plan for engines, onnxruntime_onnx for ONNX graphs; "
                                       "python: vit-deploy's own runtime inside Triton (CPU-only hosts).")
 @click.option("--name", default=None, help="Model name (default vit-<artifact folder>).")
@@ -27,15 +29,18 @@ import click
 @click.option("--instances", type=int, default=1, show_default=True, help="Model instances (instance_group count).")
 @click.option("--instance-kind", type=click.Choice(["cpu", "gpu"]), default=None,
               help="Default: gpu for TensorRT plans, cpu otherwise.")
-@click.option("--max-batch", type=int, default=None, help="max_batch_size (default: the engine profile's max, or 32).")
+@click.option("--max-batch-size", type=int, default=None,
+              help="Triton's max_batch_size (default: the engine profile's max, or 32).")
+@alias("--max-batch", "max_batch_size", type=int)
 @click.option("--preferred-batch", default=None, help="Dynamic batching preferred sizes, comma-separated.")
 @click.option("--queue-delay-us", type=int, default=2000, show_default=True,
               help="Longest a request waits for others to batch with (microseconds).")
 @click.option("--threads", type=int, default=None, help="python backend: runtime threads per instance.")
 @click.option("--no-cuda-graphs", is_flag=True, help="TensorRT plans: do not use CUDA graphs.")
-@click.option("--force", is_flag=True, help="Overwrite an existing repository folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def triton_repo(artifacts, out, backend, name, version, as_versions, instances, instance_kind, max_batch,
+@force_option
+@json_option
+@click.pass_context
+def triton_repo(ctx, artifacts, out, backend, name, version, as_versions, instances, instance_kind, max_batch_size,
                 preferred_batch, queue_delay_us, threads, no_cuda_graphs, force, as_json) -> None:
     """Write a Triton model repository from artifact folders (hash-checked first)."""
     from ..errors import UsageError
@@ -49,7 +54,8 @@ def triton_repo(artifacts, out, backend, name, version, as_versions, instances, 
             raise UsageError(f"--preferred-batch takes integers separated by commas, got {preferred_batch!r}") from e
     summary = write_repository(RepoOptions(
         list(artifacts), out, backend=backend, name=name, version=version, as_versions=as_versions,
-        instances=instances, instance_kind=instance_kind, max_batch=max_batch, preferred_batch=preferred,
+        instances=instances, instance_kind=instance_kind, max_batch=aliased(ctx, "max_batch_size", max_batch_size),
+        preferred_batch=preferred,
         queue_delay_us=queue_delay_us, threads=threads, cuda_graphs=not no_cuda_graphs, force=force))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -60,11 +66,11 @@ def triton_repo(artifacts, out, backend, name, version, as_versions, instances, 
 
 
 @click.command("serve")
-@click.argument("repository", type=click.Path(path_type=Path))
+@click.argument("repository", type=PathType)
 @click.option("--http-port", type=int, default=8000, show_default=True)
 @click.option("--grpc-port", type=int, default=8001, show_default=True)
 @click.option("--metrics-port", type=int, default=8002, show_default=True)
-@click.option("--log", "log_path", type=click.Path(path_type=Path), default=None,
+@click.option("--log", "log_path", type=PathType, default=None,
               help="Server log file (default: a temporary file, its path printed).")
 @click.option("--ready-timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for the models.")
 def serve(repository, http_port, grpc_port, metrics_port, log_path, ready_timeout) -> None:
@@ -98,20 +104,29 @@ def serve(repository, http_port, grpc_port, metrics_port, log_path, ready_timeou
 
 
 @click.command("triton-load")
+@artifact_argument()
 @click.option("--url", default="127.0.0.1:8000", show_default=True, help="Server address (the gRPC port for grpc).")
-@click.option("--model", required=True, help="Model name in the repository.")
+@click.option("--name", default=None, help="Model name in the repository (as triton-repo --name).")
+@alias("--model", "name")
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
 @click.option("--clients", type=int, default=8, show_default=True, help="Concurrent clients.")
 @click.option("--requests", type=int, default=50, show_default=True, help="Requests per client.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per request.")
-@click.option("--artifact", default=None,
-              help="Also run the same batches through vit_deploy.runtime directly and report Triton / direct.")
 @click.option("--threads", type=int, default=None, help="Threads for the direct run.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def triton_load(url, model, protocol, clients, requests, batch, artifact, threads, as_json) -> None:
-    """Load test: N concurrent clients x M requests; throughput, latency, errors, batching."""
+@json_option
+@click.pass_context
+def triton_load(ctx, artifact, url, name, protocol, clients, requests, batch, threads, as_json) -> None:
+    """Load test: N concurrent clients x M requests; throughput, latency, errors, batching.
+
+    ARTIFACT (optional): also run the same batches through vit_deploy.runtime directly and report Triton / direct.
+    """
+    from ..errors import UsageError
     from ..serving.load import format_load, run_load
 
-    result = run_load(url, model, protocol=protocol, clients=clients, requests=requests, batch=batch,
-                      artifact=artifact, threads=threads)
+    name = aliased(ctx, "name", name)
+    if name is None:
+        raise UsageError("give the model name in the repository: --name NAME (as triton-repo --name)")
+    artifact = artifact_of(ctx, artifact, required=False)
+    result = run_load(url, name, protocol=protocol, clients=clients, requests=requests, batch=batch,
+                      artifact=str(artifact) if artifact else None, threads=threads)
     click.echo(json.dumps(result, indent=2) if as_json else format_load(result))

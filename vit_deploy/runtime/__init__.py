@@ -20,9 +20,10 @@ import os
 from .. import artifact as artifact_view
 from ..artifact import Artifact
 from ..errors import UsageError
+from ..specs import RUNTIME_BACKENDS
 from .base import Runner, batches, check_images
 
-BACKENDS = ("tensorrt", "onnxruntime", "openvino", "pytorch")
+BACKENDS = RUNTIME_BACKENDS
 DEFAULT_BACKEND = {"tensorrt": "tensorrt", "onnx": "onnxruntime"}
 KIND_BACKENDS = {"tensorrt": ("tensorrt",), "onnx": ("onnxruntime", "openvino")}
 

@@ -14,7 +14,7 @@ from .base import Runner, as_numpy, like_input
 
 # provider option -> ONNX Runtime providers in priority order (CPU last: ORT's own fallback for
 # ops a GPU provider does not take)
-PROVIDERS = {
+PROVIDERS = {  # the keys are specs.ORT_PROVIDERS
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],

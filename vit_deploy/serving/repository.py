@@ -29,9 +29,10 @@ from .. import artifact as artifact_view
 from ..artifact import Artifact
 from ..errors import ArtifactError, UsageError
 from ..fileio import staged_directory
+from ..specs import TRITON_BACKENDS
 from . import triton_model
 
-BACKENDS = ("auto", "python", "onnxruntime", "tensorrt")
+BACKENDS = TRITON_BACKENDS
 PREPROCESSING_PARAM = "vit_deploy_preprocessing"  # clients read the manifest's preprocessing from here
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "int32": "TYPE_INT32"}
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")

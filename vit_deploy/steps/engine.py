@@ -103,8 +103,8 @@ def open_graph(artifact: Path | None) -> Artifact:
     """The ONNX graph artifact to build from, checked against its manifest's hashes."""
     if artifact is None:
         raise UsageError(
-            "build an engine from an ONNX graph artifact: pass --artifact DIR (an export, or the FP16/INT8 "
-            "folder build-engine --fp16/--int8 made)"
+            "build an engine from an ONNX graph artifact: vit-deploy build-engine ARTIFACT (an export, or the "
+            "FP16/INT8 folder build-engine --fp16/--int8 made)"
         )
     return artifact_view.open(artifact, verify=True)
 
@@ -162,7 +162,7 @@ def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None)
     if reason is not None:  # before any work or any file: the graph is fine, this machine is not
         raise EngineUnavailable(
             f"engine not built: {reason}. The validated {precision} graph is kept at {parent_dir}; "
-            f"on a GPU host with TensorRT run: vit-deploy build-engine --artifact {parent_dir}"
+            f"on a GPU host with TensorRT run: vit-deploy build-engine {parent_dir}"
         )
 
     from ..trt import device_facts

@@ -18,10 +18,9 @@ from ..artifact import Artifact, file_entry, latest_export, new_manifest, packag
 from ..errors import ArtifactError, UsageError
 from ..fileio import check_can_write, staged_directory
 from ..progress import Progress
-from ..specs import INT8_TARGETS, tolerance
+from ..specs import INT8_TARGETS, PRECISIONS, tolerance
 from .validate import checked
 
-PRECISIONS = ("fp16", "int8")
 DEFAULT_CALIB_IMAGES = 256
 DEFAULT_CALIB_BATCH = 8
 RANDOM_VALIDATION_IMAGES = 16
@@ -46,7 +45,7 @@ class PrecisionOptions:
         target: INT8 only: ``"tensorrt"`` or ``"cpu"`` (attention kept float for the OpenVINO CPU path).
     """
 
-    precision: str
+    precision: str | None
     artifact: Path | None = None  # the FP32 export; None: the newest under ./artifacts
     out_dir: Path | None = None
     force: bool = False

@@ -129,7 +129,7 @@ def check_compatible(recorded: dict[str, Any], *, rebuild_from: str | os.PathLik
     problem = compatibility_problem(recorded, current_facts())
     if problem:
         source = rebuild_from if rebuild_from is not None else "<the ONNX graph folder it was built from>"
-        raise ArtifactError(f"{problem}: rebuild with vit-deploy build-engine --artifact {source} on this machine")
+        raise ArtifactError(f"{problem}: rebuild with vit-deploy build-engine {source} on this machine")
 
 
 def create_runtime(trt: Any, logger: trt.ILogger) -> trt.Runtime:
@@ -159,7 +159,7 @@ def deserialize(
         raise ArtifactError(
             f"TensorRT {trt.__version__} could not load the engine in {source}: the plan is corrupt, or it was built "
             f"for another TensorRT version or GPU ({collector.explain()}); rebuild it here with "
-            "vit-deploy build-engine --artifact <the ONNX graph folder>"
+            "vit-deploy build-engine <the ONNX graph folder>"
         )
     return runtime, engine
 
