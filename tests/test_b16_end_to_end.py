@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import hf_logits, hf_vit
+from helpers import hf_logits, hf_vit
 
 from vit_deploy.artifact import Artifact, read_manifest
 from vit_deploy.images.synthetic import random_images

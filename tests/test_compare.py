@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import ROOT
 
 from vit_deploy.artifact import Artifact, read_manifest, write_manifest
 from vit_deploy.images.decode import load_batch
@@ -18,7 +19,6 @@ from vit_deploy.parity.reference import reference_model
 from vit_deploy.predict import imagenet_labels
 from vit_deploy.steps.export import ExportOptions, export_artifact
 
-ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "calibration" / "photos.txt"
 DIGITS = ROOT / "assets" / "digits"
 
@@ -149,10 +149,10 @@ def test_inspect_onnx(artifacts, run_cli):
 
 @pytest.mark.skipif(
     __import__("vit_deploy.trt", fromlist=["unavailable_reason"]).unavailable_reason() is None,
-    reason="TensorRT is usable here: tests/test_trt.py inspects real engines",
+    reason="TensorRT is usable here: tests/steps/test_engine.py inspects real engines",
 )
 def test_inspect_engine_without_tensorrt_shows_the_build_record(artifacts, run_cli, tmp_path):
-    from conftest import engine_manifest_without_plan
+    from helpers import engine_manifest_without_plan
 
     plan = engine_manifest_without_plan(artifacts["fp16"], tmp_path / "plan")
     code, out, err = run_cli("inspect", str(plan))

@@ -2,7 +2,7 @@
 
 The TensorRT headers come from ``../shared/third_party/tensorrt-include`` (never copied here),
 the CUDA headers and ``libcudart`` from NVIDIA's CUDA 13 wheels, nlohmann/json from the system or
-its PyPI wheel (``tests/trt_stubs.py`` fetches the wheels once). The stub ``libnvinfer.so.11``
+its PyPI wheel (``tests/trt/trt_stubs.py`` fetches the wheels once). The stub ``libnvinfer.so.11``
 is built from the symbols the compiled example needs and returns NULL for everything, so no
 engine can run: what is tested is every refusal before that point (manifest, version, sha256,
 batch) and the null runtime. Each must be one clear line on stderr and exit code 1, never a
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trt_stubs
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "cpp"
 FLAGS = ["-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror"]
 STUB_VERSION = "11.4.0"  # what the stub's getInferLibVersion reports (the 11.1 headers add no build number to it)
@@ -73,7 +73,7 @@ def vit_infer(toolchain, tmp_path_factory) -> dict:
 @pytest.fixture
 def engine_dir(tiny_artifacts, tmp_path) -> Path:
     """An engine-kind artifact whose manifest matches the stub TensorRT; its plan is not a plan (nothing runs it)."""
-    from conftest import engine_manifest_without_plan
+    from helpers import engine_manifest_without_plan
 
     from vit_deploy.artifact import read_manifest, write_manifest
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 
 from vit_deploy import runtime
 from vit_deploy.artifact import Artifact, read_manifest
 from vit_deploy.images.decode import load_batch
 from vit_deploy.parity.reference import reference_model
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples" / "python"))
 
 

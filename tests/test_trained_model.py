@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from helpers import ROOT
 
 from vit_deploy.images.decode import load_batch
 from vit_deploy.specs import Preprocessing, model_config
 from vit_deploy.steps.export import ExportOptions, export_artifact
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 ASSETS = REPO / "assets" / "digits"
 CHECKPOINT = ASSETS / "vit-mini-digits.safetensors"
 HELDOUT = ASSETS / "heldout"

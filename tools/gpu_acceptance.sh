@@ -12,7 +12,7 @@
 #   doctor    vit-deploy doctor --json (what this machine can do, and why not)
 #   prepare   CPU side, in the background from the start: FP32/FP16/INT8 graphs of ViT-B/16@384 and
 #             of the real ViT-Ti/16 (../shared/realdata; INT8 calibrated on its ImageNet photos)
-#   pytest    the GPU-marked tests (tests/test_trt.py and the rest)
+#   pytest    the GPU-marked tests (tests/steps/test_engine.py and the rest)
 #   engines   FP32/FP16/INT8 engines of both models, each compared with PyTorch (ViT-Ti: real top-1)
 #   bench     vit-deploy bench --device cuda on B/16@384 at batch 1/8/64
 #   triton    a tensorrt_plan smoke test, when a tritonserver with the tensorrt backend is present

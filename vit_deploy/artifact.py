@@ -278,7 +278,7 @@ class Artifact:
     @property
     def model_file(self) -> Path:
         """The main file (role ``"model"``): the ONNX graph or the TensorRT plan."""
-        return self.path(self._model_entry()["path"], "its model file")
+        return self.path(self._model_entry()["path"], "the model file")
 
     @property
     def model_sha256(self) -> str:

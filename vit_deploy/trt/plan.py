@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import ArtifactError, EngineUnavailable, UsageError
 from . import LogCollector, builder_error, device_facts, import_tensorrt, tensorrt_version, trt_logger
 
-if TYPE_CHECKING:  # annotations only (read by tests/test_trt_api.py); never imported at run time
+if TYPE_CHECKING:  # annotations only (read by tests/trt/test_trt_api.py); never imported at run time
     import tensorrt as trt
 
 

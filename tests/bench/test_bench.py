@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import PHOTOS
 
 from vit_deploy.bench.backends import ROWS, Row, find_artifacts, select_rows
 from vit_deploy.bench.build_cost import BuildOptions, format_build, run_build_cost
@@ -21,7 +22,6 @@ from vit_deploy.errors import UsageError
 from vit_deploy.model.vit import VisionTransformer, create_model
 from vit_deploy.specs import model_config
 
-PHOTOS = Path(__file__).resolve().parent.parent / "calibration" / "photos.txt"
 BACKENDS = ("pytorch-fp32", "ort-fp32", "ort-int8", "tensorrt-fp16", "broken")
 BATCHES = (1, 3)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import ROOT
 from onnx import numpy_helper
 from PIL import Image
 
@@ -19,7 +20,6 @@ from vit_deploy.onnx.int8 import attention_matmuls
 from vit_deploy.steps.export import ExportOptions, export_artifact
 from vit_deploy.steps.precision import PrecisionOptions, build_precision_artifact
 
-ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "calibration" / "photos.txt"
 
 

@@ -1,5 +1,5 @@
 """vit_deploy.runtime on the tiny ``test`` variant: one interface over ONNX Runtime and PyTorch,
-input checks, batch splitting, threads, manifest verification. (TensorRT: tests/test_trt.py.)"""
+input checks, batch splitting, threads, manifest verification. (TensorRT engines: tests/steps/test_engine.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import assert_concurrent_calls_match_sequential
+from helpers import ROOT, assert_concurrent_calls_match_sequential
 
 from vit_deploy import artifact as artifact_view
 from vit_deploy import runtime
@@ -21,7 +21,6 @@ from vit_deploy.errors import ArtifactError, EngineUnavailable, UsageError
 from vit_deploy.images.synthetic import random_images
 from vit_deploy.parity.reference import reference_model
 
-ROOT = Path(__file__).resolve().parent.parent
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 OPENVINO = pytest.param("openvino", marks=pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed"))
 PHOTOS = ROOT / "calibration" / "photos.txt"
@@ -198,11 +197,11 @@ def test_pytorch_reference_needs_its_checkpoint(artifacts, tmp_path):
 
 @pytest.mark.skipif(
     __import__("vit_deploy.trt", fromlist=["unavailable_reason"]).unavailable_reason() is None,
-    reason="TensorRT is usable here: tests/test_trt.py runs real engines",
+    reason="TensorRT is usable here: tests/steps/test_engine.py runs real engines",
 )
 def test_engine_artifact_without_tensorrt_says_so(artifacts, tmp_path):
     """An engine artifact on a machine without TensorRT: exit-3 error naming the ONNX fallback."""
-    from conftest import engine_manifest_without_plan
+    from helpers import engine_manifest_without_plan
 
     copy = engine_manifest_without_plan(artifacts["fp16"], tmp_path / "plan")
     with pytest.raises(EngineUnavailable) as e:
@@ -213,7 +212,7 @@ def test_engine_artifact_without_tensorrt_says_so(artifacts, tmp_path):
 
 def test_engine_artifact_with_a_changed_plan_is_refused_before_tensorrt(artifacts, tmp_path):
     """The hash check runs first, on any machine: a truncated plan is named, whatever TensorRT says later."""
-    from conftest import engine_manifest_without_plan
+    from helpers import engine_manifest_without_plan
 
     copy = engine_manifest_without_plan(artifacts["fp16"], tmp_path / "plan")
     with open(copy / "model.fp16.plan", "r+b") as f:

@@ -15,7 +15,7 @@ the attribute (a property assigned to has a setter), and some overload of the py
 signature (from its docstring) accepts that many positional arguments and those keywords.
 
 Run as a script in a process that can import the bindings (stub libraries on LD_LIBRARY_PATH):
-``python tests/trt_api_check.py [FILE...]`` prints a JSON report (default: all of vit_deploy).
+``python tests/trt/trt_api_check.py [FILE...]`` prints a JSON report (default: all of vit_deploy).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # run as a script too: no helpers import
+
 PACKAGE = ROOT / "vit_deploy"
 MODULE_LOADERS = {"import_tensorrt"}
 

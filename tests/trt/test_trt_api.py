@@ -1,9 +1,9 @@
 """The TensorRT API as our code uses it, checked against the real TensorRT 11.4 bindings, without a GPU.
 
 The bindings wheel (``tensorrt-cu13-bindings``) imports once TensorRT's three shared libraries
-exist; ``tests/trt_stubs.py`` builds stand-ins whose functions only return NULL, from the
+exist; ``tests/trt/trt_stubs.py`` builds stand-ins whose functions only return NULL, from the
 bindings' own undefined symbols. In a subprocess (``LD_LIBRARY_PATH`` must be set before the
-interpreter starts) ``tests/trt_api_check.py`` then collects every TensorRT name and call in
+interpreter starts) ``tests/trt/trt_api_check.py`` then collects every TensorRT name and call in
 vit_deploy's source by AST and holds it against the real classes, enum members, properties and
 pybind11 signatures. The same subprocess setup drives every error path that is reachable
 without a GPU and requires our typed error, in one line.
@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 import trt_stubs
+from helpers import ROOT
 from trt_api_check import collect
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +51,7 @@ def run_python(code_or_args: str | list[str], env: dict[str, str]) -> subprocess
 
 
 def api_report(stubs: Path, bindings: Path, *files: Path) -> dict:
-    script = [str(ROOT / "tests" / "trt_api_check.py"), *map(str, files)]
+    script = [str(ROOT / "tests" / "trt" / "trt_api_check.py"), *map(str, files)]
     r = run_python(script, trt_stubs.bindings_env(stubs, bindings))
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)

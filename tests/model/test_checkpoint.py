@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import hf_vit
+from helpers import hf_vit
 from safetensors.torch import load_file, save_file
 
 from vit_deploy.errors import CheckpointError

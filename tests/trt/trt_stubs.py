@@ -32,12 +32,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]  # run as a script too: no helpers import
+
 BINDINGS = "tensorrt-cu13-bindings==11.4.0.106"
 CUDA_RUNTIME = "nvidia-cuda-runtime==13.5.37"  # CUDA 13 runtime headers and libcudart.so.13
 CUDA_CRT = "nvidia-cuda-crt==13.5.37"  # crt/host_defines.h, which cuda_runtime_api.h includes
 NLOHMANN_JSON = "nlohmann-json==3.12.0"  # PyPI repackaging of the header-only JSON library (nlohmann-json3-dev)
 LIBRARIES = ("libnvinfer.so.11", "libnvonnxparser.so.11", "libnvinfer_plugin.so.11")
-ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "third_party"
 TRT_INCLUDE = SHARED / "tensorrt-include" / "include"
 

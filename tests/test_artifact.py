@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from vit_deploy import artifact as artifact_view
 from vit_deploy.artifact import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -97,3 +99,36 @@ def test_staged_directory_replaces_only_with_force(tmp_path):
         (stage / "v").write_text("2")
     assert (target / "v").read_text() == "2"
     assert [p.name for p in tmp_path.iterdir()] == ["art"]
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../outside.onnx", "link.onnx", "sub/../../outside.onnx"])
+def test_manifest_paths_must_resolve_inside_the_folder(tmp_path, name):
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (tmp_path / "outside.onnx").write_bytes(b"graph bytes")
+    (folder / "link.onnx").symlink_to(tmp_path / "outside.onnx")  # a symlink out of the folder counts as outside
+    m = make_artifact(folder)
+    m["files"][0]["path"] = name
+    write_manifest(folder, m)
+    for read in (lambda a: a.verify(), lambda a: a.model_file, lambda a: a.files):
+        with pytest.raises(ArtifactError, match=re.escape(f"names the model file '{name}' that resolves outside")):
+            read(Artifact(folder, m))
+    with pytest.raises(ArtifactError, match="resolves outside the artifact folder"):
+        artifact_view.open(folder)
+
+
+def test_a_symlink_inside_the_folder_is_fine(tmp_path):
+    m = make_artifact(tmp_path)
+    (tmp_path / "alias.onnx").symlink_to(tmp_path / "model.onnx")
+    m["files"][0]["path"] = "alias.onnx"
+    art = Artifact(tmp_path, m)
+    art.verify()
+    assert art.model_file == tmp_path / "alias.onnx" and art.model_file.read_bytes() == b"graph bytes"
+
+
+def test_open_takes_a_folder_or_a_file_in_it(tmp_path):
+    m = make_artifact(tmp_path)
+    assert artifact_view.open(tmp_path).manifest == m
+    assert artifact_view.open(tmp_path / "model.onnx").directory == tmp_path
+    with pytest.raises(ArtifactError, match="does not exist"):
+        artifact_view.open(tmp_path / "nope")

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import engine_manifest_without_plan
+from helpers import engine_manifest_without_plan
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient: pip install 'vit-deploy[serve]'")
 
+from vit_deploy.serving import triton_model  # noqa: E402
 from vit_deploy.serving.repository import PREPROCESSING_PARAM, parse_config  # noqa: E402
 from vit_deploy.serving.server import ServerError, TritonServer, find_tritonserver  # noqa: E402
 
@@ -47,14 +48,16 @@ def test_every_config_parses_against_the_real_schema(tiny_artifacts, tmp_path, r
     # python backend; FP16 and INT8 as two versions of one model
     repo2 = tmp_path / "repo2"
     code, _, err = run_cli("triton-repo", str(tiny_artifacts["fp16"]), str(tiny_artifacts["int8"]), "--out",
-                           str(repo2), "--backend", "python", "--name", "tiny", "--as-versions", "--max-batch", "8")
+                           str(repo2), "--backend", "python", "--name", "tiny", "--as-versions",
+                           "--max-batch-size", "8")
     assert code == 0, err
     py = _config(repo2, "tiny")
     assert py.backend == "python" and py.max_batch_size == 8 and list(py.dynamic_batching.preferred_batch_size) == [
         2, 4, 8]
     assert PREPROCESSING_PARAM in py.parameters
     for version in ("1", "2"):
-        assert (repo2 / "tiny" / version / "model.py").is_file()
+        # the model Triton runs is vit_deploy/serving/triton_model.py itself, byte for byte
+        assert (repo2 / "tiny" / version / "model.py").read_bytes() == Path(triton_model.__file__).read_bytes()
         assert (repo2 / "tiny" / version / "artifact" / "manifest.json").is_file()
 
 
@@ -93,17 +96,6 @@ def test_busy_port_is_named(tmp_path, run_cli):
     assert code == 1 and f"port {port} (--grpc-port) is already in use" in err
 
 
-def _have_server() -> str | None:
-    try:
-        find_tritonserver()
-    except ServerError as e:
-        return str(e)
-    return None
-
-
-needs_server = pytest.mark.skipif(_have_server() is not None, reason=f"no tritonserver: {_have_server()}")
-
-
 @pytest.fixture(scope="module")
 def served(tiny_artifacts, tmp_path_factory):
     from vit_deploy.serving.repository import RepoOptions, write_repository
@@ -116,7 +108,7 @@ def served(tiny_artifacts, tmp_path_factory):
         yield server
 
 
-@needs_server
+@pytest.mark.triton
 def test_end_to_end_concurrent_http_and_grpc(served, tiny_artifacts):
     from vit_deploy import runtime
     from vit_deploy.serving.client import TritonClient
@@ -154,7 +146,7 @@ def test_end_to_end_concurrent_http_and_grpc(served, tiny_artifacts):
     assert executions < inferences, "the dynamic batcher never put requests together"
 
 
-@needs_server
+@pytest.mark.triton
 def test_bad_requests_get_errors_and_the_server_keeps_serving(served):
     from vit_deploy.serving.client import InferError, TritonClient
 
@@ -178,7 +170,7 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(served):
     assert served.process.poll() is None
 
 
-@needs_server
+@pytest.mark.triton
 def test_load_and_predict_through_the_server(served, tiny_artifacts, tmp_path):
     from vit_deploy.serving.client import TritonClient
     from vit_deploy.serving.load import format_load, run_load
@@ -198,7 +190,7 @@ def test_load_and_predict_through_the_server(served, tiny_artifacts, tmp_path):
     assert len(top[0]["top"]) == 3 and top[0]["top"][0]["name"].startswith("class ")
 
 
-@needs_server
+@pytest.mark.triton
 def test_a_model_needing_a_missing_backend_is_refused_clearly(tiny_artifacts, tmp_path):
     from vit_deploy.serving.repository import RepoOptions, write_repository
     from vit_deploy.serving.server import available_backends
