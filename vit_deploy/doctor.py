@@ -284,33 +284,28 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append(f"  {'yes' if t['bindings'] else 'no '}  bindings: {t['bindings'] or 'not installed'}")
     for lib, state in t["libraries"].items():
         lines.append(f"  {'yes' if state == 'loaded' else 'no '}  {lib}: {state}")
-    if t["ok"]:
-        lines.append(f"  yes  TensorRT {t['version']}: engines can be built and run here")
-    else:
-        cant("TensorRT engines", t["reason"], t["install"])
-    o = r["onnxruntime"]
-    lines.append("ONNX Runtime")
-    if o["ok"]:
-        lines.append(f"  yes  {', '.join(f'{k} {v}' for k, v in o['packages'].items()) or o['version']}: "
-                     f"{', '.join(o['providers'])}")
-        if o.get("warning"):
+    o, s = r["onnxruntime"], r["triton"]
+    ort_packages = ", ".join(f"{k} {v}" for k, v in o.get("packages", {}).items()) or o.get("version")
+    # (section, probe, what cannot be done without it, the "yes" line, an extra "can't" when it works)
+    findings = [
+        (None, t, "TensorRT engines", lambda: f"TensorRT {t['version']}: engines can be built and run here", None),
+        ("ONNX Runtime", o, "ONNX Runtime", lambda: f"{ort_packages}: {', '.join(o['providers'])}",
+         None if o.get("cuda") else ("CUDA/TensorRT execution providers", "gpu_reason", "gpu_install")),
+        ("OpenVINO", r["openvino"], "OpenVINO",
+         lambda: f"OpenVINO {r['openvino']['version']}: devices {', '.join(r['openvino']['devices']) or 'none'}", None),
+        ("Triton", s, "tritonserver",
+         lambda: f"{s['binary']} ({s['source']}); backends: {', '.join(s['backends'] or ['unknown'])}",
+         None if s.get("tensorrt_backend") else ("tensorrt_plan serving", "tensorrt_reason", "tensorrt_install")),
+    ]
+    for section, probe, what, yes, extra in findings:
+        if section:
+            lines.append(section)
+        if not probe["ok"]:
+            cant(what, probe["reason"], probe["install"])
+            continue
+        lines.append(f"  yes  {yes()}")
+        if probe is o and o.get("warning"):
             lines.append(f"  warn {o['warning']}")
-        if not o["cuda"]:
-            cant("CUDA/TensorRT execution providers", o["gpu_reason"], o["gpu_install"])
-    else:
-        cant("ONNX Runtime", o["reason"], o["install"])
-    v = r["openvino"]
-    lines.append("OpenVINO")
-    if v["ok"]:
-        lines.append(f"  yes  OpenVINO {v['version']}: devices {', '.join(v['devices']) or 'none'}")
-    else:
-        cant("OpenVINO", v["reason"], v["install"])
-    s = r["triton"]
-    lines.append("Triton")
-    if s["ok"]:
-        lines.append(f"  yes  {s['binary']} ({s['source']}); backends: {', '.join(s['backends'] or ['unknown'])}")
-        if not s["tensorrt_backend"]:
-            cant("tensorrt_plan serving", s["tensorrt_reason"], s["tensorrt_install"])
-    else:
-        cant("tritonserver", s["reason"], s["install"])
+        if extra:
+            cant(extra[0], probe[extra[1]], probe[extra[2]])
     return "\n".join(lines)

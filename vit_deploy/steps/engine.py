@@ -137,9 +137,7 @@ def preflight(opts: EngineOptions, parent: Artifact) -> Path:
     if not parent.has_single_image_input:
         raise ArtifactError(f"{parent_dir} does not have one NCHW image input; re-export it with vit-deploy export")
     check_options(opts)
-    out_dir = (opts.out_dir or default_out_dir(parent_dir)).absolute()
-    check_can_write(out_dir, opts.force)
-    return out_dir
+    return check_can_write((opts.out_dir or default_out_dir(parent_dir)).absolute(), opts.force)
 
 
 def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None) -> dict[str, Any]:

@@ -90,9 +90,8 @@ def preflight(opts: PrecisionOptions, parent: Artifact) -> Path:
         raise UsageError(f"--target {opts.target!r} is unknown; choose one of {', '.join(INT8_TARGETS)}")
     if opts.target != "tensorrt" and opts.precision != "int8":
         raise UsageError("--target cpu applies to --int8 (the FP16 graph is the same for every target)")
-    out_dir = (opts.out_dir or default_out_dir(parent_dir, opts.precision, opts.target)).absolute()
-    check_can_write(out_dir, opts.force)
-    return out_dir
+    return check_can_write((opts.out_dir or default_out_dir(parent_dir, opts.precision, opts.target)).absolute(),
+                           opts.force)
 
 
 def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None = None) -> dict[str, Any]:
