@@ -16,7 +16,7 @@ from vit_deploy.cli import main
 
 
 def _gpu_missing() -> str | None:
-    from vit_deploy.trt import unavailable_reason
+    from vit_deploy.trt.probe import unavailable_reason
 
     reason = unavailable_reason()
     return None if reason is None else f"needs TensorRT and a CUDA GPU: {reason}"

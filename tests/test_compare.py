@@ -148,7 +148,7 @@ def test_inspect_onnx(artifacts, run_cli):
 
 
 @pytest.mark.skipif(
-    __import__("vit_deploy.trt", fromlist=["unavailable_reason"]).unavailable_reason() is None,
+    __import__("vit_deploy.trt.probe", fromlist=["unavailable_reason"]).unavailable_reason() is None,
     reason="TensorRT is usable here: tests/steps/test_engine.py inspects real engines",
 )
 def test_inspect_engine_without_tensorrt_shows_the_build_record(artifacts, run_cli, tmp_path):

@@ -58,7 +58,7 @@ write_report() {
 trap 'record interrupted fail 0 "interrupted" ""; write_report; exit 130' INT TERM
 
 # Why there is no usable GPU (empty when TensorRT and CUDA work): the doctor's own probe.
-GPU_REASON=$("$PY" -c "from vit_deploy.trt import unavailable_reason as r; print(r() or '')" 2>&1 | tail -1)
+GPU_REASON=$("$PY" -c "from vit_deploy.trt.probe import unavailable_reason as r; print(r() or '')" 2>&1 | tail -1)
 [ "$DRY_RUN" = 1 ] && GPU_REASON="dry run${GPU_REASON:+ ($GPU_REASON)}"
 
 # step NAME LIMIT NEEDS_GPU COMMAND: run COMMAND in bash, time-boxed, logged; never stops the run.
@@ -88,7 +88,7 @@ step() {
 }
 
 # --- 1. install ------------------------------------------------------------------------------
-CUDA_MAJOR=$("$PY" -c "from vit_deploy.doctor import cuda_major; print(cuda_major())" 2>/dev/null || echo 13)
+CUDA_MAJOR=$("$PY" -c "from vit_deploy.trt.probe import cuda_major; print(cuda_major())" 2>/dev/null || echo 13)
 INSTALL_CMD="$PY -m pip install 'tensorrt-cu${CUDA_MAJOR}==11.4.0.106' && \
 ($PY -m pip uninstall -y onnxruntime || true) && $PY -m pip install onnxruntime-gpu"
 if [ "$DRY_RUN" = 1 ]; then
@@ -97,7 +97,7 @@ elif [ "$INSTALL" = 0 ]; then
   record install skip 0 "--skip-install" "$INSTALL_CMD"
 else
   step install 150 any "$INSTALL_CMD"
-  GPU_REASON=$("$PY" -c "from vit_deploy.trt import unavailable_reason as r; print(r() or '')" 2>&1 | tail -1)
+  GPU_REASON=$("$PY" -c "from vit_deploy.trt.probe import unavailable_reason as r; print(r() or '')" 2>&1 | tail -1)
 fi
 
 # --- 2. doctor (runs everywhere) ---------------------------------------------------------------

@@ -66,7 +66,7 @@ def onnx_summary(path: Path) -> dict[str, Any]:
 
 
 def engine_details(art: Artifact) -> dict[str, Any]:
-    from .trt import unavailable_reason
+    from .trt.probe import unavailable_reason
 
     path = art.model_file
     details: dict[str, Any] = {"build": art.section("tensorrt")}

@@ -196,7 +196,7 @@ def test_pytorch_reference_needs_its_checkpoint(artifacts, tmp_path):
 
 
 @pytest.mark.skipif(
-    __import__("vit_deploy.trt", fromlist=["unavailable_reason"]).unavailable_reason() is None,
+    __import__("vit_deploy.trt.probe", fromlist=["unavailable_reason"]).unavailable_reason() is None,
     reason="TensorRT is usable here: tests/steps/test_engine.py runs real engines",
 )
 def test_engine_artifact_without_tensorrt_says_so(artifacts, tmp_path):

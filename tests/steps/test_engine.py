@@ -27,8 +27,8 @@ from vit_deploy.steps.engine import (
     plan_name,
     validation_batches,
 )
-from vit_deploy.trt import unavailable_reason
 from vit_deploy.trt.plan import check_compatible
+from vit_deploy.trt.probe import unavailable_reason
 
 GPU_REASON = unavailable_reason()
 
@@ -281,10 +281,10 @@ def test_cuda_input_written_on_a_non_default_stream(fp16, fp16_engine):
 @pytest.fixture
 def no_tensorrt(monkeypatch):
     """Make this process behave as if TensorRT were absent, wherever the test runs."""
-    import vit_deploy.trt
+    import vit_deploy.trt.probe
 
     reason = "TensorRT is not installed here (it needs a CUDA GPU host: pip install tensorrt-cu12)"
-    monkeypatch.setattr(vit_deploy.trt, "unavailable_reason", lambda: reason)
+    monkeypatch.setattr(vit_deploy.trt.probe, "unavailable_reason", lambda: reason)
     return reason
 
 
@@ -346,7 +346,7 @@ def test_only_vit_deploy_trt_imports_tensorrt_and_everything_imports_without_it(
         "import sys\n"
         "sys.modules['tensorrt'] = sys.modules['tensorrt_bindings'] = None  # their imports now raise ImportError\n"
         "import vit_deploy.steps.engine, vit_deploy.trt.build, vit_deploy.trt.plan, vit_deploy.trt.inspector\n"
-        "from vit_deploy.trt import unavailable_reason, tensorrt_version\n"
+        "from vit_deploy.trt import tensorrt_version\nfrom vit_deploy.trt.probe import unavailable_reason\n"
         "assert tensorrt_version() is None\n"
         "print(unavailable_reason())\n"
     )

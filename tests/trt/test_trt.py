@@ -79,9 +79,9 @@ def test_check_compatible_raises_with_the_rebuild_command(monkeypatch, tmp_path)
 
 
 def test_check_compatible_without_tensorrt_is_engine_unavailable(monkeypatch):
-    import vit_deploy.trt
+    import vit_deploy.trt.probe
 
-    monkeypatch.setattr(vit_deploy.trt, "unavailable_reason", lambda: "TensorRT is not installed here")
+    monkeypatch.setattr(vit_deploy.trt.probe, "unavailable_reason", lambda: "TensorRT is not installed here")
     with pytest.raises(EngineUnavailable, match="TensorRT is not installed here"):
         check_compatible(BUILT)
 
@@ -272,13 +272,12 @@ class _NullFactory:
 @pytest.fixture
 def fresh_probe():
     """Forget the cached TensorRT probe before and after the test."""
-    from vit_deploy import doctor
+    from vit_deploy.trt import probe
 
     def clear():
-        vit_deploy_trt.unavailable_reason.cache_clear()
-        doctor.probe_tensorrt.cache_clear()
+        probe.unavailable_reason.cache_clear()
+        probe.probe_tensorrt.cache_clear()
 
-    import vit_deploy.trt as vit_deploy_trt
 
     clear()
     yield
@@ -310,14 +309,14 @@ def test_unavailable_reason_is_computed_once(monkeypatch, fresh_probe):
 
 
 def unavailable_reason_now():
-    import vit_deploy.trt
+    import vit_deploy.trt.probe
 
-    return vit_deploy.trt.unavailable_reason()
+    return vit_deploy.trt.probe.unavailable_reason()
 
 
 def test_missing_library_is_named_not_called_not_installed(monkeypatch, fresh_probe):
     """Audit point 2: bindings installed, libnvinfer.so.11 absent: say which library and how to get it."""
-    import vit_deploy.trt
+    import vit_deploy.trt.probe
     from vit_deploy.trt import missing_library
 
     error = ImportError("libnvinfer.so.11: cannot open shared object file: No such file or directory")
@@ -334,7 +333,7 @@ def test_missing_library_is_named_not_called_not_installed(monkeypatch, fresh_pr
 
 
 def test_no_tensorrt_at_all_says_not_installed_with_the_command(monkeypatch, fresh_probe):
-    import vit_deploy.trt
+    import vit_deploy.trt.probe
 
     def absent():
         raise ModuleNotFoundError("No module named 'tensorrt_bindings'", name="tensorrt_bindings")

@@ -140,7 +140,8 @@ def attempt(name, fn):
         results[name] = ["UNTYPED " + type(e).__name__, str(e)]
 
 
-from vit_deploy.trt import LogCollector, trt_logger, unavailable_reason
+from vit_deploy.trt import LogCollector, trt_logger
+from vit_deploy.trt.probe import unavailable_reason
 from vit_deploy.trt.build import build_serialized_engine
 from vit_deploy.trt.plan import TrtEngine, check_compatible, deserialize
 from vit_deploy.trt.inspector import engine_summary
@@ -187,7 +188,7 @@ def test_a_missing_tensorrt_library_is_named(stubs, bindings, present, tmp_path)
     partial.mkdir()
     for lib in present:
         (partial / lib).symlink_to(stubs / lib)
-    code = "from vit_deploy.trt import unavailable_reason; print(unavailable_reason())"
+    code = "from vit_deploy.trt.probe import unavailable_reason; print(unavailable_reason())"
     r = run_python(code, trt_stubs.bindings_env(partial, bindings))
     assert r.returncode == 0, r.stderr[-2000:]
     reason = r.stdout.strip()

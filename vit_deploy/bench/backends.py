@@ -115,7 +115,7 @@ def skip_reason(
     if row.artifact not in artifacts:
         return f"no {row.artifact} artifact; {_how_to_make(row.artifact, fp32)}"
     if row.artifact.startswith("trt-"):
-        from ..trt import unavailable_reason
+        from ..trt.probe import unavailable_reason
 
         reason = unavailable_reason()
         if reason:

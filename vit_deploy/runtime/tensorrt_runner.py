@@ -21,7 +21,7 @@ class TensorRTRunner(Runner):
 
     def __init__(self, artifact: Artifact, *, max_batch: int | None = None) -> None:
         super().__init__(artifact, max_batch)
-        from ..trt import unavailable_reason
+        from ..trt.probe import unavailable_reason
 
         reason = unavailable_reason()
         if reason is not None:

@@ -149,7 +149,8 @@ def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None)
 
     Raises EngineUnavailable (exit 3) before touching the disk when this machine has no TensorRT or GPU.
     """
-    from ..trt import tensorrt_version, unavailable_reason
+    from ..trt import tensorrt_version
+    from ..trt.probe import unavailable_reason
 
     progress = progress or Progress(enabled=False)
     parent = open_graph(opts.artifact)

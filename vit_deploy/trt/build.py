@@ -130,7 +130,7 @@ def build_serialized_engine(
 ) -> tuple[bytes, dict[str, Any]]:
     """Parse ``onnx_path`` and build a plan; returns (plan bytes, the manifest's "tensorrt" section).
 
-    Needs TensorRT and a CUDA GPU (check ``vit_deploy.trt.unavailable_reason()`` first).
+    Needs TensorRT and a CUDA GPU (check ``vit_deploy.trt.probe.unavailable_reason()`` first).
     Raises EngineBuildError with every parser error, or with TensorRT's logged errors when the
     build itself returns nothing.
     """

@@ -111,7 +111,7 @@ def compatibility_problem(recorded: dict[str, Any], current: dict[str, Any]) -> 
 
 def require_tensorrt(what: str = "run a TensorRT engine") -> None:
     """EngineUnavailable (one line, what is missing and how to get it) unless TensorRT and a CUDA GPU are usable."""
-    from . import unavailable_reason
+    from .probe import unavailable_reason
 
     reason = unavailable_reason()
     if reason is not None:
