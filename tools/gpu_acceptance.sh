@@ -111,12 +111,12 @@ PHOTOS="$REALDATA/imagenet-dev-500"
 # CUDA_VISIBLE_DEVICES= keeps these CPU-only: build-engine then stops with exit 3 after writing and
 # validating the FP16/INT8 graph, and the engines are built in step 5, one at a time on the GPU.
 PREP_B16="export CUDA_VISIBLE_DEVICES=; $PY -m vit_deploy.cli export --model b16 --res 384 --out $B16 --force && \
-$PY -m vit_deploy.cli build-engine --artifact $B16 --fp16 --out $B16-fp16 --force; \
-$PY -m vit_deploy.cli build-engine --artifact $B16 --int8 --calib calibration/photos.txt --calib-images 32 \
+$PY -m vit_deploy.cli build-engine $B16 --fp16 --out $B16-fp16 --force; \
+$PY -m vit_deploy.cli build-engine $B16 --int8 --calib calibration/photos.txt --calib-count 32 \
 --out $B16-int8 --force; true"
 PREP_TI="export CUDA_VISIBLE_DEVICES=; $PY -m vit_deploy.cli export --model ti16 --res 224 --weights $TI_WEIGHTS --out $TI --force && \
-$PY -m vit_deploy.cli build-engine --artifact $TI --fp16 --out $TI-fp16 --force; \
-$PY -m vit_deploy.cli build-engine --artifact $TI --int8 --calib $PHOTOS --calib-images 256 --out $TI-int8 --force; true"
+$PY -m vit_deploy.cli build-engine $TI --fp16 --out $TI-fp16 --force; \
+$PY -m vit_deploy.cli build-engine $TI --int8 --calib $PHOTOS --calib-count 256 --out $TI-int8 --force; true"
 PREP_PIDS=""
 if [ "$DRY_RUN" = 1 ]; then
   record prepare-b16 skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_B16"
@@ -143,7 +143,7 @@ for model in ti16 b16; do
   for precision in fp32 fp16 int8; do
     graph=$base; [ "$precision" != fp32 ] && graph="$base-$precision"
     step "engine-$model-$precision" 90 gpu \
-      "$PY -m vit_deploy.cli build-engine --artifact $graph --engine-out $graph-trt --force --json \
+      "$PY -m vit_deploy.cli build-engine $graph --out $graph-trt --force --json \
 > $OUT/results/engine-$model-$precision.json"
     step "compare-$model-$precision" 45 gpu \
       "$PY -m vit_deploy.cli compare $graph-trt $images --batch-sizes 1,8 --json > $OUT/results/compare-$model-$precision.json"
@@ -152,7 +152,7 @@ done
 
 # --- 6. bench on B/16@384 ----------------------------------------------------------------------------
 step bench-b16 120 gpu "$PY -m vit_deploy.cli bench $B16 --device cuda --batch-sizes 1,8,64 --repeats 3 \
---out-dir $OUT/bench --json > $OUT/results/bench.json"
+--out $OUT/bench --json > $OUT/results/bench.json"
 
 # --- 7. Triton tensorrt_plan smoke test ----------------------------------------------------------------
 HAS_TRT_BACKEND=$("$PY" -c "from vit_deploy.doctor import probe_triton as p; print(int(p()['tensorrt_backend']))" \
@@ -162,7 +162,7 @@ TRITON_CMD="$PY -m vit_deploy.cli triton-repo $B16-fp16-trt --backend tensorrt -
 && $PY -c 'import time, urllib.request as u
 for _ in range(50):
     try: u.urlopen(\"http://127.0.0.1:8000/v2/health/ready\", timeout=1); break
-    except Exception: time.sleep(1)' && $PY -m vit_deploy.cli triton-load --model b16 --clients 2 --requests 10 --artifact $B16-fp16-trt; \
+    except Exception: time.sleep(1)' && $PY -m vit_deploy.cli triton-load $B16-fp16-trt --name b16 --clients 2 --requests 10; \
 rc=\$?; kill \$(cat $OUT/serve.pid) 2>/dev/null; exit \$rc"
 if [ "$HAS_TRT_BACKEND" != 1 ] && [ -z "$GPU_REASON" ]; then
   record triton skip 0 "no tritonserver with the tensorrt backend here (vit-deploy doctor says why)" "$TRITON_CMD"

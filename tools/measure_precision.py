@@ -4,7 +4,7 @@ The numbers behind the defaults in vit_deploy/onnx/fp16.py and vit_deploy/onnx/i
 tables in docs/precision.md. Every candidate graph runs on ONNX Runtime (CPU) and is compared
 with the FP32 graph of the same artifact (itself validated against PyTorch at export to 1e-5).
 
-    python tools/measure_precision.py ARTIFACT [--images DIR|LIST] [--calib DIR|LIST] [--calib-images N]
+    python tools/measure_precision.py ARTIFACT [--images DIR|LIST] [--calib DIR|LIST] [--calib-count N]
 
 ~1 minute for the trained mini model, ~5 minutes for b16 at 384 on 2 cores.
 """
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("artifact", type=Path)
     ap.add_argument("--images", required=True, help="evaluation images (a folder with labels.csv adds accuracy)")
     ap.add_argument("--calib", required=True, help="calibration images")
-    ap.add_argument("--calib-images", type=int, default=128)
+    ap.add_argument("--calib-count", "--calib-images", dest="calib_images", type=int, default=128)
     args = ap.parse_args()
 
     export = artifact.open(args.artifact)
