@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from vit_deploy import doctor
+from vit_deploy.cli.doctor import format_report
 from vit_deploy.trt import probe as trt_probe
 
 
@@ -27,7 +28,7 @@ def test_tensorrt_reason_is_the_one_every_command_uses():
 
 def test_text_report_says_yes_or_no_with_fixes():
     r = doctor.report()
-    text = doctor.format_report(r)
+    text = format_report(r)
     for heading in ("GPU", "TensorRT", "ONNX Runtime", "OpenVINO", "Triton"):
         assert heading in text.splitlines()
     if not r["tensorrt"]["ok"]:

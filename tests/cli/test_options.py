@@ -73,16 +73,9 @@ def test_bench_out_dir_alias(run_cli, captured, monkeypatch, tmp_path):
 
 def test_triton_commands_old_spellings(run_cli, captured):
     load = captured("vit_deploy.serving.load.run_load", result={})
-    import vit_deploy.serving.load as load_module
-
-    load_module.format_load = lambda r: ""  # restored by the module reload below
-    try:
-        assert run_cli("triton-load", "art", "--name", "m")[0] == 0
-        assert run_cli("triton-load", "--model", "m", "--artifact", "art")[0] == 0
-    finally:
-        import importlib
-
-        importlib.reload(load_module)
+    captured("vit_deploy.cli.serving.format_load", result="")
+    assert run_cli("triton-load", "art", "--name", "m")[0] == 0
+    assert run_cli("triton-load", "--model", "m", "--artifact", "art")[0] == 0
     assert load[0] == load[1] and load[0][0] == ("127.0.0.1:8000", "m") and load[0][1]["artifact"] == "art"
     repo = captured("vit_deploy.serving.repository.write_repository", result={"repository": "r", "models": {}})
     assert run_cli("triton-repo", "a", "--max-batch-size", "4")[0] == 0

@@ -172,8 +172,9 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(served):
 
 @pytest.mark.triton
 def test_load_and_predict_through_the_server(served, tiny_artifacts, tmp_path):
+    from vit_deploy.cli.serving import format_load
     from vit_deploy.serving.client import TritonClient
-    from vit_deploy.serving.load import format_load, run_load
+    from vit_deploy.serving.load import run_load
 
     result = run_load(served.grpc_url, "tiny", protocol="grpc", clients=4, requests=10,
                       artifact=str(tiny_artifacts["fp32"]), threads=1)

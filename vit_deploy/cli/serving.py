@@ -10,6 +10,7 @@ import json
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -121,7 +122,7 @@ def triton_load(ctx, artifact, url, name, protocol, clients, requests, batch, th
     ARTIFACT (optional): also run the same batches through vit_deploy.runtime directly and report Triton / direct.
     """
     from ..errors import UsageError
-    from ..serving.load import format_load, run_load
+    from ..serving.load import run_load
 
     name = aliased(ctx, "name", name)
     if name is None:
@@ -130,3 +131,25 @@ def triton_load(ctx, artifact, url, name, protocol, clients, requests, batch, th
     result = run_load(url, name, protocol=protocol, clients=clients, requests=requests, batch=batch,
                       artifact=str(artifact) if artifact else None, threads=threads)
     click.echo(json.dumps(result, indent=2) if as_json else format_load(result))
+
+
+def format_load(r: dict[str, Any]) -> str:
+    lat, srv = r["latency_ms"], r["server"]
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    lines = [
+        f"{r['model']} over {r['protocol']}: {r['clients']} clients x {r['requests_per_client']} requests, "
+        f"input {r['input']}",
+        f"  completed   {r['completed']}, errors {r['errors']}"
+        + (f" (e.g. {r['error_examples'][0]})" if r["error_examples"] else ""),
+        f"  throughput  {r['throughput_img_s']:.1f} images/s in {r['wall_s']:.1f} s",
+        f"  latency     p50 {fmt(lat['p50'])} ms, p90 {fmt(lat['p90'])} ms, p99 {fmt(lat['p99'])} ms",
+        f"  batching    {srv['inference_count']} inferences in {srv['execution_count']} executions "
+        f"(mean batch {fmt(srv['mean_batch'])})",
+    ]
+    if "direct" in r:
+        lines.append(f"  direct      {r['direct']['throughput_img_s']:.1f} images/s through vit_deploy.runtime; "
+                     f"Triton / direct = {r['ratio_triton_over_direct']:.2f}")
+    return "\n".join(lines)
