@@ -63,6 +63,7 @@ def build_peer(kind: str, fp32_dir: str, calib: CalibrationSpec, threads: int | 
 
     from .. import artifact as artifact_view
     from ..artifact import sha256_file
+    from ..batching import batches
     from ..images.sets import cache_dir, load_image_set
 
     export = artifact_view.open(fp32_dir, verify=False)
@@ -82,7 +83,7 @@ def build_peer(kind: str, fp32_dir: str, calib: CalibrationSpec, threads: int | 
     if threads:
         core.set_property("CPU", {"INFERENCE_NUM_THREADS": threads})
     model = core.read_model(str(onnx_path))
-    dataset = nncf.Dataset([images.images[i:i + 1] for i in range(len(images.images))])
+    dataset = nncf.Dataset(list(batches(images.images, 1)))
     t0 = time.perf_counter()
     quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(images.images))
     seconds = time.perf_counter() - t0

@@ -19,9 +19,10 @@ import os
 
 from .. import artifact as artifact_view
 from ..artifact import Artifact
+from ..batching import batches
 from ..errors import UsageError
 from ..specs import RUNTIME_BACKENDS
-from .base import Runner, batches, check_images
+from .base import Runner, check_images
 
 BACKENDS = RUNTIME_BACKENDS
 DEFAULT_BACKEND = {"tensorrt": "tensorrt", "onnx": "onnxruntime"}

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from ..artifact import Artifact
+from ..batching import batches
 from ..errors import UsageError
 
 
@@ -50,12 +50,6 @@ def check_images(images: Any, chw: tuple[int, int, int], what: str = "images") -
     finite = bool(images.isfinite().all()) if _is_torch(images) else bool(np.isfinite(images).all())
     if not finite:
         raise UsageError(f"{what} contain NaN or Inf; expected finite values, {expected}")
-
-
-def batches(items: Any, size: int) -> Iterator[Any]:
-    """Consecutive slices of at most ``size`` along the first axis: the one batch splitter."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class Runner(ABC):

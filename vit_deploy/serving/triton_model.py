@@ -39,12 +39,11 @@ class TritonPythonModel:
             logits = np.ascontiguousarray(self.runner.infer(np.concatenate(arrays)), dtype=np.float32)
         except Exception as e:  # e.g. NaN pixels: an error for these requests, the model keeps serving
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))) for _ in requests]
-        responses, start = [], 0
-        for n in sizes:
-            part = torch.from_numpy(np.ascontiguousarray(logits[start:start + n]))
+        responses = []
+        for part in np.split(logits, np.cumsum(sizes)[:-1]):  # each request's own rows, in order
+            tensor = torch.from_numpy(np.ascontiguousarray(part))
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor.from_dlpack(self.output_name,
-                                                                                     to_dlpack(part))]))
-            start += n
+                                                                                     to_dlpack(tensor))]))
         return responses
 
     def finalize(self):

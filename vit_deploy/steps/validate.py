@@ -18,6 +18,7 @@ import numpy as np
 from .. import artifact as artifact_view
 from .. import runtime
 from ..artifact import MANIFEST_NAME, Artifact, sha256_file
+from ..batching import batches
 from ..errors import ArtifactError, ValidationFailed
 from ..parity.metrics import evaluate, failures, worst
 from ..parity.reference import REFERENCE_BATCH
@@ -109,7 +110,7 @@ def validate(
     verdict = Verdict(runner.label, reference.name, image_source.description, tolerances, gate)
     for size in batch_sizes:
         with progress.step(f"Running {runner.backend} at batch {size}"):
-            logits = np.concatenate([np.asarray(runner.infer(b)) for b in runtime.batches(images, size)])
+            logits = np.concatenate([np.asarray(runner.infer(b)) for b in batches(images, size)])
         metrics, found = evaluate(expected, logits.astype(np.float32), labels, tolerances, gate)
         verdict.rows.append({"batch": size, "metrics": metrics, "failures": found, "passed": not found})
     return verdict
