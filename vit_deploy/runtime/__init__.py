@@ -19,7 +19,6 @@ import os
 
 from .. import artifact as artifact_view
 from ..artifact import Artifact
-from ..batching import batches
 from ..errors import UsageError
 from ..specs import RUNTIME_BACKENDS
 from .base import Runner, check_images
@@ -28,7 +27,7 @@ BACKENDS = RUNTIME_BACKENDS
 DEFAULT_BACKEND = {"tensorrt": "tensorrt", "onnx": "onnxruntime"}
 KIND_BACKENDS = {"tensorrt": ("tensorrt",), "onnx": ("onnxruntime", "openvino")}
 
-__all__ = ["BACKENDS", "Runner", "batches", "check_images", "open"]
+__all__ = ["BACKENDS", "Runner", "check_images", "open"]
 
 
 def open(  # noqa: A001 - the documented name: vit_deploy.runtime.open(artifact)
