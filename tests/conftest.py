@@ -1,13 +1,52 @@
-"""Shared test helpers: run the CLI in-process, tiny Hugging Face reference models."""
+"""Shared fixtures (run the CLI in-process, the tiny artifacts, a private cache) and the one skip hook.
+
+Tests marked ``gpu`` need TensorRT and a CUDA GPU, tests marked ``triton`` a tritonserver binary:
+:func:`pytest_collection_modifyitems` skips them, with the reason, where those are missing, so no
+test module carries its own skip condition. Helpers that are not fixtures are in helpers.py.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import PHOTOS
 
 from vit_deploy.cli import main
+
+
+def _gpu_missing() -> str | None:
+    from vit_deploy.trt.probe import unavailable_reason
+
+    reason = unavailable_reason()
+    return None if reason is None else f"needs TensorRT and a CUDA GPU: {reason}"
+
+
+def _tritonserver_missing() -> str | None:
+    try:
+        from vit_deploy.serving.server import ServerError, find_tritonserver
+    except ImportError as e:
+        return f"no tritonserver: {e}"
+    try:
+        find_tritonserver()
+    except ServerError as e:
+        return f"no tritonserver: {e}"
+    return None
+
+
+REQUIREMENTS = {"gpu": _gpu_missing, "triton": _tritonserver_missing}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu`` and ``triton`` tests, saying what is missing, where this machine lacks it."""
+    reasons: dict[str, str | None] = {}
+    for item in items:
+        for marker, probe in REQUIREMENTS.items():
+            if marker in item.keywords:
+                if marker not in reasons:
+                    reasons[marker] = probe()  # probed once, and only when such a test was collected
+                if reasons[marker] is not None:
+                    item.add_marker(pytest.mark.skip(reason=reasons[marker]))
 
 
 @pytest.fixture
@@ -26,63 +65,17 @@ def run_cli(capsys):
     return run
 
 
-def hf_vit(image_size: int = 32, num_labels: int = 5, seed: int = 0, **shape):
-    """A randomly initialised Hugging Face ViTForImageClassification: the independent reference.
-
-    Default shape = vit-deploy's ``test`` variant (patch 8, dim 32, depth 2, heads 2, mlp 64).
-    """
-    from transformers import ViTConfig, ViTForImageClassification
-
-    cfg = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8)
-    cfg.update(shape)
-    torch.manual_seed(seed)
-    model = ViTForImageClassification(ViTConfig(image_size=image_size, num_labels=num_labels, hidden_act="gelu", **cfg))
-    return model.eval()
-
-
-def hf_logits(model, images, interpolate: bool = False):
-    with torch.no_grad():
-        return model(pixel_values=torch.as_tensor(images), interpolate_pos_encoding=interpolate).logits.numpy()
-
-
-PHOTOS = Path(__file__).resolve().parent.parent / "calibration" / "photos.txt"
-
-
 @pytest.fixture
 def private_cache(tmp_path, monkeypatch):
     """A calibration/timing cache of the test's own, so no test reuses another's cached ranges."""
     monkeypatch.setenv("VIT_DEPLOY_CACHE", str(tmp_path / "cache"))
 
 
-def assert_concurrent_calls_match_sequential(runner, inputs: list, threads: int = 8) -> None:
-    """``runner.infer`` from ``threads`` threads at once gives exactly the sequential results."""
-    import threading
-
-    import numpy as np
-
-    sequential = [runner.infer(x) for x in inputs]
-    results: dict[int, object] = {}
-    barrier = threading.Barrier(threads)
-
-    def work(worker: int) -> None:
-        barrier.wait()
-        for i in range(worker, len(inputs), threads):
-            results[i] = runner.infer(inputs[i])
-
-    pool = [threading.Thread(target=work, args=(w,)) for w in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    for i, expected in enumerate(sequential):
-        np.testing.assert_array_equal(results[i], expected)
-
-
 @pytest.fixture(scope="session")
 def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
     """The ``test`` variant at 32 px, 5 classes: its FP32 export and FP16/INT8 graphs (read-only: copy to alter)."""
-    from vit_deploy.exporter import ExportOptions, export_artifact
-    from vit_deploy.precision import PrecisionOptions, build_precision_artifact
+    from vit_deploy.steps.export import ExportOptions, export_artifact
+    from vit_deploy.steps.precision import PrecisionOptions, build_precision_artifact
 
     root = tmp_path_factory.mktemp("tiny")
     with pytest.MonkeyPatch.context() as mp:
@@ -95,27 +88,3 @@ def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
             opts = PrecisionOptions(precision, fp32, out[precision], calib=str(PHOTOS), calib_batch=4)
             build_precision_artifact(opts)
     return out
-
-
-def engine_manifest_without_plan(graph: Path, dst: Path) -> Path:
-    """An engine-kind artifact folder for testing refusals on machines without TensorRT.
-
-    Its "plan" is the graph's bytes renamed: nothing here runs it or pretends it is an engine;
-    only the manifest-driven paths (refusal with exit 3, inspect's manifest view) are tested.
-    """
-    import shutil
-
-    from vit_deploy.manifest import read_manifest, write_manifest
-
-    shutil.copytree(graph, dst)
-    manifest = read_manifest(dst)
-    precision = manifest["precision"]
-    onnx_file = manifest["files"][0]["path"]
-    (dst / onnx_file).rename(dst / f"model.{precision}.plan")
-    manifest.update(kind="tensorrt", parent={"path": str(graph), "sha256": manifest["files"][0]["sha256"]},
-                    tensorrt={"version": "11.0.0", "compute_capability": "9.0", "gpu": "NVIDIA H100",
-                              "profile": {"images": {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32],
-                                                     "max": [64, 3, 32, 32]}}})
-    manifest["files"][0]["path"] = f"model.{precision}.plan"
-    write_manifest(dst, manifest)
-    return dst

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import hf_logits, hf_vit
+from helpers import hf_logits, hf_vit
 
-from vit_deploy.inputs import random_images
-from vit_deploy.manifest import read_manifest, verify_files
+from vit_deploy.artifact import Artifact, read_manifest
+from vit_deploy.images.synthetic import random_images
 from vit_deploy.specs import Preprocessing
 
 pytestmark = pytest.mark.slow
@@ -39,13 +39,13 @@ def test_b16_export_matches_hugging_face(hf_b16_dir, res, tmp_path, run_cli):
     assert code == 0, err
     assert "PASS" in stdout and "NOT PRETRAINED" not in err
     manifest = read_manifest(out)
-    verify_files(out, manifest)
+    Artifact(Path(out), manifest).verify()
     assert manifest["checkpoint"]["format"] == "hf" and manifest["checkpoint"]["pretrained"] is True
     assert manifest["model"]["layer_norm_eps"] == 1e-12  # taken from the HF config
     if res == 384:
         assert manifest["checkpoint"]["pos_embed_resampled_from"] == 14
     v = manifest["validation"]
-    assert v["passed"] and v["worst"]["rel_l2"] <= 1e-5 and v["worst"]["max_abs"] <= 1e-4
+    assert v["passed"] and v["metrics"]["rel_l2"] <= 1e-5 and v["metrics"]["max_abs"] <= 1e-4
 
     images = random_images(3, res, Preprocessing.from_dict(manifest["preprocessing"]), seed=7)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -10,15 +10,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import ROOT
 
-from vit_deploy.exporter import ExportOptions, export_artifact
-from vit_deploy.images import load_batch
-from vit_deploy.manifest import read_manifest, write_manifest
-from vit_deploy.parity import topk_agreement
+from vit_deploy.artifact import Artifact, read_manifest, write_manifest
+from vit_deploy.images.decode import load_batch
+from vit_deploy.parity.metrics import topk_agreement
+from vit_deploy.parity.reference import reference_model
 from vit_deploy.predict import imagenet_labels
-from vit_deploy.reference import reference_model
+from vit_deploy.steps.export import ExportOptions, export_artifact
 
-ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "calibration" / "photos.txt"
 DIGITS = ROOT / "assets" / "digits"
 
@@ -61,13 +61,13 @@ def test_compare_metrics_are_those_of_an_independent_computation(artifacts, run_
     code, out, _ = run_cli("compare", str(artifacts["int8"]), "--images", str(PHOTOS), "--batch-sizes", "4", "--json")
     row = json.loads(out)["rows"][0]["metrics"]
     manifest = read_manifest(artifacts["int8"])
-    from vit_deploy.calibration import list_sources
+    from vit_deploy.images.sets import list_sources
     from vit_deploy.specs import Preprocessing
 
     files = [p for p, _ in list_sources(PHOTOS)]
     x = load_batch(files, Preprocessing.from_dict(manifest["preprocessing"]))
     with torch.no_grad():
-        ref = reference_model(manifest)(torch.from_numpy(x)).double()
+        ref = reference_model(Artifact(Path('.'), manifest))(torch.from_numpy(x)).double()
     sess = ort.InferenceSession(str(artifacts["int8"] / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     cand = torch.from_numpy(np.concatenate([sess.run(None, {"images": x[i:i + 4]})[0] for i in range(0, 20, 4)]))
     cand = cand.double()
@@ -148,11 +148,11 @@ def test_inspect_onnx(artifacts, run_cli):
 
 
 @pytest.mark.skipif(
-    __import__("vit_deploy.trt", fromlist=["unavailable_reason"]).unavailable_reason() is None,
-    reason="TensorRT is usable here: tests/test_trt.py inspects real engines",
+    __import__("vit_deploy.trt.probe", fromlist=["unavailable_reason"]).unavailable_reason() is None,
+    reason="TensorRT is usable here: tests/steps/test_engine.py inspects real engines",
 )
 def test_inspect_engine_without_tensorrt_shows_the_build_record(artifacts, run_cli, tmp_path):
-    from conftest import engine_manifest_without_plan
+    from helpers import engine_manifest_without_plan
 
     plan = engine_manifest_without_plan(artifacts["fp16"], tmp_path / "plan")
     code, out, err = run_cli("inspect", str(plan))
@@ -184,7 +184,7 @@ def test_predict_prints_five_labels_with_probabilities(run_cli, tmp_path):
     out = tmp_path / "b"
     export_artifact(ExportOptions("test", 32, num_classes=1000, out_dir=out))
     cat = Path(data.__file__).parent / "chelsea.png"
-    code, stdout, err = run_cli("predict", str(cat), "--artifact", str(out), "--json")
+    code, stdout, err = run_cli("predict", str(out), str(cat), "--json")
     assert code == 0, err
     (result,) = json.loads(stdout)
     top = result["top"]
@@ -195,7 +195,7 @@ def test_predict_prints_five_labels_with_probabilities(run_cli, tmp_path):
 
     x = load_batch([cat], Preprocessing.from_dict(manifest["preprocessing"]))
     with torch.no_grad():
-        probs = torch.softmax(reference_model(manifest)(torch.from_numpy(x)).double(), dim=-1)[0]
+        probs = torch.softmax(reference_model(Artifact(Path('.'), manifest))(torch.from_numpy(x)).double(), dim=-1)[0]
     expected = torch.topk(probs, 5)
     assert [t["class"] for t in top] == expected.indices.tolist()
     np.testing.assert_allclose([t["probability"] for t in top], expected.values.numpy(), rtol=1e-4)
@@ -208,7 +208,7 @@ def test_predict_prints_five_labels_with_probabilities(run_cli, tmp_path):
 def test_predict_bad_inputs(run_cli, artifacts, tmp_path):
     bad = tmp_path / "not-an-image.png"
     bad.write_text("hello")
-    code, _, err = run_cli("predict", str(bad), "--artifact", str(artifacts["fp32"]))
+    code, _, err = run_cli("predict", str(artifacts["fp32"]), str(bad))
     assert code == 1 and "not-an-image.png" in err
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\n")

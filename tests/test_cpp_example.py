@@ -2,7 +2,7 @@
 
 The TensorRT headers come from ``../shared/third_party/tensorrt-include`` (never copied here),
 the CUDA headers and ``libcudart`` from NVIDIA's CUDA 13 wheels, nlohmann/json from the system or
-its PyPI wheel (``tests/trt_stubs.py`` fetches the wheels once). The stub ``libnvinfer.so.11``
+its PyPI wheel (``tests/trt/trt_stubs.py`` fetches the wheels once). The stub ``libnvinfer.so.11``
 is built from the symbols the compiled example needs and returns NULL for everything, so no
 engine can run: what is tested is every refusal before that point (manifest, version, sha256,
 batch) and the null runtime. Each must be one clear line on stderr and exit code 1, never a
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trt_stubs
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "cpp"
 FLAGS = ["-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror"]
 STUB_VERSION = "11.4.0"  # what the stub's getInferLibVersion reports (the 11.1 headers add no build number to it)
@@ -73,9 +73,9 @@ def vit_infer(toolchain, tmp_path_factory) -> dict:
 @pytest.fixture
 def engine_dir(tiny_artifacts, tmp_path) -> Path:
     """An engine-kind artifact whose manifest matches the stub TensorRT; its plan is not a plan (nothing runs it)."""
-    from conftest import engine_manifest_without_plan
+    from helpers import engine_manifest_without_plan
 
-    from vit_deploy.manifest import read_manifest, write_manifest
+    from vit_deploy.artifact import read_manifest, write_manifest
 
     d = engine_manifest_without_plan(tiny_artifacts["fp16"], tmp_path / "engine")
     m = read_manifest(d)
@@ -126,7 +126,7 @@ def test_manifest_malformed(vit_infer, engine_dir, tmp_path):
 
 @pytest.mark.parametrize("recorded", ["11.1.0", "11.4.0.106", "11.4", "10.8.0"])
 def test_version_mismatch(vit_infer, engine_dir, tmp_path, recorded):
-    from vit_deploy.manifest import read_manifest, write_manifest
+    from vit_deploy.artifact import read_manifest, write_manifest
 
     m = read_manifest(engine_dir)
     m["tensorrt"]["version"] = recorded
@@ -137,7 +137,7 @@ def test_version_mismatch(vit_infer, engine_dir, tmp_path, recorded):
 
 
 def test_version_compatible_plan_from_an_older_minor_passes_the_version_check(vit_infer, engine_dir, tmp_path):
-    from vit_deploy.manifest import read_manifest, write_manifest
+    from vit_deploy.artifact import read_manifest, write_manifest
 
     m = read_manifest(engine_dir)
     m["tensorrt"].update(version="11.1.0", version_compatible=True)
@@ -188,7 +188,7 @@ int main() {  // lines "v BUILT RUNNING FLAG", "c BUILT RUNNING FLAG" or "h TEXT
 
 
 def test_cpp_follows_the_shared_compatibility_table_and_hashes_like_hashlib(toolchain, tmp_path):
-    from vit_deploy.trt.engine import compatibility_rules
+    from vit_deploy.trt.plan import compatibility_rules
 
     source = tmp_path / "cases.cpp"
     source.write_text(CASES_DRIVER)

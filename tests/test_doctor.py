@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 from vit_deploy import doctor
+from vit_deploy.cli.doctor import format_report
+from vit_deploy.trt import probe as trt_probe
 
 
 def test_report_has_every_topic_and_every_cant_has_reason_and_install():
@@ -19,14 +21,14 @@ def test_report_has_every_topic_and_every_cant_has_reason_and_install():
 
 
 def test_tensorrt_reason_is_the_one_every_command_uses():
-    from vit_deploy.trt import unavailable_reason
+    from vit_deploy.trt.probe import unavailable_reason
 
-    assert doctor.probe_tensorrt()["reason"] == unavailable_reason()
+    assert trt_probe.probe_tensorrt()["reason"] == unavailable_reason()
 
 
 def test_text_report_says_yes_or_no_with_fixes():
     r = doctor.report()
-    text = doctor.format_report(r)
+    text = format_report(r)
     for heading in ("GPU", "TensorRT", "ONNX Runtime", "OpenVINO", "Triton"):
         assert heading in text.splitlines()
     if not r["tensorrt"]["ok"]:
@@ -45,13 +47,13 @@ def test_onnxruntime_providers_match_onnxruntime_itself():
 
 
 def test_no_driver_is_a_reason_not_a_crash(monkeypatch):
-    monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
-    doctor.probe_gpu.cache_clear()
+    monkeypatch.setattr(trt_probe.shutil, "which", lambda name: None)
+    trt_probe.probe_gpu.cache_clear()
     try:
-        g = doctor.probe_gpu()
+        g = trt_probe.probe_gpu()
     finally:
-        doctor.probe_gpu.cache_clear()
-    assert not g["ok"] and "nvidia-smi not found" in g["reason"] and g["install"] == doctor.DRIVER_INSTALL
+        trt_probe.probe_gpu.cache_clear()
+    assert not g["ok"] and "nvidia-smi not found" in g["reason"] and g["install"] == trt_probe.DRIVER_INSTALL
 
 
 def test_doctor_command(run_cli):

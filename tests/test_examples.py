@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 
 from vit_deploy import runtime
-from vit_deploy.images import load_batch
-from vit_deploy.manifest import read_manifest
-from vit_deploy.reference import reference_model
+from vit_deploy.artifact import Artifact, read_manifest
+from vit_deploy.images.decode import load_batch
+from vit_deploy.parity.reference import reference_model
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples" / "python"))
 
 
@@ -55,7 +55,8 @@ def test_http_service_answers_with_the_models_top5(tiny_artifacts, photo):
             manifest = read_manifest(artifact)
             x = load_batch([photo], runner.preprocessing)
             with torch.no_grad():
-                probs = torch.softmax(reference_model(manifest)(torch.from_numpy(x)).double(), -1)[0]
+                model = reference_model(Artifact(Path(artifact), manifest))
+                probs = torch.softmax(model(torch.from_numpy(x)).double(), -1)[0]
             expected = torch.topk(probs, 5)
             assert [t["class"] for t in body["top"]] == expected.indices.tolist()
             np.testing.assert_allclose([t["probability"] for t in body["top"]], expected.values, rtol=1e-4)
@@ -73,7 +74,7 @@ def test_http_service_answers_with_the_models_top5(tiny_artifacts, photo):
 def test_batch_worker_batches_and_matches_single_calls(tiny_artifacts):
     from batch_worker import BatchWorker
 
-    from vit_deploy.inputs import random_images
+    from vit_deploy.images.synthetic import random_images
 
     artifact = tiny_artifacts["int8"]
     images = random_images(12, 32, runtime.open(artifact).preprocessing, seed=5)

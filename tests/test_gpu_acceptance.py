@@ -8,11 +8,10 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "gpu_acceptance.sh"
 GPU_STEPS = {"pytest-gpu", "bench-b16", "triton"} | {
     f"{kind}-{model}-{precision}"

@@ -1,11 +1,10 @@
-"""The README opens with the two set-up commands, and CI runs the second one verbatim."""
+"""The README opens with the two set-up commands, and CI runs the second one verbatim, then the slow tests."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
 
 
 def setup_commands() -> list[str]:
@@ -22,9 +21,18 @@ def test_readme_opens_with_exactly_two_commands():
     assert "pytest" in install_test
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_test_command_and_then_the_slow_tests():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert setup_commands()[1] in ci
+    # the README's `pytest` runs the fast tests (addopts deselects slow); CI also runs the slow ones after it
+    assert ci.index("pytest -m slow") > ci.index(setup_commands()[1])
+
+
+def test_default_pytest_deselects_the_slow_tests():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "-m 'not slow'" in config["addopts"]
 
 
 def test_ruff_clean():

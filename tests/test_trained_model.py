@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from helpers import ROOT
 
-from vit_deploy.exporter import ExportOptions, export_artifact
-from vit_deploy.images import load_batch
+from vit_deploy.images.decode import load_batch
 from vit_deploy.specs import Preprocessing, model_config
+from vit_deploy.steps.export import ExportOptions, export_artifact
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 ASSETS = REPO / "assets" / "digits"
 CHECKPOINT = ASSETS / "vit-mini-digits.safetensors"
 HELDOUT = ASSETS / "heldout"
@@ -121,7 +122,7 @@ def test_precision_graphs_keep_the_heldout_accuracy(
 ):
     """Issue 3's bounds on real labelled data: FP16 within 0.1 point of FP32 with >= 99.5 %
     top-1 agreement, INT8 (calibrated on the training-split definition) within 1.0 point."""
-    from vit_deploy.precision import PrecisionOptions, build_precision_artifact
+    from vit_deploy.steps.precision import PrecisionOptions, build_precision_artifact
 
     s = build_precision_artifact(PrecisionOptions(
         precision, Path(artifact["artifact"]), tmp_path / precision,

@@ -6,7 +6,7 @@ Measures, for each model below, the Q/DQ graphs written by
       once with its own TensorRT-oriented Q/DQ placement and once "matched" (Q/DQ on the inputs of
       MatMul/Gemm/Conv only, as ours; its GEMV/small-GEMM exclusion off),
 with matched settings where both tools have them: the same preprocessed images (loaded once with
-``vit_deploy.calibration``, handed to both as one array), the same batch, max/minmax and entropy
+``vit_deploy.images.sets``, handed to both as one array), the same batch, max/minmax and entropy
 calibration (percentile exists in ours only), symmetric INT8 with per-channel weights, and the
 same attention rule (both attention MatMuls of every block excluded when tokens > 512).
 Every graph, and the FP32 one, runs on ONNX Runtime's CPU provider on the evaluation images:
@@ -137,7 +137,7 @@ def _worker_modelopt(a: dict[str, Any]) -> dict[str, Any]:
 def _worker_evaluate(a: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from vit_deploy.parity import accuracy, compare_logits
+    from vit_deploy.parity.metrics import accuracy, compare_logits
 
     images = np.load(a["images"])
     labels = np.load(a["labels"]) if a.get("labels") else None
@@ -221,10 +221,10 @@ def _export(main_python: str, spec: dict[str, Any], out: Path, log: Path) -> Non
 
 
 def _load_set(spec: str, prep: Any, count: int | None, work: Path) -> Any:
-    """vit_deploy.calibration.load_image_set, with a fallback for definition files whose paths
+    """vit_deploy.images.sets.load_image_set, with a fallback for definition files whose paths
     are relative to the repository root instead of to the file."""
-    from vit_deploy.calibration import load_image_set
     from vit_deploy.errors import UsageError
+    from vit_deploy.images.sets import load_image_set
 
     path = REPO / spec
     try:

@@ -5,7 +5,7 @@ The protocol (issue 10), the same for every row so the rows compare:
   ``vit-deploy export --model ti16 --res 224 --weights ...`` (FP32 ONNX + manifest);
 - photos: ``REALDATA/imagenet-dev-500`` with ``labels.csv``; its data rows in file order, even
   row indices (0, 2, 4, ...) are the calibration half (250), odd ones the evaluation half (250)
-  that no calibration touches. Both halves are read once with ``vit_deploy.calibration.
+  that no calibration touches. Both halves are read once with ``vit_deploy.images.sets.
   load_image_set`` and the manifest's preprocessing, and every quantizer gets the same arrays;
 - calibration: all 250 calibration images, seed 0, batch 8 where the quantizer batches
   (NNCF takes one image per item, as its examples do; its ``subset_size`` is 250);
@@ -103,7 +103,7 @@ def _worker_ours(a: dict[str, Any]) -> dict[str, Any]:
     method = inspect.signature(quantize_int8).parameters.get("method")
     if method is not None and method.default is inspect.Parameter.empty:
         # the earlier quantize_int8 has no default method: use the CLI's default, as a user would get
-        from vit_deploy.precision import PrecisionOptions
+        from vit_deploy.steps.precision import PrecisionOptions
 
         kwargs["method"] = PrecisionOptions.__dataclass_fields__["calib_method"].default
     t0 = time.perf_counter()
@@ -392,7 +392,7 @@ def openvino_placement(path: Path) -> dict[str, Any]:
 
 def split_photos(realdata: Path, work: Path) -> tuple[Path, Path, list[int], list[int]]:
     """Definition files for the calibration (even rows) and evaluation (odd rows) halves, and their labels."""
-    from vit_deploy.manifest import sha256_file
+    from vit_deploy.artifact import sha256_file
 
     folder = realdata / PHOTOS
     with (folder / "labels.csv").open(newline="") as f:
@@ -414,7 +414,7 @@ def split_photos(realdata: Path, work: Path) -> tuple[Path, Path, list[int], lis
 
 
 def prepare(realdata: Path, work: Path, log: Any) -> dict[str, Any]:
-    from vit_deploy.calibration import load_image_set
+    from vit_deploy.images.sets import load_image_set
     from vit_deploy.specs import Preprocessing
 
     art = work / "ti16-224"

@@ -12,7 +12,7 @@
 #   doctor    vit-deploy doctor --json (what this machine can do, and why not)
 #   prepare   CPU side, in the background from the start: FP32/FP16/INT8 graphs of ViT-B/16@384 and
 #             of the real ViT-Ti/16 (../shared/realdata; INT8 calibrated on its ImageNet photos)
-#   pytest    the GPU-marked tests (tests/test_trt.py and the rest)
+#   pytest    the GPU-marked tests (tests/steps/test_engine.py and the rest)
 #   engines   FP32/FP16/INT8 engines of both models, each compared with PyTorch (ViT-Ti: real top-1)
 #   bench     vit-deploy bench --device cuda on B/16@384 at batch 1/8/64
 #   triton    a tensorrt_plan smoke test, when a tritonserver with the tensorrt backend is present
@@ -58,7 +58,7 @@ write_report() {
 trap 'record interrupted fail 0 "interrupted" ""; write_report; exit 130' INT TERM
 
 # Why there is no usable GPU (empty when TensorRT and CUDA work): the doctor's own probe.
-GPU_REASON=$("$PY" -c "from vit_deploy.trt import unavailable_reason as r; print(r() or '')" 2>&1 | tail -1)
+GPU_REASON=$("$PY" -c "from vit_deploy.trt.probe import unavailable_reason as r; print(r() or '')" 2>&1 | tail -1)
 [ "$DRY_RUN" = 1 ] && GPU_REASON="dry run${GPU_REASON:+ ($GPU_REASON)}"
 
 # step NAME LIMIT NEEDS_GPU COMMAND: run COMMAND in bash, time-boxed, logged; never stops the run.
@@ -88,7 +88,7 @@ step() {
 }
 
 # --- 1. install ------------------------------------------------------------------------------
-CUDA_MAJOR=$("$PY" -c "from vit_deploy.doctor import cuda_major; print(cuda_major())" 2>/dev/null || echo 13)
+CUDA_MAJOR=$("$PY" -c "from vit_deploy.trt.probe import cuda_major; print(cuda_major())" 2>/dev/null || echo 13)
 INSTALL_CMD="$PY -m pip install 'tensorrt-cu${CUDA_MAJOR}==11.4.0.106' && \
 ($PY -m pip uninstall -y onnxruntime || true) && $PY -m pip install onnxruntime-gpu"
 if [ "$DRY_RUN" = 1 ]; then
@@ -97,7 +97,7 @@ elif [ "$INSTALL" = 0 ]; then
   record install skip 0 "--skip-install" "$INSTALL_CMD"
 else
   step install 150 any "$INSTALL_CMD"
-  GPU_REASON=$("$PY" -c "from vit_deploy.trt import unavailable_reason as r; print(r() or '')" 2>&1 | tail -1)
+  GPU_REASON=$("$PY" -c "from vit_deploy.trt.probe import unavailable_reason as r; print(r() or '')" 2>&1 | tail -1)
 fi
 
 # --- 2. doctor (runs everywhere) ---------------------------------------------------------------
@@ -111,12 +111,12 @@ PHOTOS="$REALDATA/imagenet-dev-500"
 # CUDA_VISIBLE_DEVICES= keeps these CPU-only: build-engine then stops with exit 3 after writing and
 # validating the FP16/INT8 graph, and the engines are built in step 5, one at a time on the GPU.
 PREP_B16="export CUDA_VISIBLE_DEVICES=; $PY -m vit_deploy.cli export --model b16 --res 384 --out $B16 --force && \
-$PY -m vit_deploy.cli build-engine --artifact $B16 --fp16 --out $B16-fp16 --force; \
-$PY -m vit_deploy.cli build-engine --artifact $B16 --int8 --calib calibration/photos.txt --calib-images 32 \
+$PY -m vit_deploy.cli build-engine $B16 --fp16 --out $B16-fp16 --force; \
+$PY -m vit_deploy.cli build-engine $B16 --int8 --calib calibration/photos.txt --calib-count 32 \
 --out $B16-int8 --force; true"
 PREP_TI="export CUDA_VISIBLE_DEVICES=; $PY -m vit_deploy.cli export --model ti16 --res 224 --weights $TI_WEIGHTS --out $TI --force && \
-$PY -m vit_deploy.cli build-engine --artifact $TI --fp16 --out $TI-fp16 --force; \
-$PY -m vit_deploy.cli build-engine --artifact $TI --int8 --calib $PHOTOS --calib-images 256 --out $TI-int8 --force; true"
+$PY -m vit_deploy.cli build-engine $TI --fp16 --out $TI-fp16 --force; \
+$PY -m vit_deploy.cli build-engine $TI --int8 --calib $PHOTOS --calib-count 256 --out $TI-int8 --force; true"
 PREP_PIDS=""
 if [ "$DRY_RUN" = 1 ]; then
   record prepare-b16 skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_B16"
@@ -143,7 +143,7 @@ for model in ti16 b16; do
   for precision in fp32 fp16 int8; do
     graph=$base; [ "$precision" != fp32 ] && graph="$base-$precision"
     step "engine-$model-$precision" 90 gpu \
-      "$PY -m vit_deploy.cli build-engine --artifact $graph --engine-out $graph-trt --force --json \
+      "$PY -m vit_deploy.cli build-engine $graph --out $graph-trt --force --json \
 > $OUT/results/engine-$model-$precision.json"
     step "compare-$model-$precision" 45 gpu \
       "$PY -m vit_deploy.cli compare $graph-trt $images --batch-sizes 1,8 --json > $OUT/results/compare-$model-$precision.json"
@@ -152,7 +152,7 @@ done
 
 # --- 6. bench on B/16@384 ----------------------------------------------------------------------------
 step bench-b16 120 gpu "$PY -m vit_deploy.cli bench $B16 --device cuda --batch-sizes 1,8,64 --repeats 3 \
---out-dir $OUT/bench --json > $OUT/results/bench.json"
+--out $OUT/bench --json > $OUT/results/bench.json"
 
 # --- 7. Triton tensorrt_plan smoke test ----------------------------------------------------------------
 HAS_TRT_BACKEND=$("$PY" -c "from vit_deploy.doctor import probe_triton as p; print(int(p()['tensorrt_backend']))" \
@@ -162,7 +162,7 @@ TRITON_CMD="$PY -m vit_deploy.cli triton-repo $B16-fp16-trt --backend tensorrt -
 && $PY -c 'import time, urllib.request as u
 for _ in range(50):
     try: u.urlopen(\"http://127.0.0.1:8000/v2/health/ready\", timeout=1); break
-    except Exception: time.sleep(1)' && $PY -m vit_deploy.cli triton-load --model b16 --clients 2 --requests 10 --artifact $B16-fp16-trt; \
+    except Exception: time.sleep(1)' && $PY -m vit_deploy.cli triton-load $B16-fp16-trt --name b16 --clients 2 --requests 10; \
 rc=\$?; kill \$(cat $OUT/serve.pid) 2>/dev/null; exit \$rc"
 if [ "$HAS_TRT_BACKEND" != 1 ] && [ -z "$GPU_REASON" ]; then
   record triton skip 0 "no tritonserver with the tensorrt backend here (vit-deploy doctor says why)" "$TRITON_CMD"

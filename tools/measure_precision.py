@@ -4,7 +4,7 @@ The numbers behind the defaults in vit_deploy/onnx/fp16.py and vit_deploy/onnx/i
 tables in docs/precision.md. Every candidate graph runs on ONNX Runtime (CPU) and is compared
 with the FP32 graph of the same artifact (itself validated against PyTorch at export to 1e-5).
 
-    python tools/measure_precision.py ARTIFACT [--images DIR|LIST] [--calib DIR|LIST] [--calib-images N]
+    python tools/measure_precision.py ARTIFACT [--images DIR|LIST] [--calib DIR|LIST] [--calib-count N]
 
 ~1 minute for the trained mini model, ~5 minutes for b16 at 384 on 2 cores.
 """
@@ -20,13 +20,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from vit_deploy.calibration import load_image_set
-from vit_deploy.manifest import model_file, read_manifest
+from vit_deploy import artifact
+from vit_deploy.images.sets import load_image_set
 from vit_deploy.onnx.fp16 import convert_fp16
 from vit_deploy.onnx.graph import save_model
 from vit_deploy.onnx.int8 import quantize_int8
-from vit_deploy.parity import accuracy, compare_logits
-from vit_deploy.precision import model_config_of
+from vit_deploy.parity.metrics import accuracy, compare_logits
 from vit_deploy.specs import CALIBRATION_METHODS
 
 FP16_POLICIES = {
@@ -56,12 +55,12 @@ def main() -> None:
     ap.add_argument("artifact", type=Path)
     ap.add_argument("--images", required=True, help="evaluation images (a folder with labels.csv adds accuracy)")
     ap.add_argument("--calib", required=True, help="calibration images")
-    ap.add_argument("--calib-images", type=int, default=128)
+    ap.add_argument("--calib-count", "--calib-images", dest="calib_images", type=int, default=128)
     args = ap.parse_args()
 
-    manifest = read_manifest(args.artifact)
-    cfg = model_config_of(manifest)
-    fp32 = model_file(args.artifact, manifest)
+    export = artifact.open(args.artifact)
+    cfg = export.model_config
+    fp32 = export.model_file
     evalset = load_image_set(args.images, cfg.preprocessing)
     calib = load_image_set(args.calib, cfg.preprocessing, args.calib_images, batch=8)
     ref, ms = run(fp32, evalset.images)

@@ -225,7 +225,7 @@ def _load_calib(spec: str, fp32_onnx: Path, count: int) -> np.ndarray:
     if spec.endswith(".npy"):
         return np.load(spec)[:count]
     # a folder or definition file: preprocess as the artifact's manifest says
-    from vit_deploy.calibration import load_image_set
+    from vit_deploy.images.sets import load_image_set
     from vit_deploy.specs import Preprocessing
 
     manifest = json.loads((fp32_onnx.parent / "manifest.json").read_text())

@@ -18,7 +18,7 @@ What it writes (all committed; about 3.5 MB in total):
 
 The PNG files are the data: every 8x8 digit (values 0..16) is scaled to 0..255, upscaled to
 32x32 with PIL bicubic and saved as an RGB PNG; training and evaluation read those files back
-through ``vit_deploy.images`` with the model's own ``Preprocessing``, so training, calibration,
+through ``vit_deploy.images.decode`` with the model's own ``Preprocessing``, so training, calibration,
 parity checks and evaluation all see exactly the same input. (The 1,437 training PNGs go to a
 temporary folder; only the held-out and calibration ones are kept.)
 
@@ -57,7 +57,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
 
-from vit_deploy.images import load_batch  # noqa: E402
+from vit_deploy.images.decode import load_batch  # noqa: E402
 from vit_deploy.model.vit import create_model  # noqa: E402
 from vit_deploy.specs import model_config  # noqa: E402
 
@@ -295,7 +295,7 @@ def readme(m: dict, args: argparse.Namespace) -> str:
                   f"(`train_test_split(..., random_state={m['seed']})`): "
                   f"{m['train_count']} train / {m['heldout_count']} held-out"),
         ("images", "0..16 -> 0..255, PIL bicubic upscale to 32x32, gray replicated to RGB, PNG; read back "
-                   f"through `vit_deploy.images` (resize {prep['resize']}, crop {prep['crop']}, "
+                   f"through `vit_deploy.images.decode` (resize {prep['resize']}, crop {prep['crop']}, "
                    f"{prep['interpolation']}, mean {prep['mean']}, std {prep['std']})"),
         ("training", f"AdamW lr {LR:g}, weight decay {WEIGHT_DECAY:g}, batch {BATCH}, {WARMUP_EPOCHS} warm-up "
                      f"epochs + cosine, label smoothing {LABEL_SMOOTHING:g}, random +-{MAX_SHIFT} px shifts; "

@@ -16,36 +16,44 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import runtime
 from .errors import ArtifactError, UsageError
-from .parity import evaluate
+from .parity.reference import REFERENCE_BATCH
 from .progress import Progress
-from .specs import TOLERANCES
+from .specs import tolerance
+from .steps.validate import Reference, image_source, validate
 
 DEFAULT_BATCH_SIZES = (1, 8)
 RANDOM_INPUTS = 16
-REFERENCE_BATCH = 8
 
 
 @dataclass
 class CompareOptions:
+    """What to compare.
+
+    Args:
+        artifact: the artifact folder to check.
+        reference: ``"pytorch"`` (the model rebuilt from the manifest) or another artifact folder.
+        images: real images (a folder, labels.csv adds accuracy, or a definition file); None: seeded random.
+        batch_sizes: the artifact runs over all images at each of these.
+        max_images: use at most this many images (a seeded sample).
+        seed: seeds the random images and the sample.
+        provider: ONNX Runtime provider for ONNX candidates (``"cpu"``, ``"cuda"``, ``"tensorrt"``).
+        backend: run the candidate on this backend (None: the artifact's own).
+    """
+
     artifact: Path
-    reference: str = "pytorch"  # "pytorch" or an artifact folder
-    images: str | None = None  # folder or definition file; None: seeded random inputs
+    reference: str = "pytorch"
+    images: str | None = None
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     max_images: int | None = None
     seed: int = 0
-    provider: str = "cpu"  # ONNX Runtime provider for ONNX candidates
-    backend: str | None = None  # None: the artifact's own (runtime.DEFAULT_BACKEND); e.g. "openvino"
-
-
-def run_batched(runner: runtime.Runner, images: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([runner.infer(images[i : i + batch]) for i in range(0, len(images), batch)])
+    provider: str = "cpu"
+    backend: str | None = None
 
 
 def compare_artifact(opts: CompareOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the artifact and its reference on the same images; returns the summary with a row per batch size."""
     progress = progress or Progress(enabled=False)
     if not opts.batch_sizes or min(opts.batch_sizes) < 1:
         raise UsageError(f"batch sizes must be >= 1, got {list(opts.batch_sizes)}")
@@ -54,130 +62,45 @@ def compare_artifact(opts: CompareOptions, progress: Progress | None = None) -> 
     with progress.step("Opening the artifact"):
         candidate = runtime.open(opts.artifact, opts.backend, provider=opts.provider)
     with candidate:
-        manifest = candidate.manifest
-        images, labels, inputs = _inputs(opts, candidate, progress)
-        with progress.step(f"Running the reference ({opts.reference})"):
-            reference, reference_name = _reference_logits(opts, manifest, images)
-        rows = []
-        for b in opts.batch_sizes:
-            with progress.step(f"Running {candidate.backend} at batch {b}"):
-                logits = run_batched(candidate, images, b)
-            rows.append(_row(b, reference, logits, labels, manifest))
+        art = candidate.artifact
+        count = opts.max_images or max(RANDOM_INPUTS, *opts.batch_sizes)
+        images = image_source(opts.images, art, count, opts.seed, opts.max_images, role="comparison",
+                              option="--images", progress=progress)
+        with progress.step(f"Opening the reference ({opts.reference})"):
+            reference = _reference(opts, candidate)
+        with reference.runner:
+            verdict = validate(candidate, reference, images, opts.batch_sizes, tolerance(art.precision), progress)
         described = candidate.describe()
 
-    tol = TOLERANCES[manifest["precision"]]
     return {
         "artifact": str(candidate.directory),
-        "kind": manifest["kind"],
-        "precision": manifest["precision"],
+        "kind": art.kind,
+        "precision": art.precision,
         "candidate": described,
-        "reference": reference_name,
-        "inputs": inputs,
         "output": candidate.output_name,
-        "tolerance": {k: v for k, v in vars(tol).items() if v is not None},
-        "top1_agreement_gated": _pretrained(manifest),
-        "rows": rows,
-        "passed": all(r["passed"] for r in rows),
+        **verdict.to_dict(),
+        "passed": all(r["passed"] for r in verdict.rows),
     }
 
 
-def _inputs(
-    opts: CompareOptions, runner: runtime.Runner, progress: Progress,
-) -> tuple[np.ndarray, np.ndarray | None, str]:
-    if opts.images:
-        from .calibration import load_image_set
-
-        data = load_image_set(opts.images, runner.preprocessing, opts.max_images, 1, opts.seed, progress,
-                              role="comparison")
-        skipped = f" ({len(data.skipped)} skipped)" if data.skipped else ""
-        return data.images, data.labels, f"{len(data.files)} images from {opts.images}{skipped}"
-    from .inputs import random_images
-
-    n = opts.max_images or max(RANDOM_INPUTS, *opts.batch_sizes)
-    c, h, _ = runner.chw
-    images = random_images(n, h, runner.preprocessing, seed=opts.seed, channels=c)
-    return images, None, f"{n} seeded random images (seed {opts.seed}); pass --images for real ones"
-
-
-def _reference_logits(opts: CompareOptions, manifest: dict[str, Any], images: np.ndarray) -> tuple[np.ndarray, str]:
+def _reference(opts: CompareOptions, candidate: runtime.Runner) -> Reference:
     if opts.reference == "pytorch":
         try:
-            ref = runtime.open(opts.artifact, "pytorch")
+            runner = runtime.open(candidate.artifact, "pytorch", max_batch=REFERENCE_BATCH)
         except ArtifactError as e:
-            parent = (manifest.get("parent") or {}).get("path")
+            parent = candidate.artifact.parent_dir
             hint = f" (e.g. --reference {parent})" if parent else ""
             raise ArtifactError(
                 f"no PyTorch reference for {opts.artifact}: {e}. Compare against the FP32 export instead with "
                 f"--reference DIR{hint}"
             ) from e
-        name = "pytorch fp32 (rebuilt from the manifest)"
-    else:
-        ref = runtime.open(opts.reference)
-        other = ref.manifest
-        if (other["model"], other["io"]["outputs"]) != (manifest["model"], manifest["io"]["outputs"]):
-            ref.close()
-            raise UsageError(
-                f"--reference {opts.reference} is a different model ({other['model']['variant']} @ "
-                f"{other['model']['img_size']}, {other['model']['num_classes']} classes) from {opts.artifact}"
-            )
-        name = f"{other['precision']} {other['kind']} artifact {opts.reference} on {ref.backend}"
-    with ref:
-        return run_batched(ref, images, REFERENCE_BATCH), name
-
-
-def _row(
-    batch: int, reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None, manifest: dict[str, Any],
-) -> dict[str, Any]:
-    metrics, failed = evaluate(reference, logits, labels, TOLERANCES[manifest["precision"]], _pretrained(manifest))
-    return {"batch": batch, "metrics": metrics, "failures": failed, "passed": not failed}
-
-
-def _pretrained(manifest: dict[str, Any]) -> bool:
-    return bool(manifest["checkpoint"].get("pretrained"))
-
-
-def format_table(summary: dict[str, Any]) -> str:
-    """The human-readable report of :func:`compare_artifact`."""
-    tol = summary["tolerance"]
-    bounds = ", ".join(f"{k} {v}" for k, v in tol.items())
-    gate = "" if summary["top1_agreement_gated"] else " (top-1 not gated: random weights)"
-    head = ["batch", "max abs", "mean abs", "rel L2", "cosine", "top-1", "top-5"]
-    has_acc = any("accuracy" in r["metrics"] for r in summary["rows"])
-    if has_acc:
-        head.append("accuracy (ref)")
-    head.append("verdict")
-    lines = [
-        f"{summary['precision'].upper()} {summary['kind']} {summary['artifact']} on {summary['candidate']['backend']}",
-        f"  reference {summary['reference']}",
-        f"  inputs    {summary['inputs']}",
-        f"  output    {summary['output']}; bounds: {bounds}{gate}",
-        "",
-    ]
-    table = [head]
-    for r in summary["rows"]:
-        m = r["metrics"]
-        cells = [
-            str(r["batch"]), f"{m['max_abs']:.3e}", f"{m['mean_abs']:.3e}", f"{m['rel_l2']:.3e}",
-            f"{m['min_cosine']:.7f}", f"{m['top1_agreement']:.2%}", f"{m['top5_agreement']:.2%}",
-        ]
-        if has_acc:
-            cells.append(f"{m['accuracy']:.2%} ({m['reference_accuracy']:.2%})")
-        cells.append("PASS" if r["passed"] else "FAIL: " + "; ".join(r["failures"]))
-        table.append(cells)
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    for row in table:  # right-aligned numbers; the verdict, last, left-aligned
-        cells = [c.rjust(w) for c, w in zip(row[:-1], widths, strict=False)]
-        lines.append("  " + "  ".join([*cells, row[-1]]))
-    lines += ["", f"verdict: {'PASS' if summary['passed'] else 'FAIL'}"]
-    return "\n".join(lines)
-
-
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise UsageError(f"--batch-sizes {text!r} is not a comma-separated list of integers, e.g. 1,8") from None
-    if not sizes or min(sizes) < 1:
-        raise UsageError(f"--batch-sizes {text!r}: give batch sizes >= 1, e.g. 1,8")
-    return sizes
-
+        return Reference(runner, "pytorch fp32 (rebuilt from the manifest)")
+    runner = runtime.open(opts.reference, max_batch=REFERENCE_BATCH)
+    other = runner.artifact
+    if not other.same_model(candidate.artifact):
+        runner.close()
+        raise UsageError(
+            f"--reference {opts.reference} is a different model ({other.variant} @ "
+            f"{other.img_size}, {other.num_classes} classes) from {opts.artifact}"
+        )
+    return Reference(runner, f"{other.precision} {other.kind} artifact {opts.reference} on {runner.backend}")

@@ -44,13 +44,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def check_can_write(out_dir: Path, force: bool) -> None:
-    """Refuse to clobber an existing artifact (or any non-empty folder) without ``force``."""
+def check_can_write(out_dir: Path, force: bool) -> Path:
+    """Refuse to clobber an existing artifact (or any non-empty folder) without ``force``; returns ``out_dir``."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ArtifactError(f"{out_dir} exists and is not a folder; choose another --out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         what = "an artifact" if (out_dir / "manifest.json").exists() else "files"
         raise ArtifactError(f"{out_dir} already holds {what}; pass --force to overwrite, or choose another --out")
+    return out_dir
 
 
 @contextlib.contextmanager

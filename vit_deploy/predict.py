@@ -1,6 +1,6 @@
-"""Top-k predictions for image files: ``vit-deploy predict IMAGE... --artifact DIR``.
+"""Top-k predictions for image files: ``vit-deploy predict ARTIFACT IMAGE...``.
 
-Images go through the manifest's preprocessing (vit_deploy.images), the artifact runs on its
+Images go through the manifest's preprocessing (vit_deploy.images.decode), the artifact runs on its
 runtime, and the logits become softmax probabilities. A 1000-class model gets ImageNet-1k class
 names (shipped in vit_deploy/data/imagenet_classes.tsv, training index order); any other head
 is labelled by class index, or by a labels file the user passes (one name per line).
@@ -18,7 +18,7 @@ import numpy as np
 
 from . import runtime
 from .errors import UsageError
-from .images import load_batch
+from .images.decode import load_batch
 
 IMAGENET_CLASSES = 1000
 
@@ -59,7 +59,7 @@ def predict(
         batch = load_batch(images, runner.preprocessing)
         probs = softmax(runner.infer(batch).astype(np.float64))
         names = class_names(runner.num_classes, labels_file)
-        pretrained = bool(runner.manifest["checkpoint"].get("pretrained"))
+        pretrained = runner.artifact.pretrained
     k = min(top_k, probs.shape[-1])
     results = []
     for path, p in zip(images, probs, strict=True):

@@ -28,7 +28,7 @@ from .errors import UsageError
 from .onnx import calibrate
 from .onnx.int8 import DEFAULT_METHOD, calibrate_ranges, plan_int8, quantized_graph, run_graph
 from .onnx.qdq import layer_kind, layer_label
-from .parity import accuracy, compare_logits
+from .parity.metrics import accuracy, compare_logits
 from .progress import Progress
 
 OUTLIER_FACTOR = 8.0  # a channel whose max |x| exceeds 8x the median channel's is an outlier
@@ -131,73 +131,53 @@ def sensitivity_for_artifact(
     method: str = DEFAULT_METHOD, target: str | None = None, progress: Progress | None = None,
 ) -> dict[str, Any]:
     """:func:`sensitivity_report` for an FP32 export, or for an INT8 graph (then its parent export and
-    its target), with the image sets loaded through the artifact's preprocessing."""
-    from .calibration import load_image_set
-    from .manifest import model_file, read_manifest
-    from .precision import model_config_of, open_parent
+    its target), with the image sets loaded through the artifact's preprocessing.
+
+    Args:
+        artifact: an FP32 export folder, or an INT8 graph folder.
+        calib: calibration images (a folder or a definition file); required.
+        val_images: labelled images to score on (a folder with labels.csv); None: the calibration images.
+        calib_images: use at most this many calibration images (a seeded sample).
+        method: the activation range rule (``specs.CALIBRATION_METHODS``).
+        target: ``"tensorrt"`` or ``"cpu"`` (None: the INT8 graph's, else tensorrt).
+        progress: where progress goes (None: silent).
+    """
+    from .artifact import open as open_artifact
+    from .images.sets import load_image_set
 
     if not calib:
         raise UsageError("--sensitivity needs calibration images: pass --calib FOLDER or a definition file")
     if calib_images is not None and calib_images < 1:
-        raise UsageError("--calib-images must be positive")
-    manifest = read_manifest(Path(artifact))
-    if manifest["kind"] == "onnx" and manifest["precision"] == "int8":
-        target = target or (manifest.get("precision_policy") or {}).get("target", "tensorrt")
-        artifact = Path(manifest["parent"]["path"])
-    elif manifest["kind"] != "onnx" or manifest["precision"] != "fp32":
-        raise UsageError(f"{artifact} is a {manifest['precision']} {manifest['kind']} artifact; --sensitivity "
-                         "reads an FP32 export or an INT8 graph (whose export it then uses)")
-    parent_dir, parent = open_parent(Path(artifact))
-    cfg = model_config_of(parent)
+        raise UsageError("--calib-count must be positive")
+    art = open_artifact(artifact, verify=False)
+    if art.kind == "onnx" and art.precision == "int8":
+        target = target or art.section("precision_policy").get("target", "tensorrt")
+        art = open_artifact(Path(art.section("parent")["path"]), verify=True)
+    elif art.kind != "onnx" or art.precision != "fp32":
+        raise UsageError(f"{artifact} is a {art.precision} {art.kind} artifact; --sensitivity reads an FP32 "
+                         "export or an INT8 graph (whose export it then uses)")
+    else:
+        art = open_artifact(artifact, verify=True)
+    cfg = art.model_config
     progress = progress or Progress(enabled=False)
     calib_set = load_image_set(calib, cfg.preprocessing, calib_images, 8, 0, progress)
     if val_images:
         val = load_image_set(val_images, cfg.preprocessing, None, 1, 0, progress, role="validation")
         if val.labels is None:
-            raise UsageError(f"--val-images {val_images} has no labels.csv, and the report's accuracy needs one "
-                             "('file,label' rows); add it, or omit --val-images to score on the calibration images")
+            raise UsageError(f"--val {val_images} has no labels.csv, and the report's accuracy needs one "
+                             "('file,label' rows); add it, or omit --val to score on the calibration images")
         images, labels = val.images, val.labels
     else:
         images, labels = calib_set.images, None
-    layers = len(plan_int8(onnx.load(str(model_file(parent_dir, parent)), load_external_data=False),
+    layers = len(plan_int8(onnx.load(str(art.model_file), load_external_data=False),
                            target or "tensorrt", cfg.num_tokens)["layers"])
     with progress.step(f"Calibrating and measuring {layers} layers, each alone and each left out"), \
             progress.counter(2 * -(-len(calib_set.images) // 8) + layers, "steps"):
         report = sensitivity_report(
-            model_file(parent_dir, parent), calib_set.images, images, labels, num_tokens=cfg.num_tokens,
+            art.model_file, calib_set.images, images, labels, num_tokens=cfg.num_tokens,
             method=method, target=target or "tensorrt", tick=progress.tick,
         )
-    report["artifact"] = str(parent_dir)
+    report["artifact"] = str(art.directory)
     report["calibration_set"] = calib_set.summary()
     report["validation_set"] = val_images or "the calibration images"
     return report
-
-
-def format_sensitivity(r: dict[str, Any]) -> str:
-    """The report as tables: the whole graph, layers by the error they add alone, then tensors."""
-    has_acc = r["images"]["labels"]
-
-    def cells(m: dict[str, float]) -> str:
-        acc = f" {100 * m['accuracy']:6.1f}%" if has_acc else ""
-        return f"{100 * m['top1_agreement']:6.1f}% {m['mean_cosine']:8.5f} {m['min_cosine']:7.4f}{acc}"
-
-    head = "  agree   mean cos   worst" + ("     acc" if has_acc else "")
-    fp32 = f", FP32 top-1 {100 * r['fp32']['accuracy']:.1f}%" if has_acc else ""
-    lines = [
-        f"INT8 sensitivity of {r['artifact']} ({r['target']} target, {r['method']} ranges, "
-        f"{r['images']['calibration']} calibration / {r['images']['validation']} scoring images{fp32})",
-        f"  all INT8: {cells(r['int8'])}",
-        "",
-        f"{'layer':<18}{'only this layer INT8':<{len(head) + 2}}| all INT8 but this layer",
-        f"{'':<18}{head}  | {head}",
-    ]
-    for layer in sorted(r["layers"], key=lambda item: item["only"]["mean_cosine"]):
-        lines.append(f"{layer['layer']:<18}{cells(layer['only'])}  | {cells(layer['all_but'])}")
-    lines += ["", f"{'activation read by':<22}{'max|x|':>8}{'outliers':>9}{'alpha':>7}{'clip':>8}{'clipped':>10}"]
-    for t in sorted(r["tensors"], key=lambda item: -item["max_abs"]):
-        alpha = "-" if t["smoothquant_alpha"] is None else f"{t['smoothquant_alpha']:.2f}"
-        lines.append(f"{','.join(t['read_by'])[:21]:<22}{t['max_abs']:>8.2f}{t['outlier_channels']:>9}{alpha:>7}"
-                     f"{t['clip']:>8.3f}{100 * t['clipped_fraction']:>9.3f}%")
-    lines.append("(outliers: channels whose max |x| is over 8x the median channel's, before SmoothQuant; "
-                 "clip: the INT8 range after it)")
-    return "\n".join(lines)

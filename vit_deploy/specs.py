@@ -166,6 +166,10 @@ class Tolerance:
     min_top1_agreement: float | None = None
     max_accuracy_drop: float | None = None
 
+    def bounds(self) -> dict[str, float]:
+        """The bounds that are checked (None ones left out), as recorded in manifests and reports."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
 
 # The one table of per-precision bounds (documented in docs/precision.md).
 TOLERANCES: dict[str, Tolerance] = {
@@ -177,11 +181,27 @@ TOLERANCES: dict[str, Tolerance] = {
     "int8": Tolerance(min_mean_cosine=0.995, min_top1_agreement=0.97, max_accuracy_drop=1.0),
 }
 
+
+
+def tolerance(precision: str) -> Tolerance:
+    """The bounds an artifact of ``precision`` is held to (the one lookup of TOLERANCES)."""
+    try:
+        return TOLERANCES[precision]
+    except KeyError:
+        raise UsageError(f"no tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}") from None
+
+
+# The choice lists the CLI offers (click.Choice) and the library checks against: cheap to import.
+RUNTIME_BACKENDS = ("tensorrt", "onnxruntime", "openvino", "pytorch")  # vit_deploy.runtime.open(artifact, backend)
+ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")  # ONNX Runtime execution providers, by short name
+TRITON_BACKENDS = ("auto", "python", "onnxruntime", "tensorrt")  # vit-deploy triton-repo --backend
+# INT8 activation range rules (onnx/calibrate.py); the first is the default
+CALIBRATION_METHODS = ("mse", "entropy", "percentile", "minmax")
+PRECISIONS = ("fp16", "int8")  # what the precision step makes from an FP32 export
+
 # What an INT8 graph is made for: "tensorrt" (attention in INT8 up to TensorRT's 512-token fused
 # INT8 attention limit) or "cpu" (attention always float: the OpenVINO CPU path; see onnx/int8.py).
 INT8_TARGETS = ("tensorrt", "cpu")
-# How an activation's INT8 range is chosen from its histogram (onnx/calibrate.py); the first is the default.
-CALIBRATION_METHODS = ("mse", "entropy", "percentile", "minmax")
 
 # Batch sizes of the export-time check: none equals the traced batch (2), which is what proves
 # the batch dimension really is dynamic.

@@ -1,6 +1,6 @@
 // When a vit-deploy TensorRT plan may run: the rules of vit_deploy/data/trt_compatibility.json in C++.
 //
-// The Python runtime (vit_deploy/trt/engine.py) reads the same file; tests/test_cpp_example.py
+// The Python runtime (vit_deploy/trt/plan.py) reads the same file; tests/test_cpp_example.py
 // runs every case of its table through these functions, so the two languages cannot drift.
 //   - exact: every recorded version component (major.minor.patch.build) equals the runtime's, as numbers;
 //   - version-compatible plans: same or later runtime, same major or one of kCrossMajorPairs;

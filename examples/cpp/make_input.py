@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from vit_deploy.images import load_batch
-from vit_deploy.manifest import read_manifest
-from vit_deploy.specs import Preprocessing
+from vit_deploy import artifact
+from vit_deploy.images.decode import load_batch
 
 
 def main() -> None:
@@ -18,7 +17,7 @@ def main() -> None:
     ap.add_argument("images", nargs="+")
     ap.add_argument("-o", "--out", default="images.f32")
     args = ap.parse_args()
-    prep = Preprocessing.from_dict(read_manifest(args.artifact)["preprocessing"])
+    prep = artifact.open(args.artifact, verify=False).preprocessing
     batch = load_batch(args.images, prep)
     batch.tofile(args.out)  # C order, little-endian float32: what main.cpp reads
     print(f"wrote {args.out}: float32 {list(batch.shape)}")

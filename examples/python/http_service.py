@@ -18,7 +18,7 @@ import numpy as np
 
 from vit_deploy import runtime
 from vit_deploy.errors import VitDeployError
-from vit_deploy.images import decode_rgb, preprocess
+from vit_deploy.images.decode import decode_rgb, preprocess
 from vit_deploy.predict import class_names, softmax
 
 MAX_BODY = 20 << 20  # refuse uploads above 20 MB instead of reading them into memory

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import artifact as artifact_view
+from ..artifact import Artifact
 from ..errors import ArtifactError, UsageError
 
 DEVICES = ("cpu", "cuda")
@@ -113,7 +115,7 @@ def skip_reason(
     if row.artifact not in artifacts:
         return f"no {row.artifact} artifact; {_how_to_make(row.artifact, fp32)}"
     if row.artifact.startswith("trt-"):
-        from ..trt import unavailable_reason
+        from ..trt.probe import unavailable_reason
 
         reason = unavailable_reason()
         if reason:
@@ -125,18 +127,18 @@ def _how_to_make(key: str, fp32: Path) -> str:
     if key in ("fp16", "int8", "int8-cpu"):
         flags = {"fp16": "--fp16", "int8": "--int8 --calib calibration/photos.txt",
                  "int8-cpu": "--int8 --target cpu --calib calibration/photos.txt"}[key]
-        return f"make it with vit-deploy build-engine --artifact {fp32} {flags}, or pass its folder"
+        return f"make it with vit-deploy build-engine {fp32} {flags}, or pass its folder"
     precision = key.removeprefix("trt-")
     source = fp32 if precision == "fp32" else f"{fp32}-{precision}"
-    return f"build it on a GPU host with vit-deploy build-engine --artifact {source}, or pass its folder"
+    return f"build it on a GPU host with vit-deploy build-engine {source}, or pass its folder"
 
 
-def artifact_key(manifest: dict[str, Any]) -> str:
+def artifact_key(art: Artifact) -> str:
     """"fp32" / "fp16" / "int8" / "int8-cpu" for ONNX graphs, "trt-<precision>" for engines."""
-    if manifest["kind"] != "onnx":
-        return f"trt-{manifest['precision']}"
-    target = (manifest.get("precision_policy") or {}).get("target", "tensorrt")
-    return manifest["precision"] + ("" if target == "tensorrt" else f"-{target}")
+    if art.kind != "onnx":
+        return f"trt-{art.precision}"
+    target = art.section("precision_policy").get("target", "tensorrt")
+    return art.precision + ("" if target == "tensorrt" else f"-{target}")
 
 
 def find_artifacts(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[str]]:
@@ -148,17 +150,14 @@ def find_artifacts(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[s
     ``<fp32>-trt``, ``<fp32>-fp16-trt``, ``<fp32>-int8-trt``) are added when not given. Every
     artifact must be of the same model (variant, resolution, classes).
     """
-    from ..manifest import read_manifest
-    from ..runtime import artifact_dir
-
     if not paths:
         raise UsageError("give at least one artifact folder (the FP32 export, e.g. artifacts/b16-224)")
-    found: dict[str, tuple[Path, dict[str, Any]]] = {}
+    found: dict[str, tuple[Path, Artifact]] = {}
     for p in paths:
         if not Path(p).exists():
             raise UsageError(f"{p} does not exist; pass artifact folders made by vit-deploy export / build-engine")
-        directory = artifact_dir(p).absolute()
-        manifest = read_manifest(directory)
+        manifest = artifact_view.open(p, verify=False)
+        directory = manifest.directory.absolute()
         key = artifact_key(manifest)
         if key in found and found[key][0] != directory:
             raise UsageError(f"two {key} artifacts given ({found[key][0]} and {directory}); give one of each")
@@ -171,7 +170,7 @@ def find_artifacts(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[s
                 "the FP32 export is needed (PyTorch rows, FLOP count) and none was given or found through the "
                 "manifests' parent links; pass its folder too, e.g. vit-deploy bench artifacts/b16-224 ..."
             )
-        found["fp32"] = (fp32, read_manifest(fp32))
+        found["fp32"] = (fp32, artifact_view.open(fp32, verify=False))
         notes.append(f"FP32 export found through the parent links: {fp32}")
     fp32 = found["fp32"][0]
     siblings = {
@@ -183,7 +182,7 @@ def find_artifacts(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[s
         if key in found or not candidate.is_dir():
             continue
         try:
-            manifest = read_manifest(candidate)
+            manifest = artifact_view.open(candidate, verify=False)
         except ArtifactError as e:
             notes.append(f"ignored {candidate}: {e}")
             continue
@@ -200,27 +199,23 @@ def find_artifacts(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[s
     return {k: d for k, (d, _) in found.items()}, notes
 
 
-def _model_identity(manifest: dict[str, Any]) -> str:
-    m = manifest["model"]
-    return f"{m['variant']}@{m['img_size']} ({m['num_classes']} classes)"
+def _model_identity(art: Artifact) -> str:
+    return f"{art.variant}@{art.img_size} ({art.num_classes} classes)"
 
 
 def _fp32_ancestor(directories: list[Path]) -> Path | None:
-    from ..manifest import read_manifest
-
     for directory in directories:
         seen = set()
         current = directory
         while current not in seen:
             seen.add(current)
             try:
-                manifest = read_manifest(current)
+                art = artifact_view.open(current, verify=False)
             except ArtifactError:
                 break
-            if artifact_key(manifest) == "fp32":
+            if artifact_key(art) == "fp32":
                 return current
-            parent = (manifest.get("parent") or {}).get("path")
-            if not parent:
+            if art.parent_dir is None:
                 break
-            current = Path(parent).absolute()
+            current = art.parent_dir.absolute()
     return None

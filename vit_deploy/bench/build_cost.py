@@ -204,7 +204,7 @@ def _command(spec: dict[str, Any]) -> str:
         classes = f" --num-classes {spec['num_classes']}" if spec["num_classes"] else ""
         return f"vit-deploy export --model {spec['variant']} --res {spec['img_size']}{classes} --out {out}"
     calib = f" --calib {spec['calib']}" if spec["phase"] == "int8" else ""
-    return f"vit-deploy build-engine --artifact {out} --{spec['phase']}{calib} (graph step only)"
+    return f"vit-deploy build-engine {out} --{spec['phase']}{calib} (graph step only)"
 
 
 def _machine(threads: int | None) -> dict[str, Any]:
@@ -267,12 +267,12 @@ def _phase_main(spec_path: str) -> int:
 def _run(spec: dict[str, Any], progress: Progress) -> dict[str, Any]:
     export_dir = Path(spec["export_dir"])
     if spec["phase"] == "export":
-        from ..exporter import ExportOptions, export_artifact
+        from ..steps.export import ExportOptions, export_artifact
 
         opts = ExportOptions(spec["variant"], spec["img_size"], spec["num_classes"], None, spec["opset"], export_dir,
                              True, False, spec["seed"])
         return export_artifact(opts, progress)
-    from ..precision import PrecisionOptions, build_precision_artifact
+    from ..steps.precision import PrecisionOptions, build_precision_artifact
 
     calib = spec["calib"] if spec["phase"] == "int8" else None
     opts = PrecisionOptions(spec["phase"], export_dir, None, False, calib, seed=spec["seed"])

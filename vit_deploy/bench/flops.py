@@ -7,7 +7,7 @@ of the published ViT figures (fvcore/timm count MACs, e.g. 17.6 GMAC for B/16 at
 are left out: together they are well under 1% of the total and no matrix unit runs them.
 
 Checked against the published figures for ViT-B/16 (35.2 GFLOP at 224, 111.1 at 384) and
-against ``FlopCounterMode`` on the reference model (tests/test_bench.py).
+against ``FlopCounterMode`` on the reference model (tests/bench/test_bench.py).
 """
 
 from __future__ import annotations

@@ -61,13 +61,14 @@ def build_peer(kind: str, fp32_dir: str, calib: CalibrationSpec, threads: int | 
     import nncf
     import openvino as ov
 
-    from ..calibration import cache_dir, load_image_set
-    from ..manifest import model_file, read_manifest, sha256_file
-    from ..specs import Preprocessing
+    from .. import artifact as artifact_view
+    from ..artifact import sha256_file
+    from ..batching import batches
+    from ..images.sets import cache_dir, load_image_set
 
-    manifest = read_manifest(fp32_dir)
-    onnx_path = model_file(fp32_dir, manifest)
-    prep = Preprocessing.from_dict(manifest["preprocessing"])
+    export = artifact_view.open(fp32_dir, verify=False)
+    onnx_path = export.model_file
+    prep = export.preprocessing
     images = load_image_set(calib.source, prep, count=calib.count, batch=1, seed=calib.seed, role="calibration")
     facts = {"fp32_sha256": sha256_file(onnx_path), "calibration_digest": images.digest, "count": calib.count,
              "seed": calib.seed, "settings": SETTINGS, "nncf": nncf.__version__, "openvino": ov.__version__}
@@ -82,7 +83,7 @@ def build_peer(kind: str, fp32_dir: str, calib: CalibrationSpec, threads: int | 
     if threads:
         core.set_property("CPU", {"INFERENCE_NUM_THREADS": threads})
     model = core.read_model(str(onnx_path))
-    dataset = nncf.Dataset([images.images[i:i + 1] for i in range(len(images.images))])
+    dataset = nncf.Dataset(list(batches(images.images, 1)))
     t0 = time.perf_counter()
     quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(images.images))
     seconds = time.perf_counter() - t0

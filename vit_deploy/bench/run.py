@@ -91,8 +91,7 @@ def check_options(opts: BenchOptions) -> None:
 
 def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Measure every selected row at every batch size; returns the result (see report.py for its layout)."""
-    from ..manifest import read_manifest
-    from ..precision import model_config_of
+    from .. import artifact as artifact_view
 
     check_options(opts)
     rows = select_rows(opts.backends)
@@ -100,7 +99,7 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict[str,
     threads = opts.threads or default_threads()
     artifacts, notes = find_artifacts(opts.artifacts)
     fp32 = artifacts["fp32"]
-    cfg = model_config_of(read_manifest(fp32))
+    cfg = artifact_view.open(fp32, verify=False).model_config
     flops = model_flops(cfg)
     for note in notes:
         progress.note(note)
@@ -349,7 +348,7 @@ def _print_batch(live: list[tuple[Worker, dict[str, Any]]], batch: int, progress
 
 
 def _machine(threads: int, device: str, load_before: list[float] | None) -> dict[str, Any]:
-    from ..manifest import package_versions
+    from ..artifact import package_versions
 
     facts: dict[str, Any] = {
         "cpu": _cpu_model(), "cpus_available": default_threads(), "threads": threads, "device": device,

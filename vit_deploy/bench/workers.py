@@ -93,9 +93,9 @@ class OpenVinoPeer:
     def __init__(self, directory: Path, threads: int | None, model: str | None = None) -> None:
         import openvino as ov
 
-        from ..manifest import model_file, read_manifest
+        from .. import artifact as artifact_view
 
-        path = model or model_file(directory, read_manifest(directory))
+        path = model or artifact_view.open(directory, verify=False).model_file
         config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
         self.version = ov.__version__
         self.model = str(path)
@@ -234,14 +234,12 @@ def worker_main(conn: Any, spec: WorkerSpec) -> None:
 
 
 def _inputs(spec: WorkerSpec, runner: Any, chw: Any, batch: int, cuda_input: bool) -> Any:
-    from ..inputs import random_images
-    from ..manifest import read_manifest
-    from ..specs import Preprocessing
+    from .. import artifact as artifact_view
+    from ..images.synthetic import random_images
 
     if chw is None or not hasattr(runner, "preprocessing"):  # a peer: read the export's own manifest
-        manifest = read_manifest(spec.artifact)
-        chw = tuple(manifest["io"]["inputs"][0]["shape"][1:])
-        prep = Preprocessing.from_dict(manifest["preprocessing"])
+        art = artifact_view.open(spec.artifact, verify=False)
+        chw, prep = art.chw, art.preprocessing
     else:
         prep = runner.preprocessing
     images = random_images(batch, int(chw[1]), prep, seed=spec.seed, channels=int(chw[0]))

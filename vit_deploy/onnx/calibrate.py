@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import onnx
 
+from ..batching import batches
 from ..specs import CALIBRATION_METHODS
 from .export import INPUT_NAME
 
@@ -49,18 +50,19 @@ def _exposing(model: onnx.ModelProto, tensors: Sequence[str]) -> bytes:
 def _batch_outputs(
     model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray, batch: int,
     tick: Callable[[], None] | None,
-) -> Iterable[dict[str, np.ndarray]]:
+) -> Iterable[tuple[int, dict[str, np.ndarray]]]:
+    """(index of the batch's first image, the watched tensors' values) for each batch."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     # the watched tensors must exist as they are in the graph, not fused away
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     session = ort.InferenceSession(_exposing(model, tensors), options, providers=["CPUExecutionProvider"])
-    for start in range(0, len(images), batch):
-        values = session.run(list(tensors), {INPUT_NAME: images[start : start + batch]})
+    for i, chunk in enumerate(batches(images, batch)):
+        values = session.run(list(tensors), {INPUT_NAME: chunk})
         if tick is not None:
             tick()
-        yield dict(zip(tensors, values, strict=True))
+        yield i * batch, dict(zip(tensors, values, strict=True))
 
 
 def channel_absmax(
@@ -80,8 +82,7 @@ def channel_absmax(
     absmax: dict[str, np.ndarray] = {}
     rows_of: dict[str, list[np.ndarray]] = {name: [] for name in sampled}
     weights_of: dict[str, list[np.ndarray]] = {name: [] for name in sampled}
-    for start, outputs in zip(range(0, len(images), batch), _batch_outputs(model, tensors, images, batch, tick),
-                              strict=True):
+    for start, outputs in _batch_outputs(model, tensors, images, batch, tick):
         for name, value in outputs.items():
             m = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
             absmax[name] = m if name not in absmax else np.maximum(absmax[name], m)
@@ -108,7 +109,7 @@ def histograms(
     """Histogram of |x| over [0, amax[name]] for each tensor named in ``amax``."""
     tensors = list(amax)
     counts = {name: np.zeros(bins, dtype=np.int64) for name in tensors}
-    for outputs in _batch_outputs(model, tensors, images, batch, tick):
+    for _, outputs in _batch_outputs(model, tensors, images, batch, tick):
         for name, value in outputs.items():
             top = max(float(amax[name]), 1e-12)
             counts[name] += np.histogram(np.abs(value), bins=bins, range=(0.0, top))[0]

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..batching import batches
 from ..errors import UsageError
 from ..progress import Progress
 from ..specs import CALIBRATION_METHODS, INT8_TARGETS, TOLERANCES
@@ -127,8 +128,7 @@ def run_graph(model: onnx.ModelProto, images: np.ndarray, batch: int = 32) -> np
     from .export import INPUT_NAME
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(None, {INPUT_NAME: images[i : i + batch]})[0]
-                           for i in range(0, len(images), batch)])
+    return np.concatenate([session.run(None, {INPUT_NAME: chunk})[0] for chunk in batches(images, batch)])
 
 
 def fit_budget(
@@ -141,7 +141,7 @@ def fit_budget(
     as may be kept); each is measured end to end once, left alone in float, and they are added
     in that order until the budget is met. Returns (node names, the check's record).
     """
-    from ..parity import compare_logits
+    from ..parity.metrics import compare_logits
 
     reference = run_graph(model, images)
     everything = [layer.node for layer in plan["layers"]]

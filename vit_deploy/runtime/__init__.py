@@ -16,31 +16,22 @@ splits batches larger than ``max_batch`` (for engines: the optimization profile'
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from ..errors import ArtifactError, UsageError
-from ..manifest import MANIFEST_NAME, read_manifest, verify_files
+from .. import artifact as artifact_view
+from ..artifact import Artifact
+from ..errors import UsageError
+from ..specs import RUNTIME_BACKENDS
 from .base import Runner, check_images
 
-BACKENDS = ("tensorrt", "onnxruntime", "openvino", "pytorch")
+BACKENDS = RUNTIME_BACKENDS
 DEFAULT_BACKEND = {"tensorrt": "tensorrt", "onnx": "onnxruntime"}
 KIND_BACKENDS = {"tensorrt": ("tensorrt",), "onnx": ("onnxruntime", "openvino")}
 
-__all__ = ["BACKENDS", "Runner", "artifact_dir", "check_images", "open"]
-
-
-def artifact_dir(artifact: str | os.PathLike[str]) -> Path:
-    """The artifact folder for a folder or for a file inside one (e.g. .../model.fp16.onnx)."""
-    path = Path(artifact)
-    if path.is_file() and (path.parent / MANIFEST_NAME).is_file():
-        return path.parent
-    if not path.exists():
-        raise ArtifactError(f"{path} does not exist; pass an artifact folder made by vit-deploy export/build-engine")
-    return path
+__all__ = ["BACKENDS", "Runner", "check_images", "open"]
 
 
 def open(  # noqa: A001 - the documented name: vit_deploy.runtime.open(artifact)
-    artifact: str | os.PathLike[str],
+    artifact: str | os.PathLike[str] | Artifact,
     backend: str | None = None,
     *,
     provider: str = "cpu",
@@ -50,10 +41,24 @@ def open(  # noqa: A001 - the documented name: vit_deploy.runtime.open(artifact)
     max_batch: int | None = None,
     verify: bool = True,
 ) -> Runner:
-    """A runner for ``artifact``; ``verify=False`` skips the sha256 check (e.g. in a hot reload loop)."""
-    directory = artifact_dir(artifact)
-    manifest = read_manifest(directory)
-    kind = manifest["kind"]
+    """A runner for ``artifact``: ``runner.infer(images) -> logits``.
+
+    Args:
+        artifact: an artifact folder, a file inside one, or an :class:`~vit_deploy.artifact.Artifact`
+            (a step passes the one it is staging, before its manifest is written).
+        backend: ``"tensorrt"``, ``"onnxruntime"``, ``"openvino"`` or ``"pytorch"`` (the reference model
+            rebuilt from the manifest); None picks the artifact's own (TensorRT for a plan, ONNX Runtime for a graph).
+        provider: ONNX Runtime execution provider: ``"cpu"``, ``"cuda"`` or ``"tensorrt"``.
+        device: PyTorch device (``"cpu"``, ``"cuda"``); pytorch backend only.
+        autocast: ``"bfloat16"`` or ``"float16"`` autocast for the pytorch backend (a benchmark peer).
+        threads: intra-op threads (torch, ONNX Runtime, OpenVINO); None: the library's default.
+        max_batch: split larger batches into chunks of at most this many images (engines: capped at the
+            profile maximum).
+        verify: check the files against the sha256 in the manifest first; False skips it (e.g. a hot reload loop).
+    """
+    if not isinstance(artifact, Artifact):
+        artifact = artifact_view.open(artifact, verify=False)
+    kind = artifact.kind
     backend = backend or DEFAULT_BACKEND.get(kind)
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -62,23 +67,23 @@ def open(  # noqa: A001 - the documented name: vit_deploy.runtime.open(artifact)
     if backend != "pytorch" and backend not in KIND_BACKENDS.get(kind, ()):
         allowed = ", ".join(repr(b) for b in KIND_BACKENDS.get(kind, ()))
         raise UsageError(
-            f"{directory} is a {kind} artifact; it runs with backend {allowed} (or 'pytorch' for its reference model)"
+            f"{artifact.directory} is a {kind} artifact; it runs with backend {allowed} "
+            "(or 'pytorch' for its reference model)"
         )
     if verify and backend != "pytorch":  # the PyTorch runner checks its checkpoint's hash itself
-        verify_files(directory, manifest)
+        artifact.verify()
     if backend == "tensorrt":
         from .tensorrt_runner import TensorRTRunner
 
-        return TensorRTRunner(directory, manifest, max_batch=max_batch)
+        return TensorRTRunner(artifact, max_batch=max_batch)
     if backend == "onnxruntime":
         from .onnxruntime_runner import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(directory, manifest, provider=provider, threads=threads, max_batch=max_batch)
+        return OnnxRuntimeRunner(artifact, provider=provider, threads=threads, max_batch=max_batch)
     if backend == "openvino":
         from .openvino_runner import OpenVinoRunner
 
-        return OpenVinoRunner(directory, manifest, threads=threads, max_batch=max_batch)
+        return OpenVinoRunner(artifact, threads=threads, max_batch=max_batch)
     from .pytorch_runner import PyTorchRunner
 
-    return PyTorchRunner(directory, manifest, device=device, autocast=autocast, threads=threads, max_batch=max_batch)
-
+    return PyTorchRunner(artifact, device=device, autocast=autocast, threads=threads, max_batch=max_batch)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..artifact import Artifact
+from ..batching import batches
 from ..errors import UsageError
-from ..specs import Preprocessing
 
 
 def _is_torch(x: Any) -> bool:
@@ -55,23 +55,26 @@ def check_images(images: Any, chw: tuple[int, int, int], what: str = "images") -
 class Runner(ABC):
     """``infer(images) -> logits`` for one artifact; use as a context manager or call close().
 
+    Made by :func:`vit_deploy.runtime.open`, never directly. Attributes: ``artifact`` (the
+    :class:`~vit_deploy.artifact.Artifact` it runs), ``backend``, ``precision``, ``num_classes``,
+    ``chw``, ``preprocessing``, ``input_name``, ``output_name``, ``min_batch`` and ``max_batch``
+    (None: a whole batch at once).
+
     Thread safety: ``infer`` may be called from several threads at once and gives the same
     results as sequential calls; each backend documents how (a thread-safe session, or a lock).
     """
 
     backend: str = "?"
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], max_batch: int | None = None) -> None:
-        self.directory = directory
-        self.manifest = manifest
-        model = manifest["model"]
-        self.precision: str = manifest["precision"]
-        self.num_classes: int = model["num_classes"]
-        c, h, w = manifest["io"]["inputs"][0]["shape"][1:]  # [batch, C, H, W], the graph's own contract
-        self.chw: tuple[int, int, int] = (int(c), int(h), int(w))
-        self.preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
-        self.input_name: str = manifest["io"]["inputs"][0]["name"]
-        self.output_name: str = manifest["io"]["outputs"][0]["name"]
+    def __init__(self, artifact: Artifact, max_batch: int | None = None) -> None:
+        self.artifact = artifact
+        self.directory = artifact.directory
+        self.precision: str = artifact.precision
+        self.num_classes: int = artifact.num_classes
+        self.chw: tuple[int, int, int] = artifact.chw  # [batch, C, H, W]: the graph's own contract
+        self.preprocessing = artifact.preprocessing
+        self.input_name: str = artifact.input_name
+        self.output_name: str = artifact.output_name
         self.min_batch = 1
         self.max_batch = max_batch  # None: whole batches go through at once
         self._closed = False
@@ -79,13 +82,20 @@ class Runner(ABC):
 
     # -- the interface ---------------------------------------------------------------------
     def infer(self, images: Any) -> Any:
-        """Logits [batch, classes] float32, as numpy for numpy input and as torch for torch input."""
+        """Logits for ``images``.
+
+        Args:
+            images: float32 [batch, C, H, W] (numpy or torch, CPU or CUDA), preprocessed as
+                ``input_metadata`` says; checked first (UsageError names what was expected).
+
+        Returns:
+            float32 [batch, classes]: numpy for numpy input, torch on the input's device for torch input.
+            Batches above ``max_batch`` are split and the results joined.
+        """
         if self._closed:
             raise UsageError(f"this {self.backend} runner is closed; open the artifact again")
         check_images(images, self.chw)
-        n = images.shape[0]
-        step = self.max_batch or n
-        outputs = [self._run_padded(images[i : i + step]) for i in range(0, n, step)]
+        outputs = [self._run_padded(b) for b in batches(images, self.max_batch or images.shape[0])]
         if len(outputs) == 1:
             return outputs[0]
         if _is_torch(images):
@@ -112,6 +122,11 @@ class Runner(ABC):
             "artifact": str(self.directory),
             "max_batch": self.max_batch,
         }
+
+    @property
+    def label(self) -> str:
+        """What runs, in one line for reports and manifests (backend, version, device)."""
+        return self.backend
 
     def close(self) -> None:
         with self._close_lock:

@@ -6,16 +6,15 @@ serves every thread.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from ..artifact import Artifact
 from ..errors import ArtifactError, UsageError
-from ..manifest import model_file
 from .base import Runner, as_numpy, like_input
 
 # provider option -> ONNX Runtime providers in priority order (CPU last: ORT's own fallback for
 # ops a GPU provider does not take)
-PROVIDERS = {
+PROVIDERS = {  # the keys are specs.ORT_PROVIDERS
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -26,10 +25,10 @@ class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(
-        self, directory: Path, manifest: dict[str, Any], *, provider: str = "cpu", threads: int | None = None,
+        self, artifact: Artifact, *, provider: str = "cpu", threads: int | None = None,
         max_batch: int | None = None,
     ) -> None:
-        super().__init__(directory, manifest, max_batch)
+        super().__init__(artifact, max_batch)
         import onnxruntime as ort
 
         if provider not in PROVIDERS:
@@ -45,7 +44,7 @@ class OnnxRuntimeRunner(Runner):
         if threads:
             options.intra_op_num_threads = threads
         self.provider = provider
-        path = model_file(directory, manifest)
+        path = artifact.model_file
         try:
             self.session = ort.InferenceSession(
                 str(path), options, providers=[p for p in PROVIDERS[provider] if p in available]
@@ -62,6 +61,12 @@ class OnnxRuntimeRunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "providers": self.session.get_providers()}
+
+    @property
+    def label(self) -> str:
+        import onnxruntime as ort
+
+        return f"onnxruntime {ort.__version__} {self.session.get_providers()[0]}"
 
     def _release(self) -> None:
         del self.session

@@ -17,20 +17,19 @@ gets its own infer request (OpenVINO's requests are not thread safe, compiled mo
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
+from ..artifact import Artifact
 from ..errors import ArtifactError, UsageError
-from ..manifest import model_file
 from .base import Runner, as_numpy, like_input
 
 
-def inference_precision(manifest: dict[str, Any]) -> str | None:
+def inference_precision(artifact: Artifact) -> str | None:
     """OpenVINO's precision for the float ops of this artifact (None: OpenVINO's default); see above."""
-    if manifest["precision"] == "fp32":
+    if artifact.precision == "fp32":
         return "f32"
-    if manifest["precision"] == "int8":
-        attention_float = bool((manifest.get("precision_policy") or {}).get("excluded_nodes"))
+    if artifact.precision == "int8":
+        attention_float = bool(artifact.section("precision_policy").get("excluded_nodes"))
         return None if attention_float else "f32"
     return None
 
@@ -47,9 +46,9 @@ class OpenVinoRunner(Runner):
     backend = "openvino"
 
     def __init__(
-        self, directory: Path, manifest: dict[str, Any], *, threads: int | None = None, max_batch: int | None = None,
+        self, artifact: Artifact, *, threads: int | None = None, max_batch: int | None = None,
     ) -> None:
-        super().__init__(directory, manifest, max_batch)
+        super().__init__(artifact, max_batch)
         try:
             import openvino as ov
         except ImportError:
@@ -59,10 +58,10 @@ class OpenVinoRunner(Runner):
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        hint = inference_precision(manifest)
+        hint = inference_precision(artifact)
         if hint:
             config["INFERENCE_PRECISION_HINT"] = hint
-        path = model_file(directory, manifest)
+        path = artifact.model_file
         try:
             self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         except RuntimeError as e:
@@ -85,6 +84,10 @@ class OpenVinoRunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "openvino": openvino_version(), "config": self.config}
+
+    @property
+    def label(self) -> str:
+        return f"openvino {openvino_version()} CPU"
 
     def _release(self) -> None:
         self._local = threading.local()

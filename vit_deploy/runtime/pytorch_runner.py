@@ -10,11 +10,11 @@ benchmarks compare against; the reference itself is always FP32). Forward passes
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any
 
+from ..artifact import Artifact
 from ..errors import UsageError
-from ..reference import reference_model
+from ..parity.reference import reference_model
 from .base import Runner, _is_torch
 
 AUTOCAST_DTYPES = ("bfloat16", "float16")
@@ -24,10 +24,10 @@ class PyTorchRunner(Runner):
     backend = "pytorch"
 
     def __init__(
-        self, directory: Path, manifest: dict[str, Any], *, device: str = "cpu", autocast: str | None = None,
-        threads: int | None = None, max_batch: int | None = None,
+        self, artifact: Artifact, *, device: str = "cpu", autocast: str | None = None,
+        threads: int | None = None, max_batch: int | None = None, model: Any = None,
     ) -> None:
-        super().__init__(directory, manifest, max_batch)
+        super().__init__(artifact, max_batch)
         import torch
 
         if autocast is not None and autocast not in AUTOCAST_DTYPES:
@@ -38,7 +38,8 @@ class PyTorchRunner(Runner):
             torch.set_num_threads(threads)  # process-wide: torch has no per-model thread pool
         self.device = torch.device(device)
         self.autocast = autocast
-        self.model = reference_model(manifest).to(self.device).eval()
+        # the export step passes the model it just traced; everyone else rebuilds it from the manifest
+        self.model = (model if model is not None else reference_model(artifact)).to(self.device).eval()
         self.precision = f"fp32+autocast-{autocast}" if autocast else "fp32"
 
     def _run(self, batch: Any) -> Any:
@@ -57,6 +58,12 @@ class PyTorchRunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "device": str(self.device)}
+
+    @property
+    def label(self) -> str:
+        import torch
+
+        return f"pytorch {torch.__version__} {self.precision} on {self.device}"
 
     def _release(self) -> None:
         del self.model

@@ -9,34 +9,34 @@ device buffers and the lock that makes concurrent calls safe.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from ..artifact import Artifact
 from ..errors import EngineUnavailable
-from ..manifest import model_file
 from .base import Runner
 
 
 class TensorRTRunner(Runner):
     backend = "tensorrt"
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], *, max_batch: int | None = None) -> None:
-        super().__init__(directory, manifest, max_batch)
-        from ..trt import unavailable_reason
+    def __init__(self, artifact: Artifact, *, max_batch: int | None = None) -> None:
+        super().__init__(artifact, max_batch)
+        from ..trt.probe import unavailable_reason
 
         reason = unavailable_reason()
         if reason is not None:
             raise EngineUnavailable(
-                f"cannot run the engine in {directory}: {reason}. Its ONNX parent ({manifest['parent']['path']}) "
+                f"cannot run the engine in {artifact.directory}: {reason}. Its ONNX parent ({artifact.parent_dir}) "
                 "runs anywhere with backend 'onnxruntime'"
             )
-        from ..trt.engine import TrtEngine, check_compatible
+        from ..trt.plan import TrtEngine, check_compatible
 
-        recorded = manifest["tensorrt"]
-        check_compatible(recorded, rebuild_from=(manifest.get("parent") or {}).get("path"))
+        recorded = artifact.section("tensorrt")
+        parent = artifact.parent_dir
+        check_compatible(recorded, rebuild_from=str(parent) if parent else None)
         # a version-compatible plan embeds the lean runtime as host code; TensorRT loads it only when allowed
         host_code = bool(recorded.get("version_compatible"))
-        self.engine = TrtEngine(model_file(directory, manifest), allow_host_code=host_code)
+        self.engine = TrtEngine(artifact.model_file, allow_host_code=host_code)
         self.min_batch = self.engine.min_batch
         self.max_batch = min(max_batch or self.engine.max_batch, self.engine.max_batch)
 
@@ -44,8 +44,14 @@ class TensorRTRunner(Runner):
         return self.engine.infer(batch)
 
     def describe(self) -> dict[str, Any]:
-        trt = self.manifest["tensorrt"]
+        trt = self.artifact.section("tensorrt")
         return {**super().describe(), "tensorrt": trt.get("version"), "gpu": trt.get("gpu")}
+
+    @property
+    def label(self) -> str:
+        trt = self.artifact.section("tensorrt")
+        return (f"tensorrt {trt.get('version')} on {trt.get('gpu')} "
+                f"(compute capability {trt.get('compute_capability')})")
 
     def _release(self) -> None:
         self.engine.close()

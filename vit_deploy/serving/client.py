@@ -87,7 +87,7 @@ class TritonClient:
     def predict(self, paths: list[str | os.PathLike[str]], *, top_k: int = 5,
                 labels_file: str | None = None) -> list[dict[str, Any]]:
         """Top-k classes per image file, through the manifest's preprocessing and a softmax."""
-        from ..images import load_batch
+        from ..images.decode import load_batch
         from ..predict import class_names, softmax
 
         if self.preprocessing is None:

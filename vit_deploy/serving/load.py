@@ -88,25 +88,3 @@ def direct_throughput(artifact: str, images: np.ndarray, *, n: int, threads: int
             runner.infer(images)
         wall = time.perf_counter() - t0
     return {"calls": n, "wall_s": wall, "throughput_img_s": n * len(images) / wall}
-
-
-def format_load(r: dict[str, Any]) -> str:
-    lat, srv = r["latency_ms"], r["server"]
-
-    def fmt(v: float | None) -> str:
-        return "-" if v is None else f"{v:.1f}"
-
-    lines = [
-        f"{r['model']} over {r['protocol']}: {r['clients']} clients x {r['requests_per_client']} requests, "
-        f"input {r['input']}",
-        f"  completed   {r['completed']}, errors {r['errors']}"
-        + (f" (e.g. {r['error_examples'][0]})" if r["error_examples"] else ""),
-        f"  throughput  {r['throughput_img_s']:.1f} images/s in {r['wall_s']:.1f} s",
-        f"  latency     p50 {fmt(lat['p50'])} ms, p90 {fmt(lat['p90'])} ms, p99 {fmt(lat['p99'])} ms",
-        f"  batching    {srv['inference_count']} inferences in {srv['execution_count']} executions "
-        f"(mean batch {fmt(srv['mean_batch'])})",
-    ]
-    if "direct" in r:
-        lines.append(f"  direct      {r['direct']['throughput_img_s']:.1f} images/s through vit_deploy.runtime; "
-                     f"Triton / direct = {r['ratio_triton_over_direct']:.2f}")
-    return "\n".join(lines)

@@ -21,16 +21,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import artifact as artifact_view
+from ..artifact import Artifact
 from ..errors import ArtifactError, UsageError
 from ..fileio import staged_directory
-from ..manifest import read_manifest, verify_files
-from ..runtime import artifact_dir
+from ..specs import TRITON_BACKENDS
+from . import triton_model
 
-BACKENDS = ("auto", "python", "onnxruntime", "tensorrt")
+BACKENDS = TRITON_BACKENDS
 PREPROCESSING_PARAM = "vit_deploy_preprocessing"  # clients read the manifest's preprocessing from here
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "int32": "TYPE_INT32"}
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -61,11 +63,10 @@ class RepoOptions:
     threads: int | None = None  # python backend: threads of the runtime in each instance
     cuda_graphs: bool = True  # plans only
     force: bool = False
-    manifests: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
-def _io(manifest: dict[str, Any], directory: Path) -> tuple[dict, dict]:
-    io = manifest["io"]
+def _io(art: Artifact, directory: Path) -> tuple[dict, dict]:
+    io = art.io
     if len(io["inputs"]) != 1 or len(io["outputs"]) != 1:
         raise ArtifactError(f"{directory}: expected one input and one output in the manifest's io")
     return io["inputs"][0], io["outputs"][0]
@@ -80,10 +81,9 @@ def _tensor(pb2, spec: dict[str, Any], directory: Path):
     return dict(name=spec["name"], data_type=pb2.DataType.Value(dtype), dims=dims)
 
 
-def _max_batch(opts: RepoOptions, manifest: dict[str, Any]) -> int:
-    if manifest["kind"] == "tensorrt":
-        profile = manifest.get("tensorrt", {}).get("profile", {})
-        engine_max = min((p["max"][0] for p in profile.values()), default=None)
+def _max_batch(opts: RepoOptions, art: Artifact) -> int:
+    if art.kind == "tensorrt":
+        engine_max = art.engine_max_batch
         if engine_max is None:
             raise ArtifactError("the engine's manifest has no optimization profile; rebuild it with build-engine")
         if opts.max_batch is not None and opts.max_batch > engine_max:
@@ -115,11 +115,11 @@ def resolve_backend(requested: str, kind: str, directory: Path) -> str:
     return requested
 
 
-def build_config(opts: RepoOptions, manifest: dict[str, Any], directory: Path, name: str, backend: str):
+def build_config(opts: RepoOptions, art: Artifact, directory: Path, name: str, backend: str):
     """The ModelConfig message for one model (without writing anything)."""
     pb2 = model_config_pb2()
-    inp, out = _io(manifest, directory)
-    max_batch = _max_batch(opts, manifest)
+    inp, out = _io(art, directory)
+    max_batch = _max_batch(opts, art)
     kind = opts.instance_kind or ("gpu" if backend == "tensorrt" else "cpu")
     if backend == "tensorrt" and kind != "gpu":
         raise UsageError("a TensorRT plan runs on a GPU only; drop --instance-kind cpu")
@@ -150,7 +150,7 @@ def build_config(opts: RepoOptions, manifest: dict[str, Any], directory: Path, n
         config.backend = "python"
         if opts.threads is not None:
             config.parameters["threads"].string_value = str(opts.threads)
-    config.parameters[PREPROCESSING_PARAM].string_value = json.dumps(manifest["preprocessing"], sort_keys=True)
+    config.parameters[PREPROCESSING_PARAM].string_value = json.dumps(art.preprocessing.to_dict(), sort_keys=True)
     return config
 
 
@@ -171,17 +171,17 @@ def parse_config(text: str):
         raise ArtifactError(f"config.pbtxt does not parse against Triton's ModelConfig schema: {e}") from e
 
 
-def _copy_model_files(backend: str, manifest: dict[str, Any], src: Path, dst: Path) -> None:
+def _copy_model_files(backend: str, art: Artifact, dst: Path) -> None:
     dst.mkdir(parents=True)
     if backend == "python":
-        shutil.copytree(src, dst / "artifact", ignore=shutil.ignore_patterns(".*"))
-        (dst / "model.py").write_text(PYTHON_MODEL)
+        shutil.copytree(art.directory, dst / "artifact", ignore=shutil.ignore_patterns(".*"))
+        shutil.copyfile(triton_model.__file__, dst / "model.py")
         return
-    for entry in manifest["files"]:
-        if entry["role"] == "model":  # the name Triton looks for (default_model_filename)
-            shutil.copy2(src / entry["path"], dst / ("model.plan" if backend == "tensorrt" else "model.onnx"))
+    for role, path in art.files:
+        if role == "model":  # the name Triton looks for (default_model_filename)
+            shutil.copy2(path, dst / ("model.plan" if backend == "tensorrt" else "model.onnx"))
         else:  # external data keeps its name: the graph refers to it by that relative path
-            shutil.copy2(src / entry["path"], dst / entry["path"])
+            shutil.copy2(path, dst / path.relative_to(art.directory))
 
 
 def _default_name(directory: Path) -> str:
@@ -199,25 +199,25 @@ def write_repository(opts: RepoOptions) -> dict[str, Any]:
     if opts.name and len(opts.artifacts) > 1 and not opts.as_versions:
         raise UsageError("--name names one model; with several artifacts add --as-versions, or drop --name")
     model_config_pb2()  # fail before any hashing when tritonclient is missing
-    plans: list[tuple[str, int, Path, dict, str]] = []
+    plans: list[tuple[str, int, Path, Artifact, str]] = []
     for i, artifact in enumerate(opts.artifacts):
-        directory = artifact_dir(artifact)
-        manifest = read_manifest(directory)
-        verify_files(directory, manifest)  # a changed artifact is refused here, not at serving time
-        backend = resolve_backend(opts.backend, manifest["kind"], directory)
+        art = artifact_view.open(artifact, verify=True)  # a changed artifact is refused here, not at serving time
+        directory = art.directory
+        backend = resolve_backend(opts.backend, art.kind, directory)
         if opts.as_versions:
-            name, version = opts.name or _default_name(artifact_dir(opts.artifacts[0])), opts.version + i
+            first = plans[0][2] if plans else directory
+            name, version = opts.name or _default_name(first), opts.version + i
         else:
             name, version = opts.name or _default_name(directory), opts.version
-        plans.append((name, version, directory, manifest, backend))
+        plans.append((name, version, directory, art, backend))
     names = [p[0] for p in plans]
     if not opts.as_versions and len(set(names)) != len(names):
         raise UsageError(f"two artifacts would both be model {names}; rename the folders or use --as-versions")
 
     models: dict[str, Any] = {}
     with staged_directory(opts.out, opts.force) as staging:
-        for name, version, directory, manifest, backend in plans:
-            config = build_config(opts, manifest, directory, name, backend)
+        for name, version, directory, art, backend in plans:
+            config = build_config(opts, art, directory, name, backend)
             text = config_text(config)
             if name in models:  # versions of one model share one config: their I/O must agree
                 if models[name]["config"] != text:
@@ -229,58 +229,8 @@ def write_repository(opts: RepoOptions) -> dict[str, Any]:
                 (staging / name).mkdir()
                 (staging / name / "config.pbtxt").write_text(text)
             parse_config((staging / name / "config.pbtxt").read_text())  # what the server will read
-            _copy_model_files(backend, manifest, directory, staging / name / str(version))
+            _copy_model_files(backend, art, staging / name / str(version))
             if backend == "python":
-                verify_files(staging / name / str(version) / "artifact", manifest)
+                Artifact(staging / name / str(version) / "artifact", art.manifest).verify()
     return {"repository": str(Path(opts.out).absolute()),
             "models": {n: {"backend": m["backend"], "versions": m["versions"]} for n, m in models.items()}}
-
-
-# The python-backend model: runs the copied artifact through vit-deploy's runtime. Tensors cross
-# the stub boundary as DLPack (via torch), not pb_utils' numpy interop: the stub shipped in the
-# pytriton wheel is built against the NumPy 1.x ABI and misreads NumPy 2 arrays (wrong values
-# in as_numpy(), "output tensor shape does not match" on pb_utils.Tensor(name, array)).
-PYTHON_MODEL = '''\
-"""Triton python-backend model written by vit-deploy triton-repo: the artifact beside this file,
-run with vit_deploy.runtime (ONNX Runtime for graphs, TensorRT for engines)."""
-
-import json
-from pathlib import Path
-
-import numpy as np
-import torch
-import triton_python_backend_utils as pb_utils
-from torch.utils.dlpack import from_dlpack, to_dlpack
-
-from vit_deploy import runtime
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        threads = int(params["threads"]) if params.get("threads") else None
-        self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
-        self.runner = runtime.open(Path(__file__).parent / "artifact", threads=threads)
-
-    def execute(self, requests):
-        # The dynamic batcher hands over several requests at once: run them as one batch.
-        arrays = [from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name).to_dlpack()).numpy()
-                  for r in requests]
-        sizes = [len(a) for a in arrays]
-        try:
-            logits = np.ascontiguousarray(self.runner.infer(np.concatenate(arrays)), dtype=np.float32)
-        except Exception as e:  # e.g. NaN pixels: an error for these requests, the model keeps serving
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))) for _ in requests]
-        responses, start = [], 0
-        for n in sizes:
-            part = torch.from_numpy(np.ascontiguousarray(logits[start:start + n]))
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor.from_dlpack(self.output_name,
-                                                                                     to_dlpack(part))]))
-            start += n
-        return responses
-
-    def finalize(self):
-        self.runner.close()
-'''

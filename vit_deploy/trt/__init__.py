@@ -2,10 +2,11 @@
 
 Every module here imports on a machine without TensorRT (a CPU-only CI machine, a laptop): the
 precision graphs are made and validated on the CPU, and only the engine build (``build.py``),
-the runner (``engine.py``) and the inspector (``inspect.py``) need TensorRT and a CUDA GPU.
+the runner (``plan.py``) and the inspector (``inspector.py``) need TensorRT and a CUDA GPU;
+``probe.py`` answers "can an engine be built here?" (``unavailable_reason``).
 
-This module answers "can an engine be built here?" (``unavailable_reason``), which TensorRT is
-installed, which GPU is present, and holds the logger that collects TensorRT's own messages so
+This module imports TensorRT (``import_tensorrt``), says which TensorRT is installed and which
+GPU is present, and holds the logger that collects TensorRT's own messages so
 a failure is reported with them.
 
 Written against the TensorRT 11 Python API documentation, not run here (no GPU, and TensorRT
@@ -17,7 +18,6 @@ cannot be installed on the development machines):
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,18 +61,6 @@ def builder_error(trt: Any, error: BaseException) -> str:
         f"TensorRT {getattr(trt, '__version__', '?')} is installed but could not start ({detail}): "
         "it needs an NVIDIA GPU with a working CUDA driver (check with nvidia-smi)"
     )
-
-
-@functools.cache
-def unavailable_reason() -> str | None:
-    """Why no TensorRT engine can be built or run here, or None when TensorRT and a CUDA GPU are usable.
-
-    Computed once per process (creating a Builder costs a CUDA context): ``unavailable_reason.cache_clear()``
-    asks again. The probe itself is ``vit_deploy.doctor.probe_tensorrt``, which ``vit-deploy doctor`` prints.
-    """
-    from ..doctor import probe_tensorrt
-
-    return probe_tensorrt()["reason"]
 
 
 def tensorrt_version() -> str | None:

@@ -42,13 +42,13 @@ from ..fileio import atomic_write_bytes
 from ..progress import Progress
 from . import LogCollector, builder_error, device_facts, import_tensorrt, trt_logger
 
-if TYPE_CHECKING:  # annotations only (read by tests/test_trt_api.py); never imported at run time
+if TYPE_CHECKING:  # annotations only (read by tests/trt/test_trt_api.py); never imported at run time
     import tensorrt as trt
 
 MIB = 1 << 20
 OPTIMIZATION_LEVELS = range(0, 6)  # TensorRT's builder optimization levels; 3 is its default
 PARSER_OPS_URL = "https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md"
-# The tensorrt.ParserError accessors read for a report (tests/test_trt_api.py checks them on the bindings).
+# The tensorrt.ParserError accessors read for a report (tests/trt/test_trt_api.py checks them on the bindings).
 PARSER_ERROR_FIELDS = ("code", "desc", "node", "node_name", "node_operator")
 
 
@@ -130,7 +130,7 @@ def build_serialized_engine(
 ) -> tuple[bytes, dict[str, Any]]:
     """Parse ``onnx_path`` and build a plan; returns (plan bytes, the manifest's "tensorrt" section).
 
-    Needs TensorRT and a CUDA GPU (check ``vit_deploy.trt.unavailable_reason()`` first).
+    Needs TensorRT and a CUDA GPU (check ``vit_deploy.trt.probe.unavailable_reason()`` first).
     Raises EngineBuildError with every parser error, or with TensorRT's logged errors when the
     build itself returns nothing.
     """

@@ -1,0 +1,170 @@
+"""``vit-deploy build-engine``: an export -> a validated FP16/INT8 graph (CPU) -> a validated TensorRT engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..artifact import Artifact
+from ..errors import EngineUnavailable, ValidationFailed
+from ..progress import Progress
+from ..specs import INT8_TARGETS
+from .options import (
+    PathType,
+    alias,
+    aliased,
+    artifact_argument,
+    artifact_of,
+    calib_method_option,
+    force_option,
+    json_option,
+    out_option,
+    seed_option,
+)
+
+
+@click.command("build-engine")
+@artifact_argument()
+@click.option("--fp16", "precision", flag_value="fp16", help="FP16 mixed precision (FP32 I/O).")
+@click.option("--int8", "precision", flag_value="int8", help="INT8 explicit Q/DQ from calibration (needs --calib).")
+@click.option("--calib", default=None, help="Calibration images: a folder, or a definition file (calibration/*.txt).")
+@click.option("--target", type=click.Choice(INT8_TARGETS), default="tensorrt", show_default=True,
+              help="INT8 graph for TensorRT, or for the OpenVINO CPU path (attention kept float; no engine step).")
+@calib_method_option
+@click.option("--calib-count", type=int, default=256, show_default=True,
+              help="Use at most N calibration images (a seeded sample).")
+@alias("--calib-images", "calib_count", type=int)
+@click.option("--accuracy-budget", type=float, default=1.5, show_default=True,
+              help="INT8: top-1 agreement points (vs FP32, on the calibration images) the graph may lose before its "
+                   "most sensitive weight layers are left in float (its mean cosine must also stay >= 0.997).")
+@click.option("--max-float-layers", type=int, default=None,
+              help="INT8: at most N weight layers may be left in float to meet the budget (default: 10%; 0: none).")
+@click.option("--calib-batch", type=int, default=8, show_default=True, help="Calibration batch size.")
+@click.option("--val", default=None,
+              help="Images to validate on (a folder with labels.csv adds accuracy); default: the calibration set.")
+@alias("--val-images", "val")
+@out_option("Folder of the new FP16/INT8 graph (default: <artifact>-<precision>); the engine goes beside it as "
+            "<graph>-trt. Without --fp16/--int8: the engine's folder.")
+@alias("--engine-out", "engine_out", type=PathType)
+@click.option("--min-batch", type=int, default=1, show_default=True, help="Smallest batch of the engine's profile.")
+@click.option("--opt-batch", type=int, default=8, show_default=True, help="Batch TensorRT tunes its kernels for.")
+@click.option("--max-batch", type=int, default=64, show_default=True, help="Largest batch of the engine's profile.")
+@click.option("--workspace-mib", type=int, default=None, help="Builder workspace limit in MiB (default: TensorRT's).")
+@click.option("--optimization-level", type=int, default=3, show_default=True,
+              help="TensorRT builder optimization level, 0-5.")
+@click.option("--timing-cache", type=PathType, default=None,
+              help="Timing cache file, reused across builds (default: one per TensorRT version and GPU in the cache).")
+@click.option("--hardware-compatible", is_flag=True, help="A plan that runs on any Ampere-or-newer GPU (slower).")
+@click.option("--version-compatible", is_flag=True, help="A plan that later TensorRT versions can run (slower).")
+@force_option
+@seed_option("sampling images")
+@json_option
+@click.pass_context
+def build_engine(
+    ctx: click.Context, artifact: Path | None, precision: str | None, calib: str | None, target: str,
+    calib_method: str, calib_count: int, accuracy_budget: float, max_float_layers: int | None, calib_batch: int,
+    val: str | None, out: Path | None, min_batch: int,
+    opt_batch: int, max_batch: int, workspace_mib: int | None, optimization_level: int, timing_cache: Path | None,
+    hardware_compatible: bool, version_compatible: bool, force: bool, seed: int, as_json: bool,
+) -> None:
+    """Make the FP16/INT8 graph of ARTIFACT (validated on the CPU), then build and validate the TensorRT engine.
+
+    ARTIFACT: an FP32 export, or an FP16/INT8 graph folder (default: the newest export in ./artifacts).
+    Exit 3 when the graph is ready but this machine cannot build the engine (no TensorRT or GPU).
+    """
+    from ..steps.engine import EngineOptions
+    from ..steps.pipeline import build
+    from ..steps.precision import PrecisionOptions
+    from ..steps.validate import raise_if_failed
+
+    out = aliased(ctx, "out", out)
+    engine_out = aliased(ctx, "engine_out", None)
+    graph = PrecisionOptions(
+        precision=precision, artifact=artifact_of(ctx, artifact, required=False), out_dir=out if precision else None,
+        force=force, calib=calib, calib_method=calib_method, calib_images=aliased(ctx, "calib_count", calib_count, 256),
+        calib_batch=calib_batch, val_images=aliased(ctx, "val", val), seed=seed, target=target,
+        accuracy_budget=accuracy_budget, max_float_layers=max_float_layers,
+    )
+    engine = EngineOptions(
+        out_dir=engine_out or (None if precision else out), force=force,
+        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib,
+        optimization_level=optimization_level, timing_cache=timing_cache, hardware_compatible=hardware_compatible,
+        version_compatible=version_compatible, val_images=graph.val_images, seed=seed,
+    )
+    summary: dict[str, Any] = {}
+
+    def on_graph(s: dict[str, Any]) -> None:
+        if not as_json:
+            click.echo(precision_text(s))
+
+    try:
+        build(graph, engine, summary, Progress(enabled=True), on_graph)
+    except (EngineUnavailable, ValidationFailed):
+        if as_json and summary:
+            click.echo(json.dumps(summary, indent=2))
+        raise
+    if "engine" not in summary:  # --target cpu: the graph is the finished artifact
+        click.echo(json.dumps(summary, indent=2) if as_json else
+                   f"CPU graph ready (no TensorRT engine for --target cpu): run it with "
+                   f"vit_deploy.runtime.open('{summary['artifact']}', 'openvino'), or check it with "
+                   f"vit-deploy compare {summary['artifact']} --backend openvino")
+        return
+    made = summary["engine"]
+    click.echo(json.dumps(summary, indent=2) if as_json else engine_text(made))
+    raise_if_failed(made)
+
+
+def engine_text(s: dict[str, Any]) -> str:
+    t, v = s["tensorrt"], s["validation"]
+    met = v["metrics"]
+    counts = (t.get("inspector") or {}).get("precision_counts") or {}
+    return "\n".join([
+        f"TensorRT {t['version']} engine ({s['precision'].upper()}) for {t['gpu']} "
+        f"(compute capability {t['compute_capability']}) from {s['parent']}",
+        f"  file      {s['model_file']} ({s['bytes'] / 1e6:.1f} MB)",
+        f"  profile   {t.get('profile')}",
+        "  layers    " + (", ".join(f"{p} {n}" for p, n in counts.items()) or "not inspected"),
+        f"  checked   on {v['inputs']} at batch {', '.join(map(str, v['batch_sizes']))} vs {v['reference']}",
+        f"  parity    cosine {met['min_cosine']:.7f}, rel L2 {met['rel_l2']:.2e}, "
+        f"top-1 agreement {met['top1_agreement']:.2%}",
+        f"  verdict   {'PASS' if v['passed'] else 'FAIL: ' + '; '.join(v['failures'])}",
+    ])
+
+
+def precision_text(s: dict[str, Any]) -> str:
+    art, v = Artifact(Path(s["artifact"]), s["manifest"]), s["validation"]
+    met, tol = v["metrics"], v["tolerance"]
+    lines = [
+        f"{art.precision.upper()} graph of {art.variant} @ {art.img_size} from {s['parent']}",
+        f"  file      {s['model_file']} ({s['bytes'] / 1e6:.1f} MB)",
+        f"  policy    {policy_text(art.section('precision_policy'))}",
+    ]
+    if art.section("calibration"):
+        c = art.section("calibration")
+        lines.append(f"  calib     {c['images']} images ({c['skipped']} skipped), {c['method']}, batch {c['batch']}")
+
+    def bound(key: str) -> str:
+        return f" (>= {tol[key]})" if tol.get(key) is not None else ""
+
+    lines += [
+        f"  checked   on {v['inputs']} vs {v['reference']}",
+        f"  parity    cosine worst {met['min_cosine']:.7f}{bound('min_cosine')}, mean {met['mean_cosine']:.7f}"
+        f"{bound('min_mean_cosine')}, rel L2 {met['rel_l2']:.2e}, top-1 agreement {met['top1_agreement']:.2%}"
+        + ("" if v["top1_agreement_gated"] else " (not gated: random weights)"),
+    ]
+    if "accuracy" in met:
+        lines.append(f"  accuracy  top-1 {met['accuracy']:.2%} vs FP32 {met['reference_accuracy']:.2%} "
+                     f"(drop {met['accuracy_drop_points']:.2f} points, limit {tol.get('max_accuracy_drop')})")
+    lines.append(f"  verdict   {'PASS' if v['passed'] else 'FAIL: ' + '; '.join(v['failures'])}")
+    return "\n".join(lines)
+
+
+def policy_text(policy: dict[str, Any]) -> str:
+    if "keep_fp32_ops" in policy:
+        return f"FP16, kept in FP32: {', '.join(policy['keep_fp32_ops']) or 'nothing'}; FP32 inputs/outputs"
+    kept = policy.get("float_layer_names") or []
+    return (f"INT8 Q/DQ on {policy.get('int8_weight_layers')} of {policy.get('int8_weight_layers', 0) + len(kept)} "
+            f"weight layers{' (float: ' + ', '.join(kept) + ')' if kept else ''}; attention {policy['attention']}")

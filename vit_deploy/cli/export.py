@@ -1,0 +1,72 @@
+"""``vit-deploy export``: a checkpoint (or a random init) -> a validated FP32 ONNX artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..artifact import Artifact
+from ..progress import Progress
+from ..specs import DEFAULT_RESOLUTION, VARIANTS
+from .options import aliased, force_option, json_option, out_option, seed_option
+
+
+@click.command()
+@click.option("--model", "variant", required=True, help=f"ViT variant: {', '.join(VARIANTS)}.")
+@click.option("--res", "img_size", type=int, default=DEFAULT_RESOLUTION, show_default=True,
+              help="Input resolution (square); a multiple of the patch size.")
+@click.option("--weights", default=None,
+              help="Checkpoint: .pth/.pt/.safetensors (timm or Hugging Face), JAX .npz, a Hugging Face "
+                   "folder, or a hub id (hf:ORG/NAME, timm:NAME; needs network). Omit for random init.")
+@click.option("--num-classes", type=int, default=None, help="Classes of the head (default 1000).")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17-20).")
+@out_option("Artifact folder (default: artifacts/<model>-<res>).")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxsim simplification.")
+@force_option
+@seed_option("random init and validation inputs")
+@json_option
+@click.pass_context
+def export(
+    ctx: click.Context, variant: str, img_size: int, weights: str | None, num_classes: int | None, opset: int,
+    out: Path | None, no_simplify: bool, force: bool, seed: int, as_json: bool,
+) -> None:
+    """Export a ViT to a validated ONNX artifact with a dynamic batch dimension."""
+    from ..steps.export import ExportOptions, export_artifact, preflight
+    from ..steps.validate import raise_if_failed
+
+    opts = ExportOptions(variant=variant, img_size=img_size, num_classes=num_classes, weights=weights, opset=opset,
+                         out_dir=aliased(ctx, "out", out), simplify=not no_simplify, force=force, seed=seed)
+    preflight(opts)  # bad names, sizes, opsets and output folders fail before anything slow
+    if weights is None:
+        click.secho(
+            f"WARNING: no --weights given: {variant} gets RANDOM weights (seed {seed}), it is NOT PRETRAINED "
+            "and its predictions mean nothing. Pass --weights FILE or a hub id for a real model.",
+            fg="yellow", bold=True, err=True,
+        )
+    summary = export_artifact(opts, Progress(enabled=True))
+    click.echo(json.dumps(summary, indent=2) if as_json else export_text(summary))
+    raise_if_failed(summary)
+
+
+def export_text(s: dict[str, Any]) -> str:
+    art, v = Artifact(Path(s["artifact"]), s["manifest"]), s["validation"]
+    io, onnx_section = art.io, art.section("onnx")
+    pretrained = "pretrained" if art.pretrained else "NOT PRETRAINED"
+    shape = lambda e: f"{e['name']} [{', '.join(map(str, e['shape']))}] {e['dtype']}"  # noqa: E731
+    simplified = "onnxsim" if s["simplified"] else f"not simplified: {onnx_section['simplify_note']}"
+    w, tol = v["metrics"], v["tolerance"]
+    batches = ",".join(str(b) for b in v["batch_sizes"])
+    verdict = "PASS" if v["passed"] else "FAIL"
+    return "\n".join([
+        f"Exported {art.variant} @ {art.img_size} ({art.num_classes} classes, {pretrained})",
+        f"  file      {s['model_file']}",
+        f"  size      {s['bytes'] / 1e6:.1f} MB in {len(s['files'])} file(s)",
+        f"  nodes     {s['nodes_exported']} -> {s['nodes']} ({simplified})",
+        f"  graph     opset {onnx_section['opset']}: {shape(io['inputs'][0])} -> {shape(io['outputs'][0])}",
+        f"  parity    ONNX Runtime vs PyTorch at batch {batches}: rel L2 {w['rel_l2']:.1e} "
+        f"(<= {tol['max_rel_l2']:.0e}), max abs {w['max_abs']:.1e} (<= {tol['max_abs']:.0e}): {verdict}",
+        f"  manifest  {Path(s['artifact']) / 'manifest.json'}",
+    ])

@@ -1,0 +1,106 @@
+"""The options several commands share, so each is spelled, typed and explained the same way everywhere.
+
+Choices come from ``specs`` (cheap to import: no numerical library loads for ``--help``). Old
+spellings stay as hidden aliases for a release; :func:`artifact_argument` takes an artifact both
+as the first positional argument and as the old ``--artifact DIR`` option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from ..specs import CALIBRATION_METHODS, ORT_PROVIDERS, RUNTIME_BACKENDS
+
+PathType = click.Path(path_type=Path)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+force_option = click.option("--force", is_flag=True, help="Overwrite existing output folders.")
+backend_option = click.option(
+    "--backend", type=click.Choice(RUNTIME_BACKENDS), default=None,
+    help="Run the artifact on this backend (default: the artifact's own: TensorRT for an engine, "
+         "ONNX Runtime for a graph); pytorch runs its reference model.",
+)
+provider_option = click.option(
+    "--provider", type=click.Choice(ORT_PROVIDERS), default="cpu", show_default=True,
+    help="ONNX Runtime execution provider for ONNX artifacts.",
+)
+calib_method_option = click.option(
+    "--calib-method", type=click.Choice(CALIBRATION_METHODS), default=CALIBRATION_METHODS[0], show_default=True,
+    help="How each INT8 activation range is chosen from its histogram.",
+)
+
+
+def seed_option(what: str) -> Callable[[Any], Any]:
+    return click.option("--seed", type=int, default=0, show_default=True, help=f"Seed for {what}.")
+
+
+def out_option(help: str, default: Path | None = None, old: tuple[str, ...] = ()) -> Callable[[Any], Any]:
+    """``--out DIR`` (with ``old`` spellings as hidden aliases)."""
+
+    def decorate(f: Any) -> Any:
+        f = click.option("--out", "out", type=PathType, default=default, show_default=default is not None,
+                         help=help)(f)
+        for name in old:  # either spelling works; the old one is hidden from --help
+            f = alias(name, "out", type=PathType)(f)
+        return f
+
+    return decorate
+
+
+def alias(old: str, new: str, type: Any = None) -> Callable[[Any], Any]:
+    """A hidden old spelling ``old`` of the option whose parameter name is ``new``."""
+    dest = "alias_" + old.lstrip("-").replace("-", "_")
+    return click.option(old, dest, type=type, default=None, hidden=True, expose_value=False, callback=_alias_to(new))
+
+
+def _alias_to(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            ctx.meta.setdefault("aliases", {})[name] = (param.opts[0], value)
+
+    return callback
+
+
+def aliased(ctx: click.Context, name: str, value: Any, default: Any = None) -> Any:
+    """``value`` of option ``name``, or the value its hidden old spelling was given (not both)."""
+    old = ctx.meta.get("aliases", {}).get(name)
+    if old is None:
+        return value
+    if value not in (None, default) and value != old[1]:
+        raise UsageError(f"{old[0]} is the old spelling of --{name.replace('_', '-')}; give one of them")
+    return old[1]
+
+
+def artifact_argument() -> Callable[[Any], Any]:
+    """ARTIFACT as the first positional argument, and the old ``--artifact DIR`` as a hidden alias."""
+
+    def decorate(f: Any) -> Any:
+        f = click.argument("artifact", type=PathType, required=False)(f)
+        f = alias("--artifact", "artifact", type=PathType)(f)
+        return f
+
+    return decorate
+
+
+def artifact_of(ctx: click.Context, artifact: Path | None, required: bool = True) -> Path | None:
+    """The artifact given positionally or as ``--artifact`` (UsageError when required and neither)."""
+    artifact = aliased(ctx, "artifact", artifact)
+    if artifact is None and required:
+        raise UsageError(f"give the artifact folder: vit-deploy {ctx.info_name} ARTIFACT ...")
+    return artifact
+
+
+def parse_batch_sizes(text: str, option: str = "--batch-sizes") -> tuple[int, ...]:
+    """``"1,8"`` -> (1, 8); UsageError for anything else."""
+    try:
+        sizes = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UsageError(f"{option} {text!r} is not a comma-separated list of integers, e.g. 1,8") from None
+    if not sizes or min(sizes) < 1:
+        raise UsageError(f"{option} {text!r}: give batch sizes >= 1, e.g. 1,8")
+    return sizes

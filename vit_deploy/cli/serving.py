@@ -1,0 +1,155 @@
+"""``vit-deploy triton-repo``, ``serve`` and ``triton-load``: Triton model repositories, the server, a load test.
+
+Like every command they raise ``VitDeployError`` subclasses for user errors and leave the exit
+code to ``cli.main``; importing this module loads no numerical library.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..specs import TRITON_BACKENDS
+from .options import PathType, alias, aliased, artifact_argument, artifact_of, force_option, json_option, out_option
+
+
+@click.command("triton-repo")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@out_option("The model repository folder to write.", default=Path("model_repository"))
+@click.option("--backend", type=click.Choice(TRITON_BACKENDS), default="auto",
+              show_default=True, help="auto: tensorrt_plan for engines, onnxruntime_onnx for ONNX graphs; "
+                                      "python: vit-deploy's own runtime inside Triton (CPU-only hosts).")
+@click.option("--name", default=None, help="Model name (default vit-<artifact folder>).")
+@click.option("--version", "version", type=int, default=1, show_default=True, help="(First) version number.")
+@click.option("--as-versions", is_flag=True, help="Put all ARTIFACTS into one model as versions N, N+1, ...")
+@click.option("--instances", type=int, default=1, show_default=True, help="Model instances (instance_group count).")
+@click.option("--instance-kind", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="Default: gpu for TensorRT plans, cpu otherwise.")
+@click.option("--max-batch-size", type=int, default=None,
+              help="Triton's max_batch_size (default: the engine profile's max, or 32).")
+@alias("--max-batch", "max_batch_size", type=int)
+@click.option("--preferred-batch", default=None, help="Dynamic batching preferred sizes, comma-separated.")
+@click.option("--queue-delay-us", type=int, default=2000, show_default=True,
+              help="Longest a request waits for others to batch with (microseconds).")
+@click.option("--threads", type=int, default=None, help="python backend: runtime threads per instance.")
+@click.option("--no-cuda-graphs", is_flag=True, help="TensorRT plans: do not use CUDA graphs.")
+@force_option
+@json_option
+@click.pass_context
+def triton_repo(ctx, artifacts, out, backend, name, version, as_versions, instances, instance_kind, max_batch_size,
+                preferred_batch, queue_delay_us, threads, no_cuda_graphs, force, as_json) -> None:
+    """Write a Triton model repository from artifact folders (hash-checked first)."""
+    from ..errors import UsageError
+    from ..serving.repository import RepoOptions, write_repository
+
+    preferred = None
+    if preferred_batch:
+        try:
+            preferred = tuple(int(b) for b in preferred_batch.split(","))
+        except ValueError as e:
+            raise UsageError(f"--preferred-batch takes integers separated by commas, got {preferred_batch!r}") from e
+    summary = write_repository(RepoOptions(
+        list(artifacts), out, backend=backend, name=name, version=version, as_versions=as_versions,
+        instances=instances, instance_kind=instance_kind, max_batch=aliased(ctx, "max_batch_size", max_batch_size),
+        preferred_batch=preferred,
+        queue_delay_us=queue_delay_us, threads=threads, cuda_graphs=not no_cuda_graphs, force=force))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"Wrote {summary['repository']}")
+    for model, m in summary["models"].items():
+        click.echo(f"  {model}: {m['backend']} backend, version(s) {', '.join(map(str, m['versions']))}")
+
+
+@click.command("serve")
+@click.argument("repository", type=PathType)
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--log", "log_path", type=PathType, default=None,
+              help="Server log file (default: a temporary file, its path printed).")
+@click.option("--ready-timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for the models.")
+def serve(repository, http_port, grpc_port, metrics_port, log_path, ready_timeout) -> None:
+    """Run tritonserver on REPOSITORY on loopback until Ctrl-C (or SIGTERM)."""
+    from ..serving.server import TritonServer
+
+    server = TritonServer(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                          log_path=log_path, ready_timeout=ready_timeout)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    click.echo("starting tritonserver ...", err=True)
+    try:
+        with server:
+            click.echo(f"serving {', '.join(server.models)} from {server.repository}")
+            click.echo(f"  HTTP     http://{server.http_url}")
+            click.echo(f"  gRPC     {server.grpc_url}")
+            click.echo(f"  metrics  {server.metrics_url}")
+            click.echo(f"  log      {server.log_path}")
+            click.echo("Ctrl-C to stop")
+            while not stop.wait(0.5):
+                if server.process is None or server.process.poll() is not None:
+                    from ..serving.server import ServerError
+
+                    raise ServerError(f"tritonserver stopped unexpectedly: {server.log_errors()} "
+                                      f"(log: {server.log_path})")
+    except KeyboardInterrupt:
+        pass  # __exit__ already stopped the server (SIGTERM, drain, then exit)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo("tritonserver stopped", err=True)
+
+
+@click.command("triton-load")
+@artifact_argument()
+@click.option("--url", default="127.0.0.1:8000", show_default=True, help="Server address (the gRPC port for grpc).")
+@click.option("--name", default=None, help="Model name in the repository (as triton-repo --name).")
+@alias("--model", "name")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@click.option("--clients", type=int, default=8, show_default=True, help="Concurrent clients.")
+@click.option("--requests", type=int, default=50, show_default=True, help="Requests per client.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Images per request.")
+@click.option("--threads", type=int, default=None, help="Threads for the direct run.")
+@json_option
+@click.pass_context
+def triton_load(ctx, artifact, url, name, protocol, clients, requests, batch, threads, as_json) -> None:
+    """Load test: N concurrent clients x M requests; throughput, latency, errors, batching.
+
+    ARTIFACT (optional): also run the same batches through vit_deploy.runtime directly and report Triton / direct.
+    """
+    from ..errors import UsageError
+    from ..serving.load import run_load
+
+    name = aliased(ctx, "name", name)
+    if name is None:
+        raise UsageError("give the model name in the repository: --name NAME (as triton-repo --name)")
+    artifact = artifact_of(ctx, artifact, required=False)
+    result = run_load(url, name, protocol=protocol, clients=clients, requests=requests, batch=batch,
+                      artifact=str(artifact) if artifact else None, threads=threads)
+    click.echo(json.dumps(result, indent=2) if as_json else format_load(result))
+
+
+def format_load(r: dict[str, Any]) -> str:
+    lat, srv = r["latency_ms"], r["server"]
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    lines = [
+        f"{r['model']} over {r['protocol']}: {r['clients']} clients x {r['requests_per_client']} requests, "
+        f"input {r['input']}",
+        f"  completed   {r['completed']}, errors {r['errors']}"
+        + (f" (e.g. {r['error_examples'][0]})" if r["error_examples"] else ""),
+        f"  throughput  {r['throughput_img_s']:.1f} images/s in {r['wall_s']:.1f} s",
+        f"  latency     p50 {fmt(lat['p50'])} ms, p90 {fmt(lat['p90'])} ms, p99 {fmt(lat['p99'])} ms",
+        f"  batching    {srv['inference_count']} inferences in {srv['execution_count']} executions "
+        f"(mean batch {fmt(srv['mean_batch'])})",
+    ]
+    if "direct" in r:
+        lines.append(f"  direct      {r['direct']['throughput_img_s']:.1f} images/s through vit_deploy.runtime; "
+                     f"Triton / direct = {r['ratio_triton_over_direct']:.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,159 @@
+"""The export step: checkpoint -> validated, simplified FP32 ONNX artifact directory.
+
+One library call behind ``vit-deploy export``. The artifact is built in a staging folder and
+moved into place only when complete (see ``fileio``), with ``manifest.json`` written last.
+A numeric validation failure still lands the artifact (for inspection; its manifest says
+``"passed": false``) and then raises ``ValidationFailed`` naming where it is.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..artifact import Artifact, file_entry, new_manifest, package_versions, write_manifest
+from ..fileio import check_can_write, staged_directory
+from ..progress import Progress
+from ..specs import DEFAULT_NUM_CLASSES, VALIDATION_BATCHES, ModelConfig, model_config, tolerance
+
+MODEL_FILE = "model.onnx"
+ATTENTION_FORM = "MatMul(Q*scale, K^T) -> Softmax -> MatMul(., V)"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export.
+
+    Args:
+        variant: the ViT variant (``specs.VARIANTS``: ti16, s16, b16, ...).
+        img_size: input resolution (square), a multiple of the patch size.
+        num_classes: classes of the head (None: 1000, or the checkpoint's).
+        weights: a checkpoint file or folder, or a hub id (``hf:ORG/NAME``, ``timm:NAME``); None: random init.
+        opset: ONNX opset, 17-20.
+        out_dir: the artifact folder (None: ``artifacts/<variant>-<img_size>``).
+        simplify: run onnxsim.
+        force: replace an existing artifact.
+        seed: seeds the random init and the validation images.
+    """
+
+    variant: str
+    img_size: int
+    num_classes: int | None = None
+    weights: str | None = None
+    opset: int = 17
+    out_dir: Path | None = None
+    simplify: bool = True
+    force: bool = False
+    seed: int = 0
+
+
+def default_out_dir(variant: str, img_size: int) -> Path:
+    return Path("artifacts") / f"{variant}-{img_size}"
+
+
+def out_dir_of(opts: ExportOptions) -> Path:
+    return (opts.out_dir or default_out_dir(opts.variant, opts.img_size)).absolute()
+
+
+def preflight(opts: ExportOptions) -> None:
+    """The cheap checks of the user's options, so bad input fails before any slow step."""
+    from ..onnx.export import check_opset
+
+    model_config(opts.variant, opts.img_size, opts.num_classes or DEFAULT_NUM_CLASSES)
+    check_opset(opts.opset)
+    check_can_write(out_dir_of(opts), opts.force)
+
+
+def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """Export, simplify, check and validate; returns the summary (paths, sizes, node counts, validation, manifest).
+
+    Args:
+        opts: the :class:`ExportOptions`.
+        progress: where step progress goes (None: silent).
+
+    A failing validation still lands the artifact (``"passed": false``); :func:`raise_if_failed` turns that into exit 2.
+    """
+    # Heavy imports here, not at module level, so `vit-deploy --help` stays fast.
+    from .. import runtime
+    from ..model.factory import build_model
+    from ..onnx.export import export_onnx
+    from ..onnx.graph import io_signature, save_model
+    from ..onnx.simplify import SimplifyResult, simplify
+    from ..onnx.validate import check_graph
+    from .validate import checked, fp32_reference, image_source, validate
+
+    preflight(opts)
+    progress = progress or Progress(enabled=False)
+    progress.total = 6 if opts.simplify else 5
+    out_dir = out_dir_of(opts)
+
+    with progress.step("Building the model"):
+        model, provenance = build_model(opts.variant, opts.img_size, opts.num_classes, opts.weights, opts.seed)
+    cfg: ModelConfig = model.cfg
+
+    with staged_directory(out_dir, opts.force) as stage:
+        with progress.step(f"Exporting to ONNX (opset {opts.opset})"):
+            raw_dir = stage / "raw"
+            raw_dir.mkdir()
+            graph = export_onnx(model, cfg, raw_dir / MODEL_FILE, opts.opset)
+        if opts.simplify:
+            with progress.step("Simplifying with onnxsim"):
+                result = simplify(graph)
+            if not result.simplified:
+                progress.note(f"  warning: keeping the unsimplified graph: {result.error}")
+        else:
+            n = len(graph.graph.node)
+            result = SimplifyResult(graph, False, n, n, "skipped (--no-simplify)")
+        with progress.step("Saving and checking the graph"):
+            names = save_model(result.model, stage / MODEL_FILE)
+            shutil.rmtree(raw_dir)
+            checker_error = check_graph(stage / MODEL_FILE)
+        model_section = cfg.to_dict()
+        preprocessing = model_section.pop("preprocessing")
+        files = [file_entry(stage, names[0], "model")] + [file_entry(stage, n, "external_data") for n in names[1:]]
+        manifest = new_manifest(
+            "onnx", "fp32",
+            model=model_section,
+            preprocessing=preprocessing,
+            io=io_signature(result.model),
+            files=files,
+            parent=None,
+            onnx={
+                "opset": opts.opset,
+                "exporter": "torch.onnx TorchScript (dynamo=False)",
+                "attention": ATTENTION_FORM,
+                "nodes_exported": result.nodes_before,
+                "nodes": result.nodes_after,
+                "simplified": result.simplified,
+                "simplify_note": result.error,
+            },
+            checkpoint=provenance,
+            versions=package_versions("torch", "onnx", "onnxruntime", "onnxsim", "numpy"),
+        )
+        batches = ", ".join(map(str, VALIDATION_BATCHES))
+        with progress.step(f"Validating on ONNX Runtime vs PyTorch (batches {batches})"):
+            staged = Artifact(stage, manifest)  # the draft: validated before its manifest is written
+            images = image_source(None, staged, max(VALIDATION_BATCHES), opts.seed, option="")
+            reference = fp32_reference(staged, model)
+            with runtime.open(staged, "onnxruntime", verify=False) as runner, reference.runner:
+                verdict = validate(runner, reference, images, VALIDATION_BATCHES, tolerance("fp32"))
+        validation = checked(verdict.to_dict(), checker_error)
+        manifest.update(validation=validation)
+
+        with progress.step("Writing the manifest"):
+            write_manifest(stage, manifest)
+
+    summary = {
+        "artifact": str(out_dir),
+        "model_file": str(out_dir / MODEL_FILE),
+        "bytes": sum(f["bytes"] for f in files),
+        "files": [f["path"] for f in files],
+        "nodes_exported": result.nodes_before,
+        "nodes": result.nodes_after,
+        "simplified": result.simplified,
+        "validation": validation,
+        "manifest": manifest,
+    }
+    return summary

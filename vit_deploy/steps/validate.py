@@ -1,0 +1,215 @@
+"""The one validation driver: run an artifact and its reference on the same images and judge them.
+
+Every check in the package goes through :func:`validate`: the export, precision and engine steps
+on the artifact they are staging, and ``vit-deploy compare`` on a finished one. The candidate is
+always a :mod:`vit_deploy.runtime` runner, so an engine or a graph is run one way only. The
+candidate runs over every image at each batch size, so a batch-size-dependent bug (a wrong
+profile, a kernel chosen for one shape) shows up as a failing row; the reference runs once.
+Top-1 agreement is gated only for pretrained weights (a random model's logits are near-tied).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import artifact as artifact_view
+from .. import runtime
+from ..artifact import MANIFEST_NAME, Artifact, sha256_file
+from ..batching import batches
+from ..errors import ArtifactError, ValidationFailed
+from ..parity.metrics import evaluate, failures, worst
+from ..parity.reference import REFERENCE_BATCH
+from ..progress import Progress
+from ..specs import Tolerance
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """The images a check runs on: preprocessed float32 [N, C, H, W], labels when known, and a description."""
+
+    images: np.ndarray
+    description: str
+    labels: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the candidate is compared with: a runner and the name reports give it."""
+
+    runner: runtime.Runner
+    name: str
+
+
+@dataclass
+class Verdict:
+    """The result of :func:`validate`; ``to_dict()`` is what manifests and ``--json`` record."""
+
+    backend: str
+    reference: str
+    inputs: str
+    tolerance: Tolerance
+    gated_top1: bool
+    rows: list[dict[str, Any]] = field(default_factory=list)  # one per batch size: batch, metrics, failures, passed
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The worst value of each metric over the batch sizes."""
+        return worst([r["metrics"] for r in self.rows])
+
+    @property
+    def failures(self) -> list[str]:
+        return failures(self.metrics, self.tolerance, gate_top1=self.gated_top1)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "reference": self.reference,
+            "inputs": self.inputs,
+            "batch_sizes": [r["batch"] for r in self.rows],
+            "tolerance": self.tolerance.bounds(),
+            "top1_agreement_gated": self.gated_top1,
+            "rows": self.rows,
+            "metrics": self.metrics,
+            "failures": self.failures,
+            "passed": self.passed,
+        }
+
+
+def validate(
+    runner: runtime.Runner,
+    reference: Reference,
+    image_source: ImageSource,
+    batch_sizes: tuple[int, ...] | list[int],
+    tolerances: Tolerance,
+    progress: Progress | None = None,
+) -> Verdict:
+    """Run ``runner`` at each batch size and ``reference`` once on the same images; judge every row.
+
+    Args:
+        runner: the candidate, from :func:`vit_deploy.runtime.open`.
+        reference: the runner it is compared with (the PyTorch FP32 model, or another artifact) and its name.
+        image_source: the images (see :func:`image_source`); labels add accuracy and its drop.
+        batch_sizes: the candidate runs over all images in chunks of each size in turn.
+        tolerances: the bounds (``specs.tolerance(precision)``).
+        progress: shows one step per batch size when given.
+
+    Returns:
+        The :class:`Verdict`: a row per batch size and the worst metrics over them against the bounds.
+    """
+    progress = progress or Progress(enabled=False)
+    images, labels = image_source.images, image_source.labels
+    expected = reference.runner.infer(images)
+    gate = runner.artifact.pretrained
+    verdict = Verdict(runner.label, reference.name, image_source.description, tolerances, gate)
+    for size in batch_sizes:
+        with progress.step(f"Running {runner.backend} at batch {size}"):
+            logits = np.concatenate([np.asarray(runner.infer(b)) for b in batches(images, size)])
+        metrics, found = evaluate(expected, logits.astype(np.float32), labels, tolerances, gate)
+        verdict.rows.append({"batch": size, "metrics": metrics, "failures": found, "passed": not found})
+    return verdict
+
+
+def image_source(
+    spec: str | None,
+    artifact: Artifact,
+    count: int,
+    seed: int = 0,
+    max_images: int | None = None,
+    role: str = "validation",
+    option: str = "--val-images",
+    progress: Progress | None = None,
+) -> ImageSource:
+    """Real images from ``spec`` (a folder, labels.csv adds labels, or a definition file), else ``count``
+    seeded random ones through the artifact's preprocessing.
+
+    Args:
+        spec: the image set, or None for random images.
+        artifact: whose preprocessing and input size the images get.
+        count: how many random images when ``spec`` is None.
+        seed: seeds the random images and the sample of a large set.
+        max_images: use at most this many images of ``spec`` (a seeded sample).
+        role: names the set in messages ("validation", "calibration", "comparison").
+        option: the option that passes real images, named in the description of random ones ("": none).
+        progress: shows image loading when given.
+    """
+    if spec:
+        from ..images.sets import load_image_set
+
+        data = load_image_set(spec, artifact.preprocessing, max_images, 1, seed, progress, role=role)
+        skipped = f" ({len(data.skipped)} skipped)" if data.skipped else ""
+        return ImageSource(data.images, f"{len(data.files)} images from {spec}{skipped}", data.labels)
+    from ..images.synthetic import random_images
+
+    c, h, _ = artifact.chw
+    images = random_images(count, h, artifact.preprocessing, seed=seed, channels=c)
+    hint = f"; pass {option} for real ones" if option else ""
+    return ImageSource(images, f"{count} seeded random images (seed {seed}){hint}")
+
+
+def fp32_reference(artifact: Artifact, model: Any = None) -> Reference:
+    """The PyTorch FP32 model behind ``artifact``, run on the CPU (so no TF32 or GPU kernel choice enters it).
+
+    Args:
+        artifact: any artifact; its manifest says how to rebuild the model.
+        model: the model itself when the caller holds it (the export step), instead of rebuilding it.
+
+    When the checkpoint is gone, the FP32 ONNX export behind the artifact (validated against
+    PyTorch at export) stands in on ONNX Runtime, and the name says so; without it, ArtifactError.
+    """
+    from ..runtime.pytorch_runner import PyTorchRunner
+
+    try:
+        return Reference(PyTorchRunner(artifact, max_batch=REFERENCE_BATCH, model=model), "pytorch fp32")
+    except ArtifactError as e:
+        export = _fp32_export(artifact)
+        if export is None:
+            raise ArtifactError(
+                f"no FP32 reference: {e}; the FP32 export is missing too. Restore the checkpoint or the export"
+            ) from e
+        runner = runtime.open(export, "onnxruntime", max_batch=REFERENCE_BATCH, verify=False)
+        return Reference(runner, f"fp32 ONNX graph {export.model_file} (PyTorch reference unavailable: {e})")
+
+
+def _fp32_export(artifact: Artifact) -> Artifact | None:
+    """The FP32 ONNX export behind ``artifact`` (itself, or the graph it was converted from), if intact."""
+    if artifact.kind == "onnx" and artifact.precision == "fp32":
+        return artifact
+    parent_dir = artifact.parent_dir
+    if parent_dir is None or not (parent_dir / MANIFEST_NAME).is_file():
+        return None
+    try:
+        parent = artifact_view.open(parent_dir, verify=False)
+    except ArtifactError:
+        return None
+    if parent.kind != "onnx" or parent.precision != "fp32":
+        return _fp32_export(parent)  # an engine's parent may be the FP16/INT8 graph: one more step up
+    if not parent.model_file.is_file() or sha256_file(parent.model_file) != parent.model_sha256:
+        return None
+    return parent
+
+
+def checked(verdict: dict[str, Any], checker_error: str | None) -> dict[str, Any]:
+    """A step's verdict with onnx.checker's result added (a checker error fails the artifact)."""
+    verdict["onnx_checker"] = checker_error or "passed"
+    if checker_error:
+        verdict["failures"].append(f"onnx.checker: {checker_error}")
+    verdict["passed"] = not verdict["failures"]
+    return verdict
+
+
+def raise_if_failed(summary: dict[str, Any]) -> None:
+    """ValidationFailed (exit 2) naming every failed bound and where the kept artifact is."""
+    v = summary["validation"]
+    if v["passed"]:
+        return
+    raise ValidationFailed(
+        f"validation failed: {'; '.join(v['failures'])}. The artifact is kept for inspection at "
+        f"{summary['artifact']} (its manifest records \"passed\": false)"
+    )
