@@ -20,7 +20,8 @@ The protocol (issue 10), the same for every row so the rows compare:
   ops added besides Q/DQ (NNCF's SmoothQuant Mul nodes).
 
 Rows (``--variants`` picks some):
-  ours, ours-cpu            vit_deploy.onnx.int8.quantize_int8, target tensorrt / cpu, defaults
+  ours, ours-cpu            vit_deploy.onnx.int8.quantize_int8 as build-engine --int8 calls it, tensorrt / cpu
+  ours-all-int8, ours-nosq  the same without the accuracy-budget fallback, and also without SmoothQuant
   nncf-onnx                 nncf.quantize(onnx model, model_type=TRANSFORMER), default (mixed) preset
   nncf-onnx-performance     the same, preset=PERFORMANCE (symmetric activations)
   nncf-onnx-performance-nosq  the same, SmoothQuant off (smooth_quant_alphas.matmul = -1)
@@ -51,7 +52,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import inspect
 import json
 import re
 import subprocess
@@ -73,8 +73,13 @@ SEED = 0
 
 # name -> (worker, settings, interpreter: "main" or "modelopt", description)
 VARIANTS: dict[str, tuple[str, dict[str, Any], str, str]] = {
-    "ours": ("ours", {"target": "tensorrt"}, "main", "vit-deploy quantize_int8, defaults"),
-    "ours-cpu": ("ours", {"target": "cpu"}, "main", "vit-deploy quantize_int8, target cpu"),
+    "ours": ("ours", {"target": "tensorrt", "budget": True}, "main",
+             "vit-deploy, build-engine --int8 defaults (with the accuracy-budget fallback)"),
+    "ours-cpu": ("ours", {"target": "cpu", "budget": True}, "main", "vit-deploy, the same with --target cpu"),
+    "ours-all-int8": ("ours", {"target": "tensorrt", "budget": False}, "main",
+                      "vit-deploy, every weight layer INT8 (no fallback)"),
+    "ours-nosq": ("ours", {"target": "tensorrt", "budget": False, "smooth": False}, "main",
+                  "vit-deploy, SmoothQuant off, no fallback"),
     "nncf-onnx": ("nncf_onnx", {"preset": None, "smooth_quant": True}, "main",
                   "NNCF ONNX, TRANSFORMER, default preset (mixed)"),
     "nncf-onnx-performance": ("nncf_onnx", {"preset": "PERFORMANCE", "smooth_quant": True}, "main",
@@ -96,19 +101,19 @@ LAYOUT_OPS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Gather
 
 
 def _worker_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from vit_deploy.onnx.int8 import quantize_int8
+    from vit_deploy.onnx.int8 import Budget, quantize_int8
+    from vit_deploy.steps.precision import BUDGET_MIN_MEAN_COSINE, PrecisionOptions
 
     calib = np.load(a["calib"])
-    kwargs: dict[str, Any] = {"num_tokens": a["num_tokens"], "batch": a["batch"], "target": a["settings"]["target"]}
-    method = inspect.signature(quantize_int8).parameters.get("method")
-    if method is not None and method.default is inspect.Parameter.empty:
-        # the earlier quantize_int8 has no default method: use the CLI's default, as a user would get
-        from vit_deploy.steps.precision import PrecisionOptions
-
-        kwargs["method"] = PrecisionOptions.__dataclass_fields__["calib_method"].default
+    settings = a["settings"]
+    budget = None
+    if settings["budget"]:  # what build-engine --int8 passes for a pretrained model, with its defaults
+        points = PrecisionOptions.__dataclass_fields__["accuracy_budget"].default
+        budget = Budget(min_top1_agreement=1 - points / 100, min_mean_cosine=BUDGET_MIN_MEAN_COSINE)
     t0 = time.perf_counter()
-    policy = quantize_int8(Path(a["fp32"]), Path(a["out"]), calib, **kwargs)
-    return {"seconds": time.perf_counter() - t0, "settings": policy, "passed_method": kwargs.get("method")}
+    policy = quantize_int8(Path(a["fp32"]), Path(a["out"]), calib, num_tokens=a["num_tokens"], batch=a["batch"],
+                           target=settings["target"], smooth=settings.get("smooth", True), budget=budget)
+    return {"seconds": time.perf_counter() - t0, "settings": policy}
 
 
 def _nncf_dataset(calib: np.ndarray, input_name: str | int) -> Any:

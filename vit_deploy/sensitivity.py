@@ -53,7 +53,7 @@ def sensitivity_report(
     target: str = "tensorrt",
     batch: int = 8,
     smooth: bool = True,
-    tick: Callable[[], None] | None = None,
+    tick: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """Per-layer and per-tensor INT8 sensitivity of the FP32 graph at ``fp32_path`` (see the module doc)."""
     model = onnx.load(str(fp32_path))
@@ -172,7 +172,7 @@ def sensitivity_for_artifact(
     layers = len(plan_int8(onnx.load(str(art.model_file), load_external_data=False),
                            target or "tensorrt", cfg.num_tokens)["layers"])
     with progress.step(f"Calibrating and measuring {layers} layers, each alone and each left out"), \
-            progress.counter(2 * -(-len(calib_set.images) // 8) + layers, "steps"):
+            progress.counter(2 * len(calib_set.images) + layers, "calibration images and layers"):
         report = sensitivity_report(
             art.model_file, calib_set.images, images, labels, num_tokens=cfg.num_tokens,
             method=method, target=target or "tensorrt", tick=progress.tick,

@@ -28,6 +28,7 @@ from ..specs import CALIBRATION_METHODS
 from .export import INPUT_NAME
 
 HISTOGRAM_BINS = 2048
+RUN_TOKENS = 1200  # tokens per calibration run (16 px patches): batch 6 at 224 px, 2 at 384
 INT8_LEVELS = 127  # symmetric INT8: -127..127 (TensorRT's range; -128 is not used)
 PERCENTILE = 99.999
 ENTROPY_STRIDE = 4  # candidate clips every 4 bins: 480 KL evaluations per tensor instead of 1,920
@@ -37,23 +38,28 @@ SAMPLE_TOP_ROWS = 4
 
 
 def _exposing(model: onnx.ModelProto, tensors: Sequence[str]) -> bytes:
-    """The model with ``tensors`` as extra graph outputs (type left open: ONNX Runtime infers it)."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {o.name for o in exposed.graph.output}
-    for name in tensors:
-        if name not in present:
-            exposed.graph.output.append(onnx.ValueInfoProto(name=name))
-    return exposed.SerializeToString()
+    """The model, serialized with ``tensors`` as extra graph outputs (type left open: ONNX Runtime
+    infers it). The outputs are added and removed again rather than copying a 350 MB proto."""
+    present = {o.name for o in model.graph.output}
+    extra = [name for name in dict.fromkeys(tensors) if name not in present]
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in extra)
+    try:
+        return model.SerializeToString()
+    finally:
+        del model.graph.output[len(model.graph.output) - len(extra):]
 
 
 def _batch_outputs(
     model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray, batch: int,
-    tick: Callable[[], None] | None,
+    tick: Callable[[int], None] | None,
 ) -> Iterable[tuple[int, dict[str, np.ndarray]]]:
     """(index of the batch's first image, the watched tensors' values) for each batch."""
     import onnxruntime as ort
 
+    # every watched tensor of a batch is held at once (b16 at 384: ~150 MB per image), so the run
+    # batch is capped by tokens; the statistics do not depend on it, only the memory does
+    tokens = max(int(np.prod(images.shape[2:])) // 256, 1)  # ~ patches at 16 px
+    batch = max(1, min(batch, RUN_TOKENS // tokens))
     options = ort.SessionOptions()
     # the watched tensors must exist as they are in the graph, not fused away
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -61,13 +67,13 @@ def _batch_outputs(
     for i, chunk in enumerate(batches(images, batch)):
         values = session.run(list(tensors), {INPUT_NAME: chunk})
         if tick is not None:
-            tick()
+            tick(len(chunk))
         yield i * batch, dict(zip(tensors, values, strict=True))
 
 
 def channel_absmax(
     model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray, batch: int,
-    tick: Callable[[], None] | None = None, sampled: Sequence[str] = (),
+    tick: Callable[[int], None] | None = None, sampled: Sequence[str] = (),
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """max |x| per channel (last axis) of each tensor over all images, and for the tensors in
     ``sampled`` a weighted sample of their rows: (rows, weights).
@@ -104,7 +110,7 @@ def channel_absmax(
 
 def histograms(
     model: onnx.ModelProto, amax: dict[str, float], images: np.ndarray, batch: int,
-    tick: Callable[[], None] | None = None, bins: int = HISTOGRAM_BINS,
+    tick: Callable[[int], None] | None = None, bins: int = HISTOGRAM_BINS,
 ) -> dict[str, np.ndarray]:
     """Histogram of |x| over [0, amax[name]] for each tensor named in ``amax``."""
     tensors = list(amax)

@@ -43,7 +43,7 @@ DEFAULT_METHOD = CALIBRATION_METHODS[0]
 CACHE_VERSION = 2
 MAX_FLOAT_FRACTION = 0.1  # the fallback leaves at most 10% of the weight layers in float
 BUDGET_CHECK_IMAGES = 128  # images the fallback checks each candidate graph on
-CLIP_CANDIDATES = 8  # activation ranges tried between the histogram's choice and no clipping
+CLIP_CANDIDATES = 6  # activation ranges tried between the histogram's choice and no clipping
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def quantize_int8(
     return policy | {"budget_check": check, "calibration_cache": cache}
 
 
-def run_graph(model: onnx.ModelProto, images: np.ndarray, batch: int = 32) -> np.ndarray:
+def run_graph(model: onnx.ModelProto, images: np.ndarray, batch: int = 4) -> np.ndarray:
     """Logits of an in-memory graph on ONNX Runtime's CPU provider."""
     import onnxruntime as ort
 

@@ -138,10 +138,12 @@ def smoothing_scales(x_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float) -
 
 def _quantized_gemm_error(
     x: np.ndarray, row_weights: np.ndarray, weights: list[np.ndarray], s: np.ndarray, clip: float | None = None,
+    exact: list[np.ndarray] | None = None,
 ) -> float:
     """Mean per-token relative squared error of the INT8 GEMM(s) on sample rows ``x`` (each standing
     for ``row_weights`` rows) after scaling by ``s``: per-channel weight scales, and a per-tensor
-    activation range ``clip`` (default: ``calibrate``'s MSE rule on the sample)."""
+    activation range ``clip`` (default: ``calibrate``'s MSE rule on the sample). ``exact``: the float
+    products ``x @ w``, when the caller has them (they do not depend on the candidate)."""
     xs = x / s
     if clip is None:
         top = float(np.abs(xs).max())
@@ -152,11 +154,10 @@ def _quantized_gemm_error(
     xq = np.clip(np.rint(xs / step), -INT8_LEVELS, INT8_LEVELS) * step
     err = np.zeros(len(x))
     ref = np.zeros(len(x))
-    for w in weights:
+    for w, product in zip(weights, exact or [x @ w for w in weights], strict=True):
         q, scale = quantize_weight(w * s[:, None], 1)
-        exact = x @ w
-        err += np.square(xq @ (q.astype(np.float32) * scale) - exact).sum(axis=1)
-        ref += np.square(exact).sum(axis=1)
+        err += np.square(xq @ (q.astype(np.float32) * scale) - product).sum(axis=1)
+        ref += np.square(product).sum(axis=1)
     # per token, relative: the next LayerNorm rescales every token, so a token's error counts
     # against its own norm (a plain sum would let the few huge-norm outlier tokens decide)
     return float(row_weights @ (err / np.maximum(ref, 1e-30)) / row_weights.sum())
@@ -176,7 +177,8 @@ def choose_scales(
         return
     candidates: dict[float | None, np.ndarray] = {a: smoothing_scales(x_absmax, w_absmax, a) for a in alphas}
     candidates[None] = np.ones_like(x_absmax, dtype=np.float32)  # no scaling
-    errors = {a: _quantized_gemm_error(*sample, weights, scales) for a, scales in candidates.items()}
+    exact = [sample[0] @ w for w in weights]
+    errors = {a: _quantized_gemm_error(*sample, weights, scales, exact=exact) for a, scales in candidates.items()}
     group.alpha = min(errors, key=lambda a: errors[a])
     group.scales, group.error = candidates[group.alpha], errors[group.alpha]
 
@@ -192,7 +194,8 @@ def best_clip(
     """
     assert group.scales is not None, "choose_scales first"
     weights = _weights(model, group, len(group.scales))
-    errors = {c: _quantized_gemm_error(*sample, weights, group.scales, clip=c) for c in candidates}
+    exact = [sample[0] @ w for w in weights]
+    errors = {c: _quantized_gemm_error(*sample, weights, group.scales, clip=c, exact=exact) for c in candidates}
     best = min(errors, key=errors.__getitem__)
     group.error = errors[best]
     return best

@@ -155,7 +155,7 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
             # the statistics do not depend on the batch size, so it is not in the key
             cache = cache_dir() / "calibration" / (
                 f"{parent.model_sha256[:16]}-{calib.digest[:16]}-{opts.calib_method}"
-                f"{'' if opts.target == 'tensorrt' else '-' + opts.target}-v{CACHE_VERSION}.json"
+                f"-v{CACHE_VERSION}.json"  # no target: its settings (the watched tensors) are checked inside
             )
             cached = cache.is_file()
             label = f"Calibrating ({opts.calib_method}, {len(calib.files)} images) and quantizing"
@@ -163,9 +163,8 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
                 min_top1_agreement=1 - opts.accuracy_budget / 100, min_mean_cosine=BUDGET_MIN_MEAN_COSINE,
                 max_float_layers=opts.max_float_layers, gate_top1=bool(parent.checkpoint.get("pretrained")),
             )
-            batches = -(-len(calib.files) // opts.calib_batch)
             with progress.step(label + (" [cached ranges]" if cached else "")), \
-                    progress.counter(0 if cached else 2 * batches, "calibration batches"):
+                    progress.counter(0 if cached else 2 * len(calib.files), "images through 2 calibration passes"):
                 policy = quantize_int8(
                     parent_file, stage / name, calib.images, method=opts.calib_method, num_tokens=cfg.num_tokens,
                     batch=opts.calib_batch, cache_path=cache, progress=progress, target=opts.target, budget=budget,
