@@ -93,9 +93,11 @@ def tensor_statistics(
 ) -> list[dict[str, Any]]:
     """Range, chosen clip, clipped fraction, outlier channels and smoothing of each quantized activation."""
     activations = plan["activations"]
-    raw_absmax, _ = calibrate.channel_absmax(model, activations, images, batch)
-    smoothed = quantized_graph(model, plan, ranges, only=[])  # smoothing folded, no Q/DQ
-    hist = calibrate.histograms(smoothed, {a: ranges["absmax"][a] for a in activations}, images, batch)
+    tap = calibrate.Tap(model, activations)
+    raw_absmax, _ = calibrate.channel_absmax(tap, images, batch)
+    divisors = {a: np.asarray(ranges["smoothing"][g.producer]["scales"], dtype=np.float32)
+                for g in plan["groups"] for a in g.activations if ranges["smoothing"].get(g.producer, {}).get("alpha")}
+    hist = calibrate.histograms(tap, {a: ranges["absmax"][a] for a in activations}, images, batch, divisors=divisors)
     readers = {}
     for node, i in plan["inputs"]:
         readers.setdefault(next(n for n in model.graph.node if n.name == node).input[i], []).append(node)

@@ -4,6 +4,7 @@ calibration statistics against a single pass over all images, and the accuracy-b
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,9 @@ def test_range_rules_against_brute_force():
 def test_statistics_do_not_depend_on_the_batch(fp32, images):
     model = onnx.load(str(fp32))
     tensors = [layer.activation for layer in qdq.weight_layers(model)]
-    one, sample_one = calibrate.channel_absmax(model, tensors, images, 1, sampled=tensors[1:2])
-    four, sample_four = calibrate.channel_absmax(model, tensors, images, 4, sampled=tensors[1:2])
+    tap = calibrate.Tap(model, tensors)
+    one, sample_one = calibrate.channel_absmax(tap, images, 1, sampled=tensors[1:2])
+    four, sample_four = calibrate.channel_absmax(tap, images, 4, sampled=tensors[1:2])
     # reference: one run over all images at once, with every tensor exposed
     import onnxruntime as ort
 
@@ -73,11 +75,18 @@ def test_statistics_do_not_depend_on_the_batch(fp32, images):
     first_rows = np.abs(rows).max(axis=1).reshape(len(images), n_tokens)[:, :4]
     np.testing.assert_allclose(first_rows, -np.sort(-per_token, axis=1)[:, :4], rtol=1e-5)
     top = {name: float(one[name].max()) for name in tensors}
-    h1 = calibrate.histograms(model, top, images, 1)
-    h4 = calibrate.histograms(model, top, images, 5)
+    h1 = calibrate.histograms(tap, top, images, 1)
+    h4 = calibrate.histograms(tap, top, images, 5)
     for name in tensors:
         np.testing.assert_array_equal(h1[name], h4[name])
         assert h1[name].sum() == values[name].size
+    # divided by per-channel scales: the histogram of the smoothed tensor, against numpy's
+    name = tensors[1]
+    scales = np.linspace(0.5, 2, len(one[name])).astype(np.float32)
+    top_scaled = float((one[name] / scales).max())
+    scaled = calibrate.histograms(tap, {name: top_scaled}, images, 3, divisors={name: scales})[name]
+    expected = np.histogram(np.abs(values[name] / scales), bins=calibrate.HISTOGRAM_BINS, range=(0, top_scaled))[0]
+    assert np.abs(scaled - expected).sum() <= 2  # float rounding at bin edges only
 
 
 def test_weight_quantization_is_symmetric_per_output_channel():
@@ -106,7 +115,9 @@ def test_smoothquant_fold_keeps_the_function_and_covers_every_gemm(fp32, images)
             numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == g.layers[0].weight))
             .swapaxes(0, g.layers[0].in_axis)))).astype(np.float32)
     folded = smoothquant.fold(model, groups)
-    assert len(folded.graph.node) <= len(model.graph.node)  # no op added (GELU's shared constant may go)
+    added = collections.Counter(n.op_type for n in folded.graph.node) - collections.Counter(
+        n.op_type for n in model.graph.node)
+    assert added == {"Mul": blocks}  # one Mul after each GELU; LayerNorm and V take their scales as they are
     reference = int8.run_graph(model, images)
     np.testing.assert_allclose(int8.run_graph(folded, images), reference, rtol=1e-4, atol=1e-4)
 

@@ -4,10 +4,13 @@ Two passes over the calibration images on ONNX Runtime, each holding one batch o
 tensors at a time (the graph is rewritten to expose them as outputs), so memory follows the
 batch, not the set:
 
+Both passes read one ONNX Runtime session (``Tap``).
+
 1. ``channel_absmax``: the largest |x| per channel (last axis) of each watched tensor, which
    SmoothQuant needs (its maximum over channels is the tensor's range), and a sample of rows
    to choose the SmoothQuant strength with.
-2. ``histograms``: a histogram of |x| per tensor over the fixed range [0, amax] found by pass 1,
+2. ``histograms``: a histogram of |x| per tensor (divided by its SmoothQuant scales) over the fixed
+   range [0, amax] found by pass 1,
    so the result does not depend on the batch size or the image order (unlike a calibrator that
    widens its range as batches arrive).
 
@@ -49,31 +52,41 @@ def _exposing(model: onnx.ModelProto, tensors: Sequence[str]) -> bytes:
         del model.graph.output[len(model.graph.output) - len(extra):]
 
 
-def _batch_outputs(
-    model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray, batch: int,
-    tick: Callable[[int], None] | None,
-) -> Iterable[tuple[int, dict[str, np.ndarray]]]:
-    """(index of the batch's first image, the watched tensors' values) for each batch."""
-    import onnxruntime as ort
+class Tap:
+    """One ONNX Runtime session over the model with the watched tensors exposed as outputs.
 
-    # every watched tensor of a batch is held at once (b16 at 384: ~150 MB per image), so the run
-    # batch is capped by tokens; the statistics do not depend on it, only the memory does
-    tokens = max(int(np.prod(images.shape[2:])) // 256, 1)  # ~ patches at 16 px
-    batch = max(1, min(batch, RUN_TOKENS // tokens))
-    options = ort.SessionOptions()
-    # the watched tensors must exist as they are in the graph, not fused away
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    session = ort.InferenceSession(_exposing(model, tensors), options, providers=["CPUExecutionProvider"])
-    for i, chunk in enumerate(batches(images, batch)):
-        values = session.run(list(tensors), {INPUT_NAME: chunk})
-        if tick is not None:
-            tick(len(chunk))
-        yield i * batch, dict(zip(tensors, values, strict=True))
+    Both calibration passes read the same session (a b16 graph is 350 MB; a second session, or a
+    second graph for the smoothed model, is what used to push calibration past 3 GB).
+    """
+
+    def __init__(self, model: onnx.ModelProto, tensors: Sequence[str]) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # the watched tensors must exist as they are in the graph, not fused away
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        self.tensors = list(dict.fromkeys(tensors))
+        self.session = ort.InferenceSession(_exposing(model, self.tensors), options,
+                                            providers=["CPUExecutionProvider"])
+
+    def batches(
+        self, images: np.ndarray, batch: int, tick: Callable[[int], None] | None = None,
+    ) -> Iterable[tuple[int, dict[str, np.ndarray]]]:
+        """(index of the batch's first image, the watched tensors' values) for each batch."""
+        # every watched tensor of a batch is held at once (b16 at 384: ~150 MB per image), so the run
+        # batch is capped by tokens; the statistics do not depend on it, only the memory does
+        tokens = max(int(np.prod(images.shape[2:])) // 256, 1)  # ~ patches at 16 px
+        batch = max(1, min(batch, RUN_TOKENS // tokens))
+        for i, chunk in enumerate(batches(images, batch)):
+            values = self.session.run(self.tensors, {INPUT_NAME: chunk})
+            if tick is not None:
+                tick(len(chunk))
+            yield i * batch, dict(zip(self.tensors, values, strict=True))
 
 
 def channel_absmax(
-    model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray, batch: int,
-    tick: Callable[[int], None] | None = None, sampled: Sequence[str] = (),
+    tap: Tap, images: np.ndarray, batch: int, tick: Callable[[int], None] | None = None,
+    sampled: Sequence[str] = (),
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """max |x| per channel (last axis) of each tensor over all images, and for the tensors in
     ``sampled`` a weighted sample of their rows: (rows, weights).
@@ -88,7 +101,7 @@ def channel_absmax(
     absmax: dict[str, np.ndarray] = {}
     rows_of: dict[str, list[np.ndarray]] = {name: [] for name in sampled}
     weights_of: dict[str, list[np.ndarray]] = {name: [] for name in sampled}
-    for start, outputs in _batch_outputs(model, tensors, images, batch, tick):
+    for start, outputs in tap.batches(images, batch, tick):
         for name, value in outputs.items():
             m = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
             absmax[name] = m if name not in absmax else np.maximum(absmax[name], m)
@@ -109,16 +122,21 @@ def channel_absmax(
 
 
 def histograms(
-    model: onnx.ModelProto, amax: dict[str, float], images: np.ndarray, batch: int,
-    tick: Callable[[int], None] | None = None, bins: int = HISTOGRAM_BINS,
+    tap: Tap, amax: dict[str, float], images: np.ndarray, batch: int,
+    tick: Callable[[int], None] | None = None, divisors: dict[str, np.ndarray] | None = None,
+    bins: int = HISTOGRAM_BINS,
 ) -> dict[str, np.ndarray]:
-    """Histogram of |x| over [0, amax[name]] for each tensor named in ``amax``."""
-    tensors = list(amax)
-    counts = {name: np.zeros(bins, dtype=np.int64) for name in tensors}
-    for _, outputs in _batch_outputs(model, tensors, images, batch, tick):
-        for name, value in outputs.items():
-            top = max(float(amax[name]), 1e-12)
-            counts[name] += np.histogram(np.abs(value), bins=bins, range=(0.0, top))[0]
+    """Histogram of |x / divisor| over [0, amax[name]] for each tensor named in ``amax``.
+
+    ``divisors``: per-channel SmoothQuant scales: the smoothed graph's tensor is the original one
+    divided by them, so the original graph's session serves both passes.
+    """
+    counts = {name: np.zeros(bins, dtype=np.int64) for name in amax}
+    divisors = divisors or {}
+    for _, outputs in tap.batches(images, batch, tick):
+        for name in amax:
+            value = outputs[name] / divisors[name] if name in divisors else outputs[name]
+            counts[name] += np.histogram(np.abs(value), bins=bins, range=(0.0, max(float(amax[name]), 1e-12)))[0]
     return counts
 
 

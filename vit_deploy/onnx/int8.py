@@ -235,7 +235,8 @@ def calibrate_ranges(
     """Smoothing scales per group and the clipping range per activation tensor (two passes)."""
     groups: list[smoothquant.SmoothGroup] = plan["groups"] if smooth else []
     sampled = [g.activations[0] for g in groups]
-    channel, samples = calibrate.channel_absmax(model, plan["activations"], images, batch, tick, sampled)
+    tap = calibrate.Tap(model, plan["activations"])
+    channel, samples = calibrate.channel_absmax(tap, images, batch, tick, sampled)
     top = {name: float(values.max()) for name, values in channel.items()}  # the range the quantizer sees
     smoothing = {}
     for group in groups:
@@ -244,7 +245,9 @@ def calibrate_ranges(
         smoothing[group.producer] = {"alpha": group.alpha, "scales": group.scales.tolist()}
         for a in group.activations:
             top[a] = float((channel[a] / group.scales).max())
-    hist = calibrate.histograms(smoothquant.fold(model, groups), top, images, batch, tick) if method != "minmax" else {}
+    divisors = {a: group.scales for group in groups for a in group.activations if group.alpha is not None}
+    hist = calibrate.histograms(tap, top, images, batch, tick, divisors) if method != "minmax" else {}
+    del tap
     amax = {name: calibrate.choose_amax(hist[name], top[name], method) if hist else top[name] for name in top}
     for group in groups if method != "minmax" else []:
         # where a group was rescaled, the clip is checked against the GEMM's own error
