@@ -94,7 +94,6 @@ def tensor_statistics(
     """Range, chosen clip, clipped fraction, outlier channels and smoothing of each quantized activation."""
     activations = plan["activations"]
     tap = calibrate.Tap(model, activations)
-    raw_absmax, _ = calibrate.channel_absmax(tap, images, batch)
     divisors = {a: np.asarray(ranges["smoothing"][g.producer]["scales"], dtype=np.float32)
                 for g in plan["groups"] for a in g.activations if ranges["smoothing"].get(g.producer, {}).get("alpha")}
     hist = calibrate.histograms(tap, {a: ranges["absmax"][a] for a in activations}, images, batch, divisors=divisors)
@@ -107,7 +106,7 @@ def tensor_statistics(
             alpha_of[a] = ranges["smoothing"].get(group.producer, {}).get("alpha")
     rows = []
     for name in activations:
-        channels = raw_absmax[name]
+        channels = np.asarray(ranges["channel_absmax"][name])  # before SmoothQuant, from the calibration
         median = float(np.median(channels))
         outliers = np.flatnonzero(channels > OUTLIER_FACTOR * max(median, 1e-12))
         top, clip = ranges["absmax"][name], ranges["amax"][name]
