@@ -36,20 +36,23 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, fl
 
 def failures(metrics: dict[str, float], tol: Tolerance, gate_top1: bool = True) -> list[str]:
     """Every bound of ``tol`` that ``metrics`` break, as readable strings (empty: pass)."""
+    # (tolerance field, metric, "max" or "min", how to show the value): a bound holds only when the
+    # comparison is true, so NaN or Inf in the logits fails every bound instead of slipping past it
+    bounds = [
+        ("max_rel_l2", "rel_l2", "max", "rel L2 {:.2e}"),
+        ("max_abs", "max_abs", "max", "max abs {:.2e}"),
+        ("min_cosine", "min_cosine", "min", "cosine {:.6f}"),
+        ("min_mean_cosine", "mean_cosine", "min", "mean cosine {:.6f}"),
+        ("min_top1_agreement", "top1_agreement", "min", "top-1 agreement {:.2%}"),
+        ("max_accuracy_drop", "accuracy_drop_points", "max", "top-1 accuracy drop {:.2f} points"),
+    ]
     out = []
-    if tol.max_rel_l2 is not None and metrics["rel_l2"] > tol.max_rel_l2:
-        out.append(f"rel L2 {metrics['rel_l2']:.2e} > {tol.max_rel_l2:.0e}")
-    if tol.max_abs is not None and metrics["max_abs"] > tol.max_abs:
-        out.append(f"max abs {metrics['max_abs']:.2e} > {tol.max_abs:.0e}")
-    if tol.min_cosine is not None and metrics["min_cosine"] < tol.min_cosine:
-        out.append(f"cosine {metrics['min_cosine']:.6f} < {tol.min_cosine}")
-    if tol.min_mean_cosine is not None and not metrics["mean_cosine"] >= tol.min_mean_cosine:
-        out.append(f"mean cosine {metrics['mean_cosine']:.6f} < {tol.min_mean_cosine}")
-    if gate_top1 and tol.min_top1_agreement is not None and metrics["top1_agreement"] < tol.min_top1_agreement:
-        out.append(f"top-1 agreement {metrics['top1_agreement']:.2%} < {tol.min_top1_agreement:.1%}")
-    drop = metrics.get("accuracy_drop_points")
-    if tol.max_accuracy_drop is not None and drop is not None and drop > tol.max_accuracy_drop:
-        out.append(f"top-1 accuracy drop {drop:.2f} points > {tol.max_accuracy_drop}")
+    for field, key, kind, shown in bounds:
+        bound, value = getattr(tol, field), metrics.get(key)
+        if bound is None or value is None or (key == "top1_agreement" and not gate_top1):
+            continue
+        if not (value <= bound if kind == "max" else value >= bound):
+            out.append(f"{shown.format(value)} {'>' if kind == 'max' else '<'} {bound}")
     return out
 
 
