@@ -6,11 +6,14 @@ The recipe, each part chosen by measurement on a real trained ViT and real photo
 1. **Weight layers** (patch embedding Conv, qkv, proj, fc1, fc2, head): INT8 weights with
    symmetric per-output-channel scales, INT8 activations with one symmetric per-tensor scale,
    biases float, no Q/DQ on GEMM outputs (``qdq.py``).
-2. **SmoothQuant** folded into the LayerNorm affine and the V columns of qkv, so the graph gains
-   no ops; the strength alpha chosen per layer (``smoothquant.py``). Without it a real ViT loses
-   3-6 points of top-1: its LayerNorm outputs have a few channels 20-100x the median.
+2. **SmoothQuant** folded into the LayerNorm affine and the V columns of qkv, and one Mul after
+   each GELU; the strength alpha chosen per layer (``smoothquant.py``). Without it the real
+   ViT-Ti agrees with FP32 on 89.6% of held-out photos instead of 96-97% (mean cosine 0.943 vs
+   0.993): one GELU-output channel reaches 219 where the rest stay under 9.
 3. **Ranges** per tensor from exact, batch-independent histograms, by the chosen method
    (``calibrate.py``; default ``mse``).
+4. **The accuracy budget**, last resort (:func:`fit_budget`): the most sensitive weight layers
+   left in float, at most 10% of them, when the graph strays too far from FP32.
 
 Attention (the two MatMuls whose inputs are both activations, Q*scale @ K^T and P @ V): kept in
 float by default for every target. Quantizing them adds error on a real model (the softmax output
@@ -40,7 +43,7 @@ from .graph import save_model
 
 ATTENTION_INT8_MAX_TOKENS = 512
 DEFAULT_METHOD = CALIBRATION_METHODS[0]
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 MAX_FLOAT_FRACTION = 0.1  # the fallback leaves at most 10% of the weight layers in float
 BUDGET_CHECK_IMAGES = 128  # images the fallback checks each candidate graph on
 CLIP_CANDIDATES = 6  # activation ranges tried between the histogram's choice and no clipping
