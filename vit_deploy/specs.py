@@ -7,10 +7,12 @@ shape, which timm and the augreg checkpoints call ViT-Ti/16.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
-from .errors import UsageError
+from .errors import UsageError, VitDeployError
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,107 @@ DEFAULT_NUM_CLASSES = 1000
 DEFAULT_LAYER_NORM_EPS = 1e-6
 
 
+# The resampling filters an image may be resized with (images/decode.py maps them onto PIL's);
+# HF's and timm's configs use the same names.
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+# The largest image side a preprocessing config may ask for: well above any ViT resolution (H/14
+# runs at 518), well below a resize that would allocate gigabytes per image.
+MAX_IMAGE_SIDE = 4096
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where checked values come from, so a refusal is one line naming the source, the field and the fix.
+
+    Args:
+        source: the file (or "" for the command line) the values were read from.
+        fix: what the user should do, e.g. "fix or remove the file".
+        names: a field's name as the source spells it (``{"std": "image_std"}``); default: the field itself.
+        error: the exception type raised (UsageError for options, CheckpointError for checkpoint files).
+    """
+
+    source: str = ""
+    fix: str = "fix the value"
+    names: Mapping[str, str] = field(default_factory=dict)
+    error: type[VitDeployError] = UsageError
+
+    def fail(self, name: str, value: Any, problem: str) -> NoReturn:
+        prefix = f"{self.source}: " if self.source else ""
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."  # a hostile value may be huge
+        raise self.error(f"{prefix}{self.names.get(name, name)} = {shown} {problem}; {self.fix}")
+
+
+def check_number(
+    value: Any, name: str, where: Where, *, integer: bool = False, low: float | None = None,
+    high: float | None = None, low_open: bool = False,
+) -> Any:
+    """``value`` as a finite number in [``low``, ``high``] (``low_open``: above ``low``); ``where.fail`` otherwise.
+
+    JSON gives strings, null, booleans and (for 1e400 or NaN literals) non-finite floats where a
+    number belongs; none of them may reach a model or an image transform. ``integer``: a whole
+    number, returned as int (224.0 is 224).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        where.fail(name, value, "is not a number")
+    if not math.isfinite(value):
+        where.fail(name, value, "is not a finite number")
+    if integer:
+        if value != int(value):
+            where.fail(name, value, "is not a whole number")
+        value = int(value)
+    if low is not None and (value <= low if low_open else value < low):
+        where.fail(name, value, f"must be {'above' if low_open else 'at least'} {low:g}")
+    if high is not None and value > high:
+        where.fail(name, value, f"must be at most {high:g}")
+    return value
+
+
+def resize_for_crop_pct(crop: int, crop_pct: float) -> int:
+    """The resize (shorter side) that a center crop of ``crop`` px at ``crop_pct`` implies: timm's rule, floor."""
+    return math.floor(crop / crop_pct)
+
+
+def check_preprocessing(fields: Mapping[str, Any], where: Where) -> dict[str, Any]:
+    """Any subset of :class:`Preprocessing`'s fields, type- and range-checked, normalised (ints, 3 floats).
+
+    The one check of preprocessing values, wherever they come from (a checkpoint's processor config,
+    timm's pretrained_cfg, the export options, the dataclass itself): sizes are whole numbers in
+    [1, MAX_IMAGE_SIDE] with crop <= resize, the interpolation a known filter, mean and std one or
+    three finite numbers (one applies to all channels), std above 0.
+    """
+    out: dict[str, Any] = {}
+    for name in ("resize", "crop"):
+        if name in fields:
+            out[name] = check_number(fields[name], name, where, integer=True, low=1, high=MAX_IMAGE_SIDE)
+    if "interpolation" in fields:
+        value = fields["interpolation"]
+        if not isinstance(value, str) or value.lower() not in INTERPOLATIONS:
+            where.fail("interpolation", value, f"is not one of {', '.join(INTERPOLATIONS)}")
+        out["interpolation"] = value.lower()
+    for name in ("mean", "std"):
+        if name in fields:
+            out[name] = _channel_values(fields[name], name, where, positive=name == "std")
+    for name, only in (("channel_order", "RGB"), ("layout", "NCHW")):
+        if name in fields and fields[name] != only:
+            where.fail(name, fields[name], f"is not supported (only {only})")
+    if "resize" in out and "crop" in out and out["crop"] > out["resize"]:
+        crop, resize = where.names.get("crop", "crop"), where.names.get("resize", "resize")
+        where.fail("crop", out["crop"], f"is larger than {resize} {out['resize']}: the {crop} must fit in the "
+                   "resized image")
+    return out
+
+
+def _channel_values(value: Any, name: str, where: Where, positive: bool) -> tuple[float, float, float]:
+    if not isinstance(value, list | tuple) or len(value) not in (1, 3):
+        where.fail(name, value, "is not a list of 1 or 3 numbers (one per RGB channel)")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or (positive and v <= 0):
+            where.fail(name, value, "must hold finite numbers" + (" above 0" if positive else ""))
+    numbers = [float(v) for v in value]
+    return (numbers[0],) * 3 if len(numbers) == 1 else (numbers[0], numbers[1], numbers[2])
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How a caller turns an RGB image into the model input. Travels into every manifest.
@@ -61,6 +164,13 @@ class Preprocessing:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     channel_order: str = "RGB"
     layout: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        # The backstop behind every source's own check: no instance holds a value that would
+        # certify a broken artifact (std 0 divides by zero, a crop larger than the resize fails late).
+        checked = check_preprocessing(asdict(self), Where("preprocessing", "re-create it from valid values"))
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -34,7 +34,7 @@ def build_model(
         cfg = _with_preprocessing(cfg, prep)
     model = create_model(cfg, seed)
     facts = load_into(model, ckpt)
-    return model, {"pretrained": True, "source": str(weights), "format": ckpt.format, "sha256": ckpt.sha256, **facts}
+    return model, {"pretrained": True, **ckpt.provenance(), **facts}
 
 
 def _with_preprocessing(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:

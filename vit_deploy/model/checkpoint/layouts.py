@@ -1,10 +1,9 @@
 """Checkpoint layouts (Hugging Face transformers 4.x/5.x, Google JAX) mapped onto the reference (timm)
-names, and the preprocessing a processor config implies."""
+names."""
 
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,7 @@ import numpy as np
 import torch
 
 from ...errors import CheckpointError
-from .readers import _read_json
 
-# PIL's resampling enum, which HF image processors store as an int.
-_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 # JAX layouts -> torch: conv HWIO -> OIHW, attention out [heads, hd, dim] -> [dim, heads, hd],
 # Dense [in, out] -> [out, in] (timm's _n2p).
 _JAX_TO_TORCH_AXES = {4: (3, 2, 0, 1), 3: (2, 0, 1), 2: (1, 0)}
@@ -211,74 +207,3 @@ def _jax_to_reference(
         except TypeError:
             out[key] = torch.empty(0)
     return out, "jax", heads
-
-
-def _preprocessing(side_dir: Path) -> dict[str, Any] | None:
-    hf = _read_json(side_dir, "preprocessor_config.json")
-    if hf is not None:
-        return _hf_preprocessing(hf, side_dir / "preprocessor_config.json")
-    timm_cfg = _read_json(side_dir, "config.json")
-    if timm_cfg and isinstance(timm_cfg.get("pretrained_cfg"), dict):
-        return _timm_preprocessing(timm_cfg["pretrained_cfg"])
-    return None
-
-
-def _hf_preprocessing(p: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Map an HF image processor config onto Preprocessing fields (ViTImageProcessor defaults)."""
-    out: dict[str, Any] = {}
-    resample = p.get("resample", 2)  # ViTImageProcessor default: PIL bilinear
-    interpolation = (
-        _PIL_RESAMPLE.get(resample, resample) if isinstance(resample, int) else str(resample).lower()
-    )
-    if interpolation not in _PIL_RESAMPLE.values():
-        raise CheckpointError(f"{path}: unknown resample value {resample!r}; fix or remove the file")
-    if p.get("do_resize", True):
-        side = _square_side(p.get("size", {"height": 224, "width": 224}), path, "size")
-        out.update(resize=side, crop=side, interpolation=interpolation)
-    if p.get("do_center_crop", False) and p.get("crop_size") is not None:
-        out["crop"] = _square_side(p["crop_size"], path, "crop_size")
-    # HF computes (pixel * rescale_factor - mean) / std on 0..255 pixels; Preprocessing computes
-    # (x - mean) / std on x = pixel / 255. Equal when mean and std are divided by 255 * factor.
-    factor = float(p.get("rescale_factor", 1 / 255)) if p.get("do_rescale", True) else 1.0
-    scale = 255.0 * factor
-    if p.get("do_normalize", True):
-        mean = [float(v) for v in p.get("image_mean", (0.5, 0.5, 0.5))]
-        std = [float(v) for v in p.get("image_std", (0.5, 0.5, 0.5))]
-    else:
-        mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
-    if len(mean) != 3 or len(std) != 3:
-        raise CheckpointError(
-            f"{path}: image_mean/image_std must have 3 values (RGB); fix or remove the file"
-        )
-    out["mean"] = [m / scale for m in mean]
-    out["std"] = [s / scale for s in std]
-    return out
-
-
-def _square_side(size: Any, path: Path, field: str) -> int:
-    if isinstance(size, int):
-        return size
-    if isinstance(size, dict):
-        if "shortest_edge" in size:
-            return int(size["shortest_edge"])
-        if "height" in size and size["height"] == size.get("width"):
-            return int(size["height"])
-    raise CheckpointError(
-        f"{path}: {field}={size!r} is not square; only square inputs are supported, "
-        "so remove the file or make the size square"
-    )
-
-
-def _timm_preprocessing(cfg: dict[str, Any]) -> dict[str, Any] | None:
-    """timm's pretrained_cfg (eval transform: resize to floor(size / crop_pct), center crop)."""
-    input_size = cfg.get("input_size")
-    if cfg.get("crop_mode", "center") != "center" or not input_size or input_size[-1] != input_size[-2]:
-        return None  # squash/border crops have no Preprocessing equivalent; keep the defaults
-    crop = int(input_size[-1])
-    out: dict[str, Any] = {"crop": crop, "resize": math.floor(crop / float(cfg.get("crop_pct", 0.875)))}
-    if "interpolation" in cfg:
-        out["interpolation"] = str(cfg["interpolation"])
-    for key in ("mean", "std"):
-        if key in cfg:
-            out[key] = [float(v) for v in cfg[key]]
-    return out

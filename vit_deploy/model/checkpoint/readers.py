@@ -1,5 +1,6 @@
 """Reading checkpoint files safely: ``torch.load(weights_only=True)`` (a pickle that would run code is
-refused), safetensors, ``np.load`` without pickles; corrupt files and wrapper dicts named clearly."""
+refused), safetensors, ``np.load`` without pickles; corrupt files, wrapper dicts and tensors holding
+NaN or infinite values named clearly."""
 
 
 from __future__ import annotations
@@ -22,6 +23,50 @@ from ...errors import CheckpointError
 # last: timm's own loader prefers the plain weights unless asked for the EMA ones.
 _WRAPPER_KEYS = ("state_dict", "model", "module", "model_ema", "state_dict_ema")
 _LIST_LIMIT = 10
+# Every tensor is cast to float32 at load (fit.load_into): a float64 value beyond this becomes inf.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor] | dict[str, np.ndarray]:
+    """Every tensor of one weights file (arrays for ``.npz``), after the checks all formats share."""
+    suffix = path.suffix.lower()
+    _sniff(path, suffix)
+    if suffix == ".npz":
+        tensors: Mapping[str, Any] = _load_npz(path)
+    elif suffix == ".safetensors":
+        tensors = _load_safetensors(path)
+    else:
+        tensors = _load_torch(path)
+    _refuse_non_finite(tensors, path)
+    return dict(tensors)
+
+
+def _refuse_non_finite(tensors: Mapping[str, Any], path: Path) -> None:
+    """CheckpointError naming the first tensors that hold NaN or Inf (or float64 beyond float32's range).
+
+    Such weights export and "validate" (NaN compares as nothing) into an artifact that answers NaN.
+    One elementwise pass per float tensor; the boolean mask is the only temporary.
+    """
+    bad: list[str] = []
+    for name, t in tensors.items():
+        if isinstance(t, np.ndarray):
+            if t.dtype.kind not in "fc":  # ints cannot hold NaN; ml_dtypes' bfloat16 is refused at conversion
+                continue
+            ok = np.abs(t) <= _FLOAT32_MAX if t.dtype == np.float64 else np.isfinite(t)
+            count = int(t.size - np.count_nonzero(ok))
+        else:
+            if not (t.is_floating_point() or t.is_complex()):
+                continue
+            ok = t.abs() <= _FLOAT32_MAX if t.dtype == torch.float64 else torch.isfinite(t)
+            count = int(t.numel() - ok.sum())
+        if count:
+            bad.append(f"{name} ({count} of {t.size if isinstance(t, np.ndarray) else t.numel()} values)")
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensor(s) hold NaN or infinite values: {_fmt_list(bad, limit=3)}; the weights "
+            "are broken (a diverged training run or a failed conversion?): use an earlier checkpoint, or repair "
+            "those tensors and save the file again"
+        )
 
 
 def _sniff(path: Path, suffix: str) -> None:
@@ -185,6 +230,6 @@ def _read_json(directory: Path | None, name: str) -> dict[str, Any] | None:
     return data
 
 
-def _fmt_list(items: list[str]) -> str:
-    shown = ", ".join(items[:_LIST_LIMIT])
-    return shown if len(items) <= _LIST_LIMIT else f"{shown}, ... and {len(items) - _LIST_LIMIT} more"
+def _fmt_list(items: list[str], limit: int = _LIST_LIMIT) -> str:
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown}, ... and {len(items) - limit} more"

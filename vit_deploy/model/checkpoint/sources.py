@@ -15,10 +15,12 @@ import torch
 from ...artifact import sha256_file
 from ...errors import CheckpointError
 from ..pos_embed import grid_of
-from .layouts import _is_vit_config, _jax_to_reference, _map_tensors, _preprocessing
-from .readers import _load_npz, _load_safetensors, _load_torch, _read_json, _sniff
+from .configs import read_config, read_preprocessing
+from .layouts import _is_vit_config, _jax_to_reference, _map_tensors
+from .readers import _load_tensors, _read_json
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+HUB_PREFIXES = ("hf:", "timm:")
 SUPPORTED_SUFFIXES = (".safetensors", *TORCH_SUFFIXES, ".npz")
 
 # timm and the JAX checkpoints were trained with eps 1e-6; Hugging Face's ViTConfig default is
@@ -50,6 +52,16 @@ class Checkpoint:
     # Attention heads, where the checkpoint records them (HF config.json, JAX kernel shapes). No
     # tensor shape reveals a wrong head count, so load_into checks this against the model.
     heads: int | None = None
+    # (absolute path, sha256) of every weights file read (one, or each shard): what a later
+    # rebuild of the reference must find unchanged, from any working directory.
+    files: tuple[tuple[str, str], ...] = ()
+    path: str | None = None  # the local file or folder as an absolute path; None for a hub id
+
+    def provenance(self) -> dict[str, Any]:
+        """Where the weights came from, for the manifest's ``checkpoint`` section."""
+        located = {"path": self.path} if self.path else {}
+        return {"source": self.source, **located, "format": self.format, "sha256": self.sha256,
+                "files": [{"path": p, "sha256": h} for p, h in self.files]}
 
 
 def read_checkpoint(spec: str | os.PathLike) -> Checkpoint:
@@ -101,13 +113,14 @@ def _read_weights_file(path: Path, source: str, side_dir: Path | None) -> Checkp
             f"{', '.join(SUPPORTED_SUFFIXES)} files, a Hugging Face model directory, "
             "hf:ORG/NAME and timm:MODEL.TAG"
         )
-    _sniff(path, suffix)
+    config = read_config(side_dir)  # checked first: a corrupt config fails before the weights are read
+    raw = _load_tensors(path)
     if suffix == ".npz":
-        state_dict, fmt, heads = _jax_to_reference(_load_npz(path), path)
+        state_dict, fmt, heads = _jax_to_reference(raw, path)
     else:
-        raw = _load_safetensors(path) if suffix == ".safetensors" else _load_torch(path)
-        state_dict, fmt, heads = _map_tensors(raw, path, _read_json(side_dir, "config.json"))
-    return _finish(state_dict, fmt, source, sha256_file(path), side_dir, heads, path)
+        state_dict, fmt, heads = _map_tensors(raw, path, config)
+    digest = sha256_file(path)
+    return _finish(state_dict, fmt, source, ((path, digest),), config, side_dir, heads, path)
 
 
 def _read_sharded(index: Path, source: str) -> Checkpoint:
@@ -118,32 +131,38 @@ def _read_sharded(index: Path, source: str) -> Checkpoint:
         raise CheckpointError(
             f"{index}: not a Hugging Face shard index (no weight_map); re-download the model"
         )
+    config = read_config(index.parent)
     raw: dict[str, torch.Tensor] = {}
+    files = []
     for shard_name in sorted(set(weight_map.values())):
-        shard = index.parent / shard_name
-        if not shard.is_file():
+        shard = index.parent / str(shard_name)
+        if not isinstance(shard_name, str) or Path(shard_name).name != shard_name:  # "../x", "/etc/x"
             raise CheckpointError(
-                f"{index} names shard {shard_name}, which is missing; re-download the model"
+                f"{index} names shard {shard_name!r}, which is not a file name in its folder; re-download the model"
             )
-        _sniff(shard, shard.suffix.lower())
-        raw.update(_load_safetensors(shard) if shard.suffix == ".safetensors" else _load_torch(shard))
-    state_dict, fmt, heads = _map_tensors(raw, index, _read_json(index.parent, "config.json"))
-    return _finish(state_dict, fmt, source, None, index.parent, heads, index)
+        if not shard.is_file() or shard.suffix.lower() not in (".safetensors", *TORCH_SUFFIXES):
+            raise CheckpointError(
+                f"{index} names shard {shard_name}, which is missing or not a weights file; re-download the model"
+            )
+        raw.update(_load_tensors(shard))
+        files.append((shard, sha256_file(shard)))
+    state_dict, fmt, heads = _map_tensors(raw, index, config)
+    return _finish(state_dict, fmt, source, tuple(files), config, index.parent, heads, index)
 
 
 def _finish(
     state_dict: dict[str, torch.Tensor],
     fmt: str,
     source: str,
-    sha256: str | None,
+    files: tuple[tuple[Path, str], ...],
+    config: dict[str, Any] | None,
     side_dir: Path | None,
     heads: int | None,
     path: Path,
 ) -> Checkpoint:
     if fmt == "hf":
-        config = _read_json(side_dir, "config.json")
-        config = config if config and _is_vit_config(config) else {}
-        eps = float(config.get("layer_norm_eps", HF_DEFAULT_LAYER_NORM_EPS))
+        vit_config = config if config and _is_vit_config(config) else {}
+        eps = float(vit_config.get("layer_norm_eps", HF_DEFAULT_LAYER_NORM_EPS))
     else:
         eps = TIMM_LAYER_NORM_EPS
     pos = state_dict.get("pos_embed")
@@ -164,12 +183,14 @@ def _finish(
         state_dict=state_dict,
         format=fmt,
         source=source,
-        sha256=sha256,
+        sha256=files[0][1] if len(files) == 1 else None,
         config_overrides={"layer_norm_eps": eps},
-        preprocessing=_preprocessing(side_dir) if side_dir is not None else None,
+        preprocessing=read_preprocessing(side_dir, config),
         num_classes=int(head.shape[0]) if head is not None and head.ndim == 2 else None,
         grid=grid,
         heads=heads,
+        files=tuple((str(p.absolute()), digest) for p, digest in files),
+        path=None if source.startswith(HUB_PREFIXES) else str(Path(source).expanduser().absolute()),
     )
 
 
