@@ -18,7 +18,7 @@ from typing import Any
 
 from . import runtime
 from .errors import ArtifactError, UsageError
-from .parity.reference import REFERENCE_BATCH
+from .parity.reference import REFERENCE_BATCH, reference_model
 from .progress import Progress
 from .specs import tolerance
 from .steps.validate import Reference, image_source, validate
@@ -40,6 +40,8 @@ class CompareOptions:
         seed: seeds the random images and the sample.
         provider: ONNX Runtime provider for ONNX candidates (``"cpu"``, ``"cuda"``, ``"tensorrt"``).
         backend: run the candidate on this backend (None: the artifact's own).
+        weights: where the checkpoint is now, when it moved since the export (``reference="pytorch"`` only);
+            its sha256 must still be the one the manifest records.
     """
 
     artifact: Path
@@ -50,6 +52,7 @@ class CompareOptions:
     seed: int = 0
     provider: str = "cpu"
     backend: str | None = None
+    weights: str | None = None
 
 
 def compare_artifact(opts: CompareOptions, progress: Progress | None = None) -> dict[str, Any]:
@@ -57,6 +60,8 @@ def compare_artifact(opts: CompareOptions, progress: Progress | None = None) -> 
     progress = progress or Progress(enabled=False)
     if not opts.batch_sizes or min(opts.batch_sizes) < 1:
         raise UsageError(f"batch sizes must be >= 1, got {list(opts.batch_sizes)}")
+    if opts.weights is not None and opts.reference != "pytorch":
+        raise UsageError("--weights rebuilds the PyTorch reference; it does not go with --reference DIR")
     progress.total = 2 + len(opts.batch_sizes)
 
     with progress.step("Opening the artifact"):
@@ -85,8 +90,10 @@ def compare_artifact(opts: CompareOptions, progress: Progress | None = None) -> 
 
 def _reference(opts: CompareOptions, candidate: runtime.Runner) -> Reference:
     if opts.reference == "pytorch":
+        from .runtime.pytorch_runner import PyTorchRunner
+
         try:
-            runner = runtime.open(candidate.artifact, "pytorch", max_batch=REFERENCE_BATCH)
+            model = reference_model(candidate.artifact, opts.weights)
         except ArtifactError as e:
             parent = candidate.artifact.parent_dir
             hint = f" (e.g. --reference {parent})" if parent else ""
@@ -94,6 +101,7 @@ def _reference(opts: CompareOptions, candidate: runtime.Runner) -> Reference:
                 f"no PyTorch reference for {opts.artifact}: {e}. Compare against the FP32 export instead with "
                 f"--reference DIR{hint}"
             ) from e
+        runner = PyTorchRunner(candidate.artifact, max_batch=REFERENCE_BATCH, model=model)
         return Reference(runner, "pytorch fp32 (rebuilt from the manifest)")
     runner = runtime.open(opts.reference, max_batch=REFERENCE_BATCH)
     other = runner.artifact

@@ -133,10 +133,41 @@ def check_preprocessing(fields: Mapping[str, Any], where: Where) -> dict[str, An
         if name in fields and fields[name] != only:
             where.fail(name, fields[name], f"is not supported (only {only})")
     if "resize" in out and "crop" in out and out["crop"] > out["resize"]:
-        crop, resize = where.names.get("crop", "crop"), where.names.get("resize", "resize")
-        where.fail("crop", out["crop"], f"is larger than {resize} {out['resize']}: the {crop} must fit in the "
+        resize = where.names.get("resize", "resize")
+        where.fail("crop", out["crop"], f"is larger than {resize} {out['resize']}: the center crop must fit in the "
                    "resized image")
     return out
+
+
+def preprocessing_options(
+    img_size: int, resize: int | None = None, crop_pct: float | None = None,
+    mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+) -> dict[str, Any]:
+    """``export --resize/--crop-pct/--mean/--std`` as checked Preprocessing fields (only those given).
+
+    ``--resize`` and ``--crop-pct`` are two ways to say one thing: the center crop is the model's
+    ``img_size``, and ``crop_pct`` means ``resize = floor(img_size / crop_pct)`` (timm's rule, so
+    0.9 at 224 is 248). Both may be given only when they agree.
+    """
+    where = Where("", "fix the option", {"resize": "--resize", "crop": "--res", "mean": "--mean", "std": "--std",
+                                         "crop_pct": "--crop-pct"})
+    fields: dict[str, Any] = {}
+    if crop_pct is not None:
+        pct = check_number(crop_pct, "crop_pct", where, low=0, low_open=True, high=1)
+        fields["resize"] = resize_for_crop_pct(img_size, pct)
+        if resize is not None and resize != fields["resize"]:
+            raise UsageError(
+                f"--resize {resize} and --crop-pct {crop_pct:g} disagree: at --res {img_size}, --crop-pct "
+                f"{crop_pct:g} means --resize {fields['resize']} (floor(res / crop_pct), as timm); give one of them"
+            )
+    if resize is not None:
+        fields["resize"] = resize
+    fields.update({k: v for k, v in (("mean", mean), ("std", std)) if v is not None})
+    if "resize" in fields:
+        fields["crop"] = img_size  # the crop is the model's input: it must fit in the resize
+    checked = check_preprocessing(fields, where)
+    checked.pop("crop", None)
+    return checked
 
 
 def _channel_values(value: Any, name: str, where: Where, positive: bool) -> tuple[float, float, float]:
@@ -300,6 +331,9 @@ def tolerance(precision: str) -> Tolerance:
     except KeyError:
         raise UsageError(f"no tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}") from None
 
+
+# Checkpoint specs that name a hub model instead of a local file (vit-deploy export --weights).
+HUB_PREFIXES = ("hf:", "timm:")
 
 # The choice lists the CLI offers (click.Choice) and the library checks against: cheap to import.
 RUNTIME_BACKENDS = ("tensorrt", "onnxruntime", "openvino", "pytorch")  # vit_deploy.runtime.open(artifact, backend)

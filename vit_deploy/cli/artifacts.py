@@ -31,6 +31,8 @@ from .options import (
               help="Real images: a folder (labels.csv adds accuracy) or a definition file; default: seeded random.")
 @click.option("--max-images", type=int, default=None, help="Use at most N images (seeded sample).")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to run the artifact at.")
+@click.option("--weights", default=None,
+              help="The checkpoint, when it moved since the export (same bytes: its sha256 is checked).")
 @backend_option
 @provider_option
 @seed_option("random inputs and sampling")
@@ -38,7 +40,7 @@ from .options import (
 @click.pass_context
 def compare(
     ctx: click.Context, artifact: Path | None, reference: str, images: str | None, max_images: int | None,
-    batch_sizes: str, backend: str | None, provider: str, seed: int, as_json: bool,
+    batch_sizes: str, weights: str | None, backend: str | None, provider: str, seed: int, as_json: bool,
 ) -> None:
     """Run ARTIFACT and its reference on the same inputs; exit 2 when outside the precision's bounds."""
     from ..compare import CompareOptions, compare_artifact
@@ -46,7 +48,7 @@ def compare(
     artifact = artifact_of(ctx, artifact)
     opts = CompareOptions(artifact=artifact, reference=reference, images=images,
                           batch_sizes=parse_batch_sizes(batch_sizes), max_images=max_images, seed=seed,
-                          provider=provider, backend=backend)
+                          provider=provider, backend=backend, weights=weights)
     summary = compare_artifact(opts, Progress(enabled=True))
     click.echo(json.dumps(summary, indent=2) if as_json else compare_text(summary))
     if not summary["passed"]:

@@ -25,20 +25,33 @@ from .options import aliased, force_option, json_option, out_option, seed_option
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17-20).")
 @out_option("Artifact folder (default: artifacts/<model>-<res>).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim simplification.")
+@click.option("--resize", type=int, default=None,
+              help="Preprocessing: resize the shorter side to N px before the center crop of --res "
+                   "(default: the checkpoint's config, else 256 at 224 and --res elsewhere).")
+@click.option("--crop-pct", type=float, default=None,
+              help="Preprocessing: the center crop's fraction of the resize, timm's crop_pct: "
+                   "--resize = floor(res / crop_pct), e.g. 0.9 at 224 is 248.")
+@click.option("--mean", default=None, callback=lambda ctx, param, value: _channels(param, value),
+              help="Preprocessing: per-channel mean on 0..1 pixels, 1 or 3 comma-separated numbers "
+                   "(e.g. 0.485,0.456,0.406).")
+@click.option("--std", default=None, callback=lambda ctx, param, value: _channels(param, value),
+              help="Preprocessing: per-channel std on 0..1 pixels, 1 or 3 comma-separated numbers above 0.")
 @force_option
 @seed_option("random init and validation inputs")
 @json_option
 @click.pass_context
 def export(
     ctx: click.Context, variant: str, img_size: int, weights: str | None, num_classes: int | None, opset: int,
-    out: Path | None, no_simplify: bool, force: bool, seed: int, as_json: bool,
+    out: Path | None, no_simplify: bool, resize: int | None, crop_pct: float | None, mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None, force: bool, seed: int, as_json: bool,
 ) -> None:
     """Export a ViT to a validated ONNX artifact with a dynamic batch dimension."""
     from ..steps.export import ExportOptions, export_artifact, preflight
     from ..steps.validate import raise_if_failed
 
     opts = ExportOptions(variant=variant, img_size=img_size, num_classes=num_classes, weights=weights, opset=opset,
-                         out_dir=aliased(ctx, "out", out), simplify=not no_simplify, force=force, seed=seed)
+                         out_dir=aliased(ctx, "out", out), simplify=not no_simplify, force=force, seed=seed,
+                         resize=resize, crop_pct=crop_pct, mean=mean, std=std)
     preflight(opts)  # bad names, sizes, opsets and output folders fail before anything slow
     if weights is None:
         click.secho(
@@ -49,6 +62,16 @@ def export(
     summary = export_artifact(opts, Progress(enabled=True))
     click.echo(json.dumps(summary, indent=2) if as_json else export_text(summary))
     raise_if_failed(summary)
+
+
+def _channels(param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    """"0.485,0.456,0.406" -> floats; the values themselves are checked with the rest of the preprocessing."""
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not comma-separated numbers, e.g. 0.5,0.5,0.5", param=param) from None
 
 
 def export_text(s: dict[str, Any]) -> str:

@@ -9,14 +9,21 @@ A numeric validation failure still lands the artifact (for inspection; its manif
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..artifact import Artifact, file_entry, new_manifest, package_versions, write_manifest
 from ..fileio import check_can_write, staged_directory
 from ..progress import Progress
-from ..specs import DEFAULT_NUM_CLASSES, VALIDATION_BATCHES, ModelConfig, model_config, tolerance
+from ..specs import (
+    DEFAULT_NUM_CLASSES,
+    VALIDATION_BATCHES,
+    ModelConfig,
+    model_config,
+    preprocessing_options,
+    tolerance,
+)
 
 MODEL_FILE = "model.onnx"
 ATTENTION_FORM = "MatMul(Q*scale, K^T) -> Softmax -> MatMul(., V)"
@@ -36,6 +43,9 @@ class ExportOptions:
         simplify: run onnxsim.
         force: replace an existing artifact.
         seed: seeds the random init and the validation images.
+        resize, crop_pct, mean, std: preprocessing that overrides the checkpoint's (or the default):
+            the shorter side to resize to, or the crop fraction that implies it (``floor(img_size / crop_pct)``,
+            timm's rule; both only when they agree), and per-channel mean and std (1 or 3 values, on 0..1 pixels).
     """
 
     variant: str
@@ -47,6 +57,10 @@ class ExportOptions:
     simplify: bool = True
     force: bool = False
     seed: int = 0
+    resize: int | None = None
+    crop_pct: float | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 def default_out_dir(variant: str, img_size: int) -> Path:
@@ -63,7 +77,13 @@ def preflight(opts: ExportOptions) -> None:
 
     model_config(opts.variant, opts.img_size, opts.num_classes or DEFAULT_NUM_CLASSES)
     check_opset(opts.opset)
+    option_preprocessing(opts)
     check_can_write(out_dir_of(opts), opts.force)
+
+
+def option_preprocessing(opts: ExportOptions) -> dict[str, Any]:
+    """The preprocessing fields the options set, checked (UsageError names the option)."""
+    return preprocessing_options(opts.img_size, opts.resize, opts.crop_pct, opts.mean, opts.std)
 
 
 def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> dict[str, Any]:
@@ -92,6 +112,8 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> di
     with progress.step("Building the model"):
         model, provenance = build_model(opts.variant, opts.img_size, opts.num_classes, opts.weights, opts.seed)
     cfg: ModelConfig = model.cfg
+    if overrides := option_preprocessing(opts):  # the options win over the checkpoint's configs
+        cfg = cfg.with_(preprocessing=replace(cfg.preprocessing, **overrides))
 
     with staged_directory(out_dir, opts.force) as stage:
         with progress.step(f"Exporting to ONNX (opset {opts.opset})"):

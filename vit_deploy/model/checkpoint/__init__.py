@@ -4,10 +4,10 @@ This package owns everything between "the user named some weights" and "the refe
 holds them": resolving the spec (a file, a Hugging Face directory, or an ``hf:`` / ``timm:``
 hub id), reading the file *safely* (``torch.load(weights_only=True)``, safetensors, or
 ``np.load`` without pickles), recognising the layout (timm, Hugging Face transformers 4.x or
-5.x names, Google's JAX ``.npz``), mapping it onto the reference (timm) parameter names, and
-the config files beside it checked field by field (``configs``), every tensor checked for NaN and
-infinity, the strict fit check against the model (missing/unexpected keys, shapes, class count), with
-position embeddings resampled when only the resolution differs.
+5.x names, Google's JAX ``.npz``), checking the config files beside it field by field
+(``configs``) and every tensor for NaN and infinity, mapping it onto the reference (timm)
+parameter names, and the strict fit check against the model (missing/unexpected keys, shapes,
+class count), with position embeddings resampled when only the resolution differs.
 
 Two steps, because the checkpoint decides part of the model config (``layer_norm_eps``, the
 preprocessing) before the model can be built::

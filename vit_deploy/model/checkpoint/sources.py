@@ -14,13 +14,13 @@ import torch
 
 from ...artifact import sha256_file
 from ...errors import CheckpointError
+from ...specs import HUB_PREFIXES
 from ..pos_embed import grid_of
 from .configs import read_config, read_preprocessing
 from .layouts import _is_vit_config, _jax_to_reference, _map_tensors
 from .readers import _load_tensors, _read_json
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-HUB_PREFIXES = ("hf:", "timm:")
 SUPPORTED_SUFFIXES = (".safetensors", *TORCH_SUFFIXES, ".npz")
 
 # timm and the JAX checkpoints were trained with eps 1e-6; Hugging Face's ViTConfig default is
