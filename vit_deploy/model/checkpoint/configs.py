@@ -9,6 +9,7 @@ export options use (``specs.check_number``, ``specs.check_preprocessing``).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,9 @@ def _hf_preprocessing(p: dict[str, Any], path: Path) -> dict[str, Any]:
     scale = 255.0 * factor
     mean, std = out.get("mean", (0.0,) * 3), out.get("std", (1.0,) * 3)
     out["mean"], out["std"] = [m / scale for m in mean], [s / scale for s in std]
-    check_preprocessing({"mean": out["mean"], "std": out["std"]}, where)  # a tiny rescale_factor overflows them
+    if not all(math.isfinite(v) and v != 0 for v in out["std"]) or not all(map(math.isfinite, out["mean"])):
+        where.fail("rescale_factor", factor, "scales image_mean/image_std out of range (they are divided by "
+                   "255 * rescale_factor)")
     return out
 
 
