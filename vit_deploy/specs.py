@@ -8,6 +8,7 @@ shape, which timm and the augreg checkpoints call ViT-Ti/16.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NoReturn
@@ -74,7 +75,10 @@ class Where:
 
     def fail(self, name: str, value: Any, problem: str) -> NoReturn:
         prefix = f"{self.source}: " if self.source else ""
-        shown = repr(value)
+        try:
+            shown = repr(value)
+        except ValueError:  # an int beyond Python's 4300-digit str limit
+            shown = "a huge number"
         shown = shown if len(shown) <= 80 else shown[:77] + "..."  # a hostile value may be huge
         raise self.error(f"{prefix}{self.names.get(name, name)} = {shown} {problem}; {self.fix}")
 
@@ -89,10 +93,9 @@ def check_number(
     number belongs; none of them may reach a model or an image transform. ``integer``: a whole
     number, returned as int (224.0 is 224).
     """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        where.fail(name, value, "is not a number")
-    if not math.isfinite(value):
-        where.fail(name, value, "is not a finite number")
+    if not _is_finite_number(value):
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        where.fail(name, value, "is not a finite number" if is_number else "is not a number")
     if integer:
         if value != int(value):
             where.fail(name, value, "is not a whole number")
@@ -102,6 +105,13 @@ def check_number(
     if high is not None and value > high:
         where.fail(name, value, f"must be at most {high:g}")
     return value
+
+
+def _is_finite_number(value: Any) -> bool:
+    # bool is an int subclass, and JSON's true is no size; JSON ints have no bound (10**400 is no float)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) <= sys.float_info.max if isinstance(value, int) else math.isfinite(value)
 
 
 def resize_for_crop_pct(crop: int, crop_pct: float) -> int:
@@ -174,7 +184,7 @@ def _channel_values(value: Any, name: str, where: Where, positive: bool) -> tupl
     if not isinstance(value, list | tuple) or len(value) not in (1, 3):
         where.fail(name, value, "is not a list of 1 or 3 numbers (one per RGB channel)")
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or (positive and v <= 0):
+        if not _is_finite_number(v) or (positive and v <= 0):
             where.fail(name, value, "must hold finite numbers" + (" above 0" if positive else ""))
     numbers = [float(v) for v in value]
     return (numbers[0],) * 3 if len(numbers) == 1 else (numbers[0], numbers[1], numbers[2])

@@ -221,7 +221,7 @@ def _read_json(directory: Path | None, name: str) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: bad UTF-8, bad JSON, an int of over 4300 digits
         raise CheckpointError(f"{path}: cannot read it as JSON ({e}); fix or remove the file") from None
     if not isinstance(data, dict):
         raise CheckpointError(
