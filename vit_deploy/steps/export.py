@@ -89,11 +89,10 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> di
     progress.total = 6 if opts.simplify else 5
     out_dir = out_dir_of(opts)
 
-    with progress.step("Building the model"):
-        model, provenance = build_model(opts.variant, opts.img_size, opts.num_classes, opts.weights, opts.seed)
-    cfg: ModelConfig = model.cfg
-
-    with staged_directory(out_dir, opts.force) as stage:
+    with staged_directory(out_dir, opts.force) as stage:  # takes the writer's lock: before any slow step
+        with progress.step("Building the model"):
+            model, provenance = build_model(opts.variant, opts.img_size, opts.num_classes, opts.weights, opts.seed)
+        cfg: ModelConfig = model.cfg
         with progress.step(f"Exporting to ONNX (opset {opts.opset})"):
             raw_dir = stage / "raw"
             raw_dir.mkdir()
