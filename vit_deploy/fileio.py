@@ -189,18 +189,19 @@ def _refuse_existing(out_dir: Path, real: Path, force: bool, kind: str) -> None:
     if not entries:
         return
     foreign = _foreign_entries(real, kind, entries)
-    if not force:
-        what = "files" if foreign is None else _NOUNS[kind]
-        raise ArtifactError(f"{out_dir} already holds {what}; pass --force to replace it, or choose another folder")
     if foreign is None:
         raise ArtifactError(
-            f"{out_dir} is not {_NOUNS[kind]} (it holds {_some(entries)}); --force replaces only what vit-deploy "
-            "wrote: choose another output folder, or move those files away yourself"
+            f"{out_dir} is not {_NOUNS[kind]} (it holds {_some(entries)}); vit-deploy replaces only what it wrote, "
+            "even with --force: choose another output folder, or move those files away yourself"
         )
     if foreign:
         raise ArtifactError(
-            f"{out_dir} is {_NOUNS[kind]} but also holds files vit-deploy did not write ({_some(foreign)}); "
-            "--force would delete them: move them out first, or choose another output folder"
+            f"{out_dir} is {_NOUNS[kind]} but also holds files vit-deploy did not write ({_some(foreign)}), which "
+            "replacing it would delete: move them out (then --force replaces it), or choose another output folder"
+        )
+    if not force:
+        raise ArtifactError(
+            f"{out_dir} already holds {_NOUNS[kind]}; pass --force to replace it, or choose another output folder"
         )
 
 
