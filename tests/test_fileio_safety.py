@@ -409,3 +409,40 @@ def test_a_read_only_parent_folder(art, tmp_path, run_cli, with_old):
         parent.chmod(0o755)
     assert_one_line(code, err, "Permission denied", "make it writable")
     assert snapshot(tmp_path) == before
+
+
+def chattr(flag: str, *paths: Path) -> bool:
+    """``chattr FLAG PATHS``: True if it worked (it needs root and an ext4/xfs/btrfs-like filesystem)."""
+    if shutil.which("chattr") is None:
+        return False
+    return subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True).returncode == 0
+
+
+def test_an_immutable_target_with_force_is_one_line_and_stays_whole(art, tmp_path, run_cli):
+    out = tmp_path / "a"
+    shutil.copytree(art, out)
+    if not chattr("+i", out):
+        pytest.skip("chattr +i needs root (CAP_LINUX_IMMUTABLE) and a filesystem with the flag; monkeypatched above")
+    before = snapshot(tmp_path)
+    try:
+        code, _, err = run_cli(*EXPORT, "--out", str(out), "--force")
+    finally:
+        chattr("-i", out)
+    assert_one_line(code, err, f"cannot write to {out}: Operation not permitted", "immutable (lsattr)")
+    assert snapshot(tmp_path) == before
+
+
+def test_an_immutable_file_in_the_replaced_artifact_is_named(art, tmp_path, run_cli):
+    out = tmp_path / "a"
+    shutil.copytree(art, out)
+    if not chattr("+i", out / "model.onnx"):
+        pytest.skip("chattr +i needs root (CAP_LINUX_IMMUTABLE) and a filesystem with the flag")
+    try:
+        code, _, err = run_cli(*EXPORT, "--out", str(out), "--seed", "3", "--force")
+        (left,) = tmp_path.glob(".a.partial-*")  # the replaced folder, which the user must clear
+        assert_one_line(code, err, f"{out} is written, but the folder it replaced could not be removed entirely",
+                        f"delete {left} yourself", "chattr -i")
+    finally:
+        chattr("-i", *tmp_path.glob(".a.partial-*/model.onnx"), out / "model.onnx")
+    assert read_manifest(out)["checkpoint"]["seed"] == 3
+    Artifact(out, read_manifest(out)).verify()

@@ -96,7 +96,7 @@ def mark_repository(folder: Path, models: list[str]) -> None:
     atomic_write_text(folder / REPOSITORY_MARKER, json.dumps(marker, indent=2) + "\n")
 
 
-def write_failed(target: Path, e: OSError) -> ArtifactError:
+def _write_failed(target: Path, e: OSError) -> ArtifactError:
     """The one line for a write that the system refused: which folder, why, and what to do."""
     where = f" ({Path(e.filename).name})" if e.filename else ""
     advice = _ADVICE.get(e.errno, "fix that and run again, or choose another output folder")
@@ -122,7 +122,7 @@ def check_can_write(out_dir: Path, force: bool, kind: str = ARTIFACT) -> Path:
     try:
         _refuse_existing(out_dir, real, force, kind)
     except OSError as e:
-        raise write_failed(out_dir, e) from e
+        raise _write_failed(out_dir, e) from e
     return out_dir
 
 
@@ -142,7 +142,7 @@ def staged_directory(out_dir: Path, force: bool, kind: str = ARTIFACT) -> Iterat
         real.parent.mkdir(parents=True, exist_ok=True)
         lock = _locked(real, out_dir)
     except OSError as e:
-        raise write_failed(out_dir, e) from e
+        raise _write_failed(out_dir, e) from e
     staging = None
     try:
         _refuse_existing(out_dir, real, force, kind)
@@ -151,11 +151,25 @@ def staged_directory(out_dir: Path, force: bool, kind: str = ARTIFACT) -> Iterat
         yield staging
         _publish(staging, real, out_dir, force, kind)
     except OSError as e:
-        raise write_failed(out_dir, e) from e
+        raise _write_failed(out_dir, e) from e
     finally:
-        if staging is not None:  # after a publish: gone already, or holding the folder it replaced
-            shutil.rmtree(staging, ignore_errors=True)
+        # after a failure: the partial new folder; after a publish: nothing, or the folder it replaced
+        left = _remove(staging) if staging is not None else None
         _unlock(lock, real)
+    if left is not None:
+        raise ArtifactError(
+            f"{out_dir} is written, but the folder it replaced could not be removed entirely ({left.strerror or left}"
+            f"{f': {left.filename}' if left.filename else ''}); delete {staging} yourself (lsattr shows immutable "
+            "files; chattr -i clears them)"
+        )
+
+
+def _remove(folder: Path) -> OSError | None:
+    """Delete ``folder``; returns the first error if some of it could not be deleted."""
+    errors: list[OSError] = []
+    if folder.exists():
+        shutil.rmtree(folder, onerror=lambda func, path, exc_info: errors.append(exc_info[1]))  # onexc: 3.12+
+    return errors[0] if errors and folder.exists() else None
 
 
 def _real(out_dir: Path) -> Path:
