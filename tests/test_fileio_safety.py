@@ -288,36 +288,37 @@ def test_an_empty_folder_that_appeared_meanwhile_is_written(tmp_path, primitive)
     assert [p.name for p in tmp_path.iterdir()] == ["t"]
 
 
+def _write_caches(cache: Path, start) -> None:
+    from vit_deploy.onnx.int8 import _write_cache
+
+    start.wait()
+    for i in range(100):
+        _write_cache(cache, {"amax": {"x": [float(i)] * 100}}, {"method": "mse"}, None)
+
+
 def test_calibration_cache_survives_concurrent_writers(tmp_path):
+    import multiprocessing
+
     from vit_deploy.onnx.int8 import _read_cache
 
     cache, settings = tmp_path / "calibration" / "key.json", {"method": "mse"}
-    writer = textwrap.dedent("""
-        import sys
-        from pathlib import Path
-        from vit_deploy.onnx.int8 import _write_cache
-        print("ready", flush=True)
-        sys.stdin.readline()
-        for i in range(100):
-            _write_cache(Path(sys.argv[1]), {"amax": {"x": [float(i)] * 100}}, {"method": "mse"}, None)
-    """)
-    writers = [subprocess.Popen([sys.executable, "-c", writer, str(cache)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    assert [w.stdout.readline() for w in writers] == ["ready\n"] * 2
-    for w in writers:  # both start writing at once
-        w.stdin.write("\n")
-        w.stdin.close()
+    fork = multiprocessing.get_context("fork")  # two real processes, without importing the package again
+    start = fork.Barrier(3)
+    writers = [fork.Process(target=_write_caches, args=(cache, start)) for _ in range(2)]
+    for w in writers:
+        w.start()
     notes: list[str] = []
 
     class Notes:
         note = notes.append
 
+    start.wait()
     reads = 0
-    while any(w.poll() is None for w in writers) or not reads:
+    while any(w.is_alive() for w in writers) or not reads:
         reads += _read_cache(cache, settings, Notes()) is not None
-    assert [w.wait() for w in writers] == [0, 0]
     for w in writers:
-        w.stdout.close()
+        w.join()
+    assert [w.exitcode for w in writers] == [0, 0]
     assert reads and notes == []  # every read found a whole file
     assert [p.name for p in cache.parent.iterdir()] == ["key.json"]
 
@@ -344,11 +345,9 @@ def _file_size_limit() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # the tiny model's graph is larger
 
 
-@pytest.mark.parametrize("with_old", [False, True])
-def test_a_full_disk_during_export_leaves_nothing_behind(art, tmp_path, with_old):
+def test_a_full_disk_during_export_leaves_nothing_behind(art, tmp_path):
     out = tmp_path / "a"
-    if with_old:
-        shutil.copytree(art, out)
+    shutil.copytree(art, out)
     before = snapshot(tmp_path)
     proc = subprocess.run([*CLI, *EXPORT, "--out", str(out), "--force"], capture_output=True, text=True,
                           preexec_fn=_file_size_limit, timeout=120)
@@ -446,3 +445,16 @@ def test_an_immutable_file_in_the_replaced_artifact_is_named(art, tmp_path, run_
         chattr("-i", *tmp_path.glob(".a.partial-*/model.onnx"), out / "model.onnx")
     assert read_manifest(out)["checkpoint"]["seed"] == 3
     Artifact(out, read_manifest(out)).verify()
+
+
+def test_a_filesystem_without_locks_still_publishes(tmp_path, monkeypatch):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fileio.fcntl, "flock", no_locks)
+    target = tmp_path / "t"
+    with staged_directory(target, False) as stage:
+        our_folder(stage, ARTIFACT, "new")
+    assert (target / "w").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["t"]
+    with pytest.raises(ArtifactError, match="pass --force"), staged_directory(target, False):
+        pass

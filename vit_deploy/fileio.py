@@ -111,9 +111,9 @@ def check_can_write(out_dir: Path, force: bool, kind: str = ARTIFACT) -> Path:
     real = _real(out_dir)
     _refuse_protected(out_dir, real)
     try:
-        fd = os.open(_lock_path(real), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(_lock_path(real), os.O_RDWR | os.O_CLOEXEC)
     except OSError:
-        fd = None  # no writer has it (or it is unreadable): staged_directory decides under the lock
+        fd = None  # no writer has it (or it is not ours to open): staged_directory decides under the lock
     if fd is not None:
         try:
             _try_lock(fd, out_dir)
@@ -179,11 +179,8 @@ def _real(out_dir: Path) -> Path:
 
 def _refuse_protected(out_dir: Path, real: Path) -> None:
     """Never write over /, home, the working directory or an ancestor: the new folder would replace it whole."""
-    protected = {"the working directory": Path.cwd}
-    with contextlib.suppress(RuntimeError):  # no home folder known: nothing to protect there
-        protected["your home folder"] = Path.home
-    for label, where in protected.items():
-        with contextlib.suppress(OSError):  # e.g. a working directory that was deleted
+    for label, where in {"the working directory": Path.cwd, "your home folder": Path.home}.items():
+        with contextlib.suppress(OSError, RuntimeError):  # a deleted working directory, no known home: no danger
             here = _real(where())
             if here.is_relative_to(real):
                 what = label if here == real else f"an ancestor of {label} ({here})"
@@ -262,6 +259,11 @@ def _try_lock(fd: int, out_dir: Path) -> None:
         raise ArtifactError(
             f"another vit-deploy is writing {out_dir} right now; wait for it to finish, or choose another folder"
         ) from None
+    except OSError as e:
+        # a filesystem without locks (e.g. NFS mounted with nolock): go on unlocked; publishing still
+        # never replaces a folder it did not check
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+            raise
 
 
 def _locked(real: Path, out_dir: Path) -> int:
