@@ -91,8 +91,10 @@ def test_staged_directory_failure_removes_everything(tmp_path):
 
 def test_staged_directory_replaces_only_with_force(tmp_path):
     target = tmp_path / "art"
+    marker = json.dumps({"schema": "vit-deploy/manifest", "files": [{"path": "v"}]})
     with staged_directory(target, force=False) as stage:
         (stage / "v").write_text("1")
+        (stage / "manifest.json").write_text(marker)
     with pytest.raises(ArtifactError, match="--force"), staged_directory(target, force=False):
         pass
     with staged_directory(target, force=True) as stage:

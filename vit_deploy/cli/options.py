@@ -19,7 +19,7 @@ from ..specs import CALIBRATION_METHODS, ORT_PROVIDERS, RUNTIME_BACKENDS
 PathType = click.Path(path_type=Path)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
-force_option = click.option("--force", is_flag=True, help="Overwrite existing output folders.")
+force_option = click.option("--force", is_flag=True, help="Replace an output folder that vit-deploy wrote before.")
 backend_option = click.option(
     "--backend", type=click.Choice(RUNTIME_BACKENDS), default=None,
     help="Run the artifact on this backend (default: the artifact's own: TensorRT for an engine, "

@@ -193,7 +193,7 @@ def calibration(
     if ranges is not None:
         return ranges, True
     ranges = calibrate_ranges(model, plan, images, batch, method, smooth, progress.tick if progress else None)
-    _write_cache(cache_path, ranges, settings)
+    _write_cache(cache_path, ranges, settings, progress)
     return ranges, False
 
 
@@ -289,13 +289,25 @@ def _read_cache(path: Path | None, settings: dict[str, Any], progress: Progress 
     return None
 
 
-def _write_cache(path: Path | None, ranges: dict[str, Any], settings: dict[str, Any]) -> None:
+def _write_cache(
+    path: Path | None, ranges: dict[str, Any], settings: dict[str, Any], progress: Progress | None,
+) -> None:
+    """Save the ranges whole (atomic replace), or warn: a cache that cannot be written costs only time.
+
+    Concurrent runs with the same key compute the same ranges, so the last one to finish may replace
+    the other's file; a reader sees one complete file or the other, never a mix.
+    """
     if path is None:
         return
     from ..fileio import atomic_write_text
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"version": CACHE_VERSION, "settings": settings, **ranges}))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"version": CACHE_VERSION, "settings": settings, **ranges}))
+    except OSError as e:
+        if progress is not None:
+            progress.note(f"  warning: cannot save the calibration cache {path} ({e.strerror or e}); "
+                          "the next run calibrates again")
 
 
 def _policy(

@@ -28,7 +28,7 @@ from typing import Any
 from .. import artifact as artifact_view
 from ..artifact import Artifact
 from ..errors import ArtifactError, UsageError
-from ..fileio import staged_directory
+from ..fileio import REPOSITORY, check_can_write, mark_repository, staged_directory
 from ..specs import TRITON_BACKENDS
 from . import triton_model
 
@@ -199,6 +199,7 @@ def write_repository(opts: RepoOptions) -> dict[str, Any]:
     if opts.name and len(opts.artifacts) > 1 and not opts.as_versions:
         raise UsageError("--name names one model; with several artifacts add --as-versions, or drop --name")
     model_config_pb2()  # fail before any hashing when tritonclient is missing
+    check_can_write(Path(opts.out).absolute(), opts.force, kind=REPOSITORY)  # and before hashing: a taken --out
     plans: list[tuple[str, int, Path, Artifact, str]] = []
     for i, artifact in enumerate(opts.artifacts):
         art = artifact_view.open(artifact, verify=True)  # a changed artifact is refused here, not at serving time
@@ -215,7 +216,7 @@ def write_repository(opts: RepoOptions) -> dict[str, Any]:
         raise UsageError(f"two artifacts would both be model {names}; rename the folders or use --as-versions")
 
     models: dict[str, Any] = {}
-    with staged_directory(opts.out, opts.force) as staging:
+    with staged_directory(opts.out, opts.force, kind=REPOSITORY) as staging:
         for name, version, directory, art, backend in plans:
             config = build_config(opts, art, directory, name, backend)
             text = config_text(config)
@@ -232,5 +233,6 @@ def write_repository(opts: RepoOptions) -> dict[str, Any]:
             _copy_model_files(backend, art, staging / name / str(version))
             if backend == "python":
                 Artifact(staging / name / str(version) / "artifact", art.manifest).verify()
+        mark_repository(staging, list(models))  # what a later --force may replace
     return {"repository": str(Path(opts.out).absolute()),
             "models": {n: {"backend": m["backend"], "versions": m["versions"]} for n, m in models.items()}}

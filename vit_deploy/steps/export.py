@@ -109,13 +109,12 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> di
     progress.total = 6 if opts.simplify else 5
     out_dir = out_dir_of(opts)
 
-    with progress.step("Building the model"):
-        model, provenance = build_model(opts.variant, opts.img_size, opts.num_classes, opts.weights, opts.seed)
-    cfg: ModelConfig = model.cfg
-    if overrides := option_preprocessing(opts):  # the options win over the checkpoint's configs
-        cfg = cfg.with_(preprocessing=replace(cfg.preprocessing, **overrides))
-
-    with staged_directory(out_dir, opts.force) as stage:
+    with staged_directory(out_dir, opts.force) as stage:  # takes the writer's lock: before any slow step
+        with progress.step("Building the model"):
+            model, provenance = build_model(opts.variant, opts.img_size, opts.num_classes, opts.weights, opts.seed)
+        cfg: ModelConfig = model.cfg
+        if overrides := option_preprocessing(opts):  # the options win over the checkpoint's configs
+            cfg = cfg.with_(preprocessing=replace(cfg.preprocessing, **overrides))
         with progress.step(f"Exporting to ONNX (opset {opts.opset})"):
             raw_dir = stage / "raw"
             raw_dir.mkdir()

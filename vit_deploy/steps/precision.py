@@ -135,17 +135,16 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
     parent_file = parent.model_file
     progress.total = 4 + (opts.precision == "int8")
 
-    calib = None
-    if opts.precision == "int8":
-        with progress.step(f"Loading calibration images from {opts.calib}"):
-            calib = load_image_set(
-                opts.calib, cfg.preprocessing, opts.calib_images, opts.calib_batch, opts.seed, progress
-            )
-        if calib.skipped:
-            progress.note(f"  warning: skipped {len(calib.skipped)} unusable file(s), e.g. {calib.skipped[0][0]}")
-
     name = f"model.{opts.precision}.onnx"
-    with staged_directory(out_dir, opts.force) as stage:
+    with staged_directory(out_dir, opts.force) as stage:  # takes the writer's lock: before any slow step
+        calib = None
+        if opts.precision == "int8":
+            with progress.step(f"Loading calibration images from {opts.calib}"):
+                calib = load_image_set(
+                    opts.calib, cfg.preprocessing, opts.calib_images, opts.calib_batch, opts.seed, progress
+                )
+            if calib.skipped:
+                progress.note(f"  warning: skipped {len(calib.skipped)} unusable file(s), e.g. {calib.skipped[0][0]}")
         if opts.precision == "fp16":
             with progress.step("Converting to FP16 mixed precision"):
                 names = save_model(convert_fp16(onnx.load(str(parent_file))), stage / name)
