@@ -28,8 +28,8 @@ def _counts(stats: dict[str, Any]) -> tuple[int, int]:
 def run_load(url: str, model: str, *, protocol: str = "http", clients: int = 8, requests: int = 50,
              batch: int = 1, seed: int = 0, artifact: str | None = None, threads: int | None = None,
              warmup: int = 2) -> dict[str, Any]:
-    if clients < 1 or requests < 1 or batch < 1:
-        raise UsageError("--clients, --requests and --batch must be >= 1")
+    if clients < 1 or requests < 1 or batch < 1 or (threads is not None and threads < 1):
+        raise UsageError("--clients, --requests, --batch and --threads must be >= 1")
     probe = TritonClient(url, model, protocol=protocol)
     images = np.random.default_rng(seed).standard_normal((batch, *probe.input_dims), dtype=np.float32)
     for _ in range(warmup):  # first calls pay for lazy initialisation; not what a steady server costs
