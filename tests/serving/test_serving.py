@@ -27,7 +27,11 @@ def _config(repo: Path, model: str):
     return parse_config((repo / model / "config.pbtxt").read_text())
 
 
-def test_every_config_parses_against_the_real_schema(tiny_artifacts, tmp_path, run_cli):
+def test_every_config_parses_against_the_real_schema(tiny_artifacts, tmp_path, run_cli, monkeypatch):
+    from vit_deploy.serving import repository
+
+    # auto as for a full Triton install (no local server to follow: test_serving_checks.py covers that)
+    monkeypatch.setattr(repository, "local_server_backends", lambda: None)
     plan = engine_manifest_without_plan(tiny_artifacts["fp16"], tmp_path / "test-32-fp16-trt")  # config only
     repo = tmp_path / "repo"
     code, out, err = run_cli("triton-repo", str(plan), str(tiny_artifacts["fp16"]), str(tiny_artifacts["int8"]),
@@ -201,6 +205,6 @@ def test_a_model_needing_a_missing_backend_is_refused_clearly(tiny_artifacts, tm
     if have is None or "onnxruntime" in have:
         pytest.skip("this tritonserver has the onnxruntime backend (or its backends are unknown)")
     repo = tmp_path / "repo"
-    write_repository(RepoOptions([tiny_artifacts["fp32"]], repo))  # onnxruntime_onnx
+    write_repository(RepoOptions([tiny_artifacts["fp32"]], repo, backend="onnxruntime"))
     with pytest.raises(ServerError, match="lacks .*onnxruntime|onnxruntime backend"):
         TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0).start()

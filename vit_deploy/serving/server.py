@@ -159,6 +159,10 @@ class TritonServer:
     def __init__(self, repository: str | os.PathLike[str], *, http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, log_path: str | os.PathLike[str] | None = None,
                  ready_timeout: float = 120.0, extra_args: tuple[str, ...] = ()) -> None:
+        ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
+        self.ports = {k: check_port(v, k) or free_port() for k, v in ports.items()}
+        if len(set(self.ports.values())) != 3:
+            raise ServerError(f"the HTTP, gRPC and metrics ports must differ; got {self.ports}")
         self.repository = Path(repository).absolute()
         if not self.repository.is_dir():
             raise ServerError(f"{self.repository} is not a folder; make one with vit-deploy triton-repo")
@@ -166,10 +170,6 @@ class TritonServer:
         if not self.models:
             raise ServerError(f"{self.repository} holds no model (no */config.pbtxt); "
                               "make one with vit-deploy triton-repo")
-        ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
-        self.ports = {k: check_port(v, k) or free_port() for k, v in ports.items()}
-        if len(set(self.ports.values())) != 3:
-            raise ServerError(f"the HTTP, gRPC and metrics ports must differ; got {self.ports}")
         self.ready_timeout = ready_timeout
         self.extra_args = extra_args
         self._workdir = Path(tempfile.mkdtemp(prefix="vit-deploy-triton-"))
