@@ -175,6 +175,40 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(served):
 
 
 @pytest.mark.triton
+def test_a_nan_request_fails_alone_when_batched_with_good_ones(served, tiny_artifacts):
+    from vit_deploy import runtime
+    from vit_deploy.serving.client import InferError, TritonClient
+
+    rng = np.random.default_rng(2)
+    good = [rng.standard_normal((1, 3, 32, 32), dtype=np.float32) for _ in range(7)]
+    with runtime.open(tiny_artifacts["fp32"]) as reference:
+        expected = [reference.infer(g) for g in good]
+    stats = TritonClient(served.http_url, "tiny")
+    before = stats.statistics()["execution_count"]
+    answers: dict[int, object] = {}
+    barrier = threading.Barrier(8)  # all at once, inside the 20 ms queue delay: the batcher joins them
+
+    def send(k: int) -> None:
+        images = np.full((1, 3, 32, 32), np.nan, np.float32) if k == 7 else good[k]
+        with TritonClient(served.http_url, "tiny") as client:
+            barrier.wait()
+            try:
+                answers[k] = client.infer(images)
+            except InferError as e:
+                answers[k] = e
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert stats.statistics()["execution_count"] - before < 8, "no batch formed: the test would prove nothing"
+    assert isinstance(answers[7], InferError) and "NaN" in str(answers[7])
+    for k, want in enumerate(expected):
+        np.testing.assert_allclose(answers[k], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.triton
 def test_load_and_predict_through_the_server(served, tiny_artifacts, tmp_path):
     from vit_deploy.cli.serving import format_load
     from vit_deploy.serving.client import TritonClient
