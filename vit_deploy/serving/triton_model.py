@@ -35,7 +35,7 @@ def answer_each(runner, arrays):
         if isinstance(images, Exception):
             continue
         try:
-            check_images(images, runner.chw, what=f"request {i}'s images")
+            check_images(images, runner.chw, what="this request's images")
             good.append(i)
         except Exception as e:  # noqa: BLE001 - the error is this request's answer
             answers[i] = e
