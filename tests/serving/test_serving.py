@@ -209,6 +209,14 @@ def test_a_nan_request_fails_alone_when_batched_with_good_ones(served, tiny_arti
 
 
 @pytest.mark.triton
+def test_load_refuses_a_batch_above_the_models_max(served, run_cli):
+    for protocol, url in (("http", served.http_url), ("grpc", served.grpc_url)):
+        code, _, err = run_cli("triton-load", "--name", "tiny", "--url", url, "--protocol", protocol, "--batch", "17")
+        assert code == 1 and err.strip().splitlines() == ["error: --batch 17 exceeds model tiny's max_batch_size 16; "
+                                                          "give --batch 1..16"], err
+
+
+@pytest.mark.triton
 def test_load_and_predict_through_the_server(served, tiny_artifacts, tmp_path):
     from vit_deploy.cli.serving import format_load
     from vit_deploy.serving.client import TritonClient
