@@ -77,7 +77,8 @@ def test_triton_commands_old_spellings(run_cli, captured):
     assert run_cli("triton-load", "art", "--name", "m")[0] == 0
     assert run_cli("triton-load", "--model", "m", "--artifact", "art")[0] == 0
     assert load[0] == load[1] and load[0][0] == ("127.0.0.1:8000", "m") and load[0][1]["artifact"] == "art"
-    repo = captured("vit_deploy.serving.repository.write_repository", result={"repository": "r", "models": {}})
+    repo = captured("vit_deploy.serving.repository.write_repository",
+                    result={"repository": "r", "notes": [], "models": {}})
     assert run_cli("triton-repo", "a", "--max-batch-size", "4")[0] == 0
     assert run_cli("triton-repo", "a", "--max-batch", "4")[0] == 0
     assert repo[0][0][0].max_batch == repo[1][0][0].max_batch == 4

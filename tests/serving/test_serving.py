@@ -27,7 +27,11 @@ def _config(repo: Path, model: str):
     return parse_config((repo / model / "config.pbtxt").read_text())
 
 
-def test_every_config_parses_against_the_real_schema(tiny_artifacts, tmp_path, run_cli):
+def test_every_config_parses_against_the_real_schema(tiny_artifacts, tmp_path, run_cli, monkeypatch):
+    from vit_deploy.serving import repository
+
+    # auto as for a full Triton install (no local server to follow: test_serving_checks.py covers that)
+    monkeypatch.setattr(repository, "local_server_backends", lambda: None)
     plan = engine_manifest_without_plan(tiny_artifacts["fp16"], tmp_path / "test-32-fp16-trt")  # config only
     repo = tmp_path / "repo"
     code, out, err = run_cli("triton-repo", str(plan), str(tiny_artifacts["fp16"]), str(tiny_artifacts["int8"]),
@@ -171,6 +175,48 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(served):
 
 
 @pytest.mark.triton
+def test_a_nan_request_fails_alone_when_batched_with_good_ones(served, tiny_artifacts):
+    from vit_deploy import runtime
+    from vit_deploy.serving.client import InferError, TritonClient
+
+    rng = np.random.default_rng(2)
+    good = [rng.standard_normal((1, 3, 32, 32), dtype=np.float32) for _ in range(7)]
+    with runtime.open(tiny_artifacts["fp32"]) as reference:
+        expected = [reference.infer(g) for g in good]
+    stats = TritonClient(served.http_url, "tiny")
+    before = stats.statistics()["execution_count"]
+    answers: dict[int, object] = {}
+    barrier = threading.Barrier(8)  # all at once, inside the 20 ms queue delay: the batcher joins them
+
+    def send(k: int) -> None:
+        images = np.full((1, 3, 32, 32), np.nan, np.float32) if k == 7 else good[k]
+        with TritonClient(served.http_url, "tiny") as client:
+            barrier.wait()
+            try:
+                answers[k] = client.infer(images)
+            except InferError as e:
+                answers[k] = e
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert stats.statistics()["execution_count"] - before < 8, "no batch formed: the test would prove nothing"
+    assert isinstance(answers[7], InferError) and "NaN" in str(answers[7])
+    for k, want in enumerate(expected):
+        np.testing.assert_allclose(answers[k], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.triton
+def test_load_refuses_a_batch_above_the_models_max(served, run_cli):
+    for protocol, url in (("http", served.http_url), ("grpc", served.grpc_url)):
+        code, _, err = run_cli("triton-load", "--name", "tiny", "--url", url, "--protocol", protocol, "--batch", "17")
+        assert code == 1 and err.strip().splitlines() == ["error: --batch 17 exceeds model tiny's max_batch_size 16; "
+                                                          "give --batch 1..16"], err
+
+
+@pytest.mark.triton
 def test_load_and_predict_through_the_server(served, tiny_artifacts, tmp_path):
     from vit_deploy.cli.serving import format_load
     from vit_deploy.serving.client import TritonClient
@@ -201,6 +247,6 @@ def test_a_model_needing_a_missing_backend_is_refused_clearly(tiny_artifacts, tm
     if have is None or "onnxruntime" in have:
         pytest.skip("this tritonserver has the onnxruntime backend (or its backends are unknown)")
     repo = tmp_path / "repo"
-    write_repository(RepoOptions([tiny_artifacts["fp32"]], repo))  # onnxruntime_onnx
+    write_repository(RepoOptions([tiny_artifacts["fp32"]], repo, backend="onnxruntime"))
     with pytest.raises(ServerError, match="lacks .*onnxruntime|onnxruntime backend"):
         TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0).start()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +17,31 @@ import click
 from ..specs import TRITON_BACKENDS
 from .options import PathType, alias, aliased, artifact_argument, artifact_of, force_option, json_option, out_option
 
+# Counts and sizes are checked when the options are parsed, before any artifact is hashed or copied.
+AT_LEAST_1 = click.IntRange(min=1)
+PORT = click.IntRange(0, 65535)
 
 @click.command("triton-repo")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
 @out_option("The model repository folder to write.", default=Path("model_repository"))
 @click.option("--backend", type=click.Choice(TRITON_BACKENDS), default="auto",
-              show_default=True, help="auto: tensorrt_plan for engines, onnxruntime_onnx for ONNX graphs; "
-                                      "python: vit-deploy's own runtime inside Triton (CPU-only hosts).")
+              show_default=True, help="auto: tensorrt_plan for engines, onnxruntime_onnx for ONNX graphs, or python "
+                                      "when the tritonserver that serve would run lacks that backend (the "
+                                      "nvidia-pytriton wheel's); python: vit-deploy's own runtime inside Triton.")
 @click.option("--name", default=None, help="Model name (default vit-<artifact folder>).")
-@click.option("--version", "version", type=int, default=1, show_default=True, help="(First) version number.")
+@click.option("--version", "version", type=AT_LEAST_1, default=1, show_default=True, help="(First) version number.")
 @click.option("--as-versions", is_flag=True, help="Put all ARTIFACTS into one model as versions N, N+1, ...")
-@click.option("--instances", type=int, default=1, show_default=True, help="Model instances (instance_group count).")
+@click.option("--instances", type=AT_LEAST_1, default=1, show_default=True,
+              help="Model instances (instance_group count).")
 @click.option("--instance-kind", type=click.Choice(["cpu", "gpu"]), default=None,
               help="Default: gpu for TensorRT plans, cpu otherwise.")
-@click.option("--max-batch-size", type=int, default=None,
+@click.option("--max-batch-size", type=AT_LEAST_1, default=None,
               help="Triton's max_batch_size (default: the engine profile's max, or 32).")
-@alias("--max-batch", "max_batch_size", type=int)
+@alias("--max-batch", "max_batch_size", type=AT_LEAST_1)
 @click.option("--preferred-batch", default=None, help="Dynamic batching preferred sizes, comma-separated.")
-@click.option("--queue-delay-us", type=int, default=2000, show_default=True,
+@click.option("--queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Longest a request waits for others to batch with (microseconds).")
-@click.option("--threads", type=int, default=None, help="python backend: runtime threads per instance.")
+@click.option("--threads", type=AT_LEAST_1, default=None, help="python backend: runtime threads per instance.")
 @click.option("--no-cuda-graphs", is_flag=True, help="TensorRT plans: do not use CUDA graphs.")
 @force_option
 @json_option
@@ -61,47 +66,66 @@ def triton_repo(ctx, artifacts, out, backend, name, version, as_versions, instan
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
+    for note in summary["notes"]:
+        click.echo(f"note: {note}", err=True)
     click.echo(f"Wrote {summary['repository']}")
     for model, m in summary["models"].items():
         click.echo(f"  {model}: {m['backend']} backend, version(s) {', '.join(map(str, m['versions']))}")
 
 
+class _StopSignal(BaseException):
+    """SIGTERM or SIGHUP reached ``serve``: stop the server in order, as on Ctrl-C (BaseException: never swallowed)."""
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_stop(signum: int, _frame: Any) -> None:
+    for s in _STOP_SIGNALS:  # a second signal must not cut the orderly shutdown short
+        signal.signal(s, signal.SIG_IGN)
+    raise _StopSignal(signal.Signals(signum).name)
+
+
 @click.command("serve")
 @click.argument("repository", type=PathType)
-@click.option("--http-port", type=int, default=8000, show_default=True)
-@click.option("--grpc-port", type=int, default=8001, show_default=True)
-@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--http-port", type=PORT, default=8000, show_default=True, help="0: any free port.")
+@click.option("--grpc-port", type=PORT, default=8001, show_default=True, help="0: any free port.")
+@click.option("--metrics-port", type=PORT, default=8002, show_default=True, help="0: any free port.")
 @click.option("--log", "log_path", type=PathType, default=None,
               help="Server log file (default: a temporary file, its path printed).")
-@click.option("--ready-timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for the models.")
+@click.option("--ready-timeout", type=click.FloatRange(min=0, min_open=True), default=180.0, show_default=True,
+              help="Seconds to wait for the models.")
 def serve(repository, http_port, grpc_port, metrics_port, log_path, ready_timeout) -> None:
-    """Run tritonserver on REPOSITORY on loopback until Ctrl-C (or SIGTERM)."""
-    from ..serving.server import TritonServer
+    """Run tritonserver on REPOSITORY on loopback until Ctrl-C (exit 130), SIGTERM or SIGHUP (exit 0).
+
+    The server stops with this command, however it ends: in order on those signals, and by the
+    kernel's parent-death signal if this process is killed outright (kill -KILL).
+    """
+    from ..serving.server import ServerError, TritonServer
 
     server = TritonServer(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                           log_path=log_path, ready_timeout=ready_timeout)
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous = {s: signal.signal(s, _raise_stop) for s in _STOP_SIGNALS}
     click.echo("starting tritonserver ...", err=True)
     try:
-        with server:
+        with server:  # leaving it, however, stops the server (SIGTERM, drain, then its process group)
             click.echo(f"serving {', '.join(server.models)} from {server.repository}")
             click.echo(f"  HTTP     http://{server.http_url}")
             click.echo(f"  gRPC     {server.grpc_url}")
             click.echo(f"  metrics  {server.metrics_url}")
             click.echo(f"  log      {server.log_path}")
             click.echo("Ctrl-C to stop")
-            while not stop.wait(0.5):
-                if server.process is None or server.process.poll() is not None:
-                    from ..serving.server import ServerError
-
-                    raise ServerError(f"tritonserver stopped unexpectedly: {server.log_errors()} "
-                                      f"(log: {server.log_path})")
+            while server.process.poll() is None:
+                time.sleep(0.5)
+            raise ServerError(f"tritonserver stopped unexpectedly: {server.log_errors()} (log: {server.log_path})")
     except KeyboardInterrupt:
-        pass  # __exit__ already stopped the server (SIGTERM, drain, then exit)
+        click.echo("tritonserver stopped", err=True)
+        raise  # cli.main: exit 130
+    except _StopSignal as e:
+        click.echo(f"{e}: tritonserver stopped", err=True)
     finally:
-        signal.signal(signal.SIGTERM, previous)
-    click.echo("tritonserver stopped", err=True)
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 @click.command("triton-load")
@@ -110,10 +134,10 @@ def serve(repository, http_port, grpc_port, metrics_port, log_path, ready_timeou
 @click.option("--name", default=None, help="Model name in the repository (as triton-repo --name).")
 @alias("--model", "name")
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
-@click.option("--clients", type=int, default=8, show_default=True, help="Concurrent clients.")
-@click.option("--requests", type=int, default=50, show_default=True, help="Requests per client.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Images per request.")
-@click.option("--threads", type=int, default=None, help="Threads for the direct run.")
+@click.option("--clients", type=AT_LEAST_1, default=8, show_default=True, help="Concurrent clients.")
+@click.option("--requests", type=AT_LEAST_1, default=50, show_default=True, help="Requests per client.")
+@click.option("--batch", type=AT_LEAST_1, default=1, show_default=True, help="Images per request.")
+@click.option("--threads", type=AT_LEAST_1, default=None, help="Threads for the direct run.")
 @json_option
 @click.pass_context
 def triton_load(ctx, artifact, url, name, protocol, clients, requests, batch, threads, as_json) -> None:

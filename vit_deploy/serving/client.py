@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..specs import Preprocessing
-from .repository import PREPROCESSING_PARAM
+from .repository import PREPROCESSING_PARAM, check_model_name
 
 PROTOCOLS = ("http", "grpc")
 
@@ -41,14 +41,28 @@ def _module(protocol: str):
     return module
 
 
+def check_url(url: str) -> str:
+    """``url`` if it is HOST:PORT, as tritonclient wants it; a UsageError with an example otherwise.
+
+    Checked here because tritonclient's HTTP client, given a scheme or a bad port, fails in its
+    constructor and then prints a traceback from its ``__del__``.
+    """
+    host, _, port = url.rpartition(":")
+    if "://" in url or "/" in url or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UsageError(f"--url {url!r} is not HOST:PORT; give e.g. 127.0.0.1:8000 (no http://; "
+                         "the gRPC port, e.g. 8001, for --protocol grpc)")
+    return url
+
+
 class TritonClient:
     def __init__(self, url: str, model: str, *, protocol: str = "http", version: str = "",
                  timeout: float = 60.0) -> None:
-        self.protocol, self.model, self.version = protocol, model, version
+        self.protocol, self.model, self.version = protocol, check_model_name(model), version
         self._tc = _module(protocol)
         from tritonclient.utils import InferenceServerException
 
         self._exc = InferenceServerException
+        check_url(url)
         try:
             if protocol == "http":
                 self.client = self._tc.InferenceServerClient(url, network_timeout=timeout, connection_timeout=timeout)
@@ -56,8 +70,11 @@ class TritonClient:
             else:
                 self.client = self._tc.InferenceServerClient(url)
                 config = self.client.get_model_config(model, version, as_json=True)["config"]
-        except InferenceServerException as e:
-            raise InferError(f"cannot reach model {model!r} at {url} over {protocol}: {e.message()}") from e
+        except (InferenceServerException, OSError, ValueError) as e:  # refused, unknown host, malformed URL, ...
+            reason = e.message() if isinstance(e, InferenceServerException) else str(e) or type(e).__name__
+            raise InferError(f"cannot reach model {model!r} at {url} over {protocol} ({reason}); start a server "
+                             "with vit-deploy serve REPOSITORY, or pass --url HOST:PORT of one that serves this "
+                             "model (its gRPC port for --protocol grpc)") from e
         self.timeout = timeout
         self.config = config
         self.input_name = config["input"][0]["name"]
@@ -105,10 +122,13 @@ class TritonClient:
 
     def statistics(self) -> dict[str, Any]:
         """The model's inference statistics (inference_count vs execution_count shows batching)."""
-        if self.protocol == "http":
-            stats = self.client.get_inference_statistics(self.model, self.version)
-        else:
-            stats = self.client.get_inference_statistics(self.model, self.version, as_json=True)
+        try:
+            if self.protocol == "http":
+                stats = self.client.get_inference_statistics(self.model, self.version)
+            else:
+                stats = self.client.get_inference_statistics(self.model, self.version, as_json=True)
+        except (self._exc, OSError) as e:  # e.g. the server stopped during a load test
+            raise InferError(f"cannot read model {self.model!r}'s statistics ({e}); check the server still runs") from e
         return stats["model_stats"][0]
 
     def close(self) -> None:

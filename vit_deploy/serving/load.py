@@ -28,9 +28,14 @@ def _counts(stats: dict[str, Any]) -> tuple[int, int]:
 def run_load(url: str, model: str, *, protocol: str = "http", clients: int = 8, requests: int = 50,
              batch: int = 1, seed: int = 0, artifact: str | None = None, threads: int | None = None,
              warmup: int = 2) -> dict[str, Any]:
-    if clients < 1 or requests < 1 or batch < 1:
-        raise UsageError("--clients, --requests and --batch must be >= 1")
+    if clients < 1 or requests < 1 or batch < 1 or (threads is not None and threads < 1):
+        raise UsageError("--clients, --requests, --batch and --threads must be >= 1")
     probe = TritonClient(url, model, protocol=protocol)
+    max_batch = int(probe.config.get("max_batch_size", 0))  # 0: the model has no batch dimension
+    if max_batch and batch > max_batch:  # the server would refuse every request (and the images could be huge)
+        probe.close()
+        raise UsageError(f"--batch {batch} exceeds model {model}'s max_batch_size {max_batch}; "
+                         f"give --batch 1..{max_batch}")
     images = np.random.default_rng(seed).standard_normal((batch, *probe.input_dims), dtype=np.float32)
     for _ in range(warmup):  # first calls pay for lazy initialisation; not what a steady server costs
         probe.infer(images)

@@ -35,7 +35,17 @@ from . import triton_model
 BACKENDS = TRITON_BACKENDS
 PREPROCESSING_PARAM = "vit_deploy_preprocessing"  # clients read the manifest's preprocessing from here
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "int32": "TYPE_INT32"}
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+# A model name is a folder of the repository and a segment of every request URL: no separators,
+# no ".", ".." or hidden names, nothing a shell or URL would need to quote.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_model_name(name: str, option: str = "--name") -> str:
+    """``name`` if it is a safe Triton model name; a UsageError saying what is allowed otherwise."""
+    if not NAME_RE.match(name):
+        raise UsageError(f"{option} {name!r} is not a usable model name: start with a letter or digit and use only "
+                         "letters, digits, '_', '.' and '-' (at most 128 characters), e.g. vit-b16")
+    return name
 
 
 def model_config_pb2():
@@ -57,7 +67,7 @@ class RepoOptions:
     as_versions: bool = False  # all artifacts as versions of one model (they must share their I/O)
     instances: int = 1
     instance_kind: str | None = None  # cpu | gpu; default gpu for plans, cpu otherwise
-    max_batch: int | None = None  # default: the engine profile's max, else 32
+    max_batch: int | None = None  # >= 1 (Triton's 0, no batching, is not offered); default: the profile's max, or 32
     preferred_batch: tuple[int, ...] | None = None  # default: powers of two up to max_batch, at most 3
     queue_delay_us: int = 2000
     threads: int | None = None  # python backend: threads of the runtime in each instance
@@ -103,16 +113,39 @@ def _preferred(opts: RepoOptions, max_batch: int) -> list[int]:
     return sizes[-3:] if max_batch in sizes else [*sizes[-2:], max_batch]
 
 
-def resolve_backend(requested: str, kind: str, directory: Path) -> str:
+def local_server_backends() -> set[str] | None:
+    """The backends of the tritonserver ``vit-deploy serve`` would run here (None: no server, or unknown)."""
+    from .server import ServerError, available_backends, find_tritonserver
+
+    try:
+        _, pytriton_root = find_tritonserver()
+    except ServerError:
+        return None
+    return available_backends(pytriton_root / "backends" if pytriton_root else None)
+
+
+def resolve_backend(requested: str, kind: str, directory: Path,
+                    have: set[str] | None = None) -> tuple[str, str | None]:
+    """(backend, note): ``auto`` picks the native backend, or python where the local server ``have`` lacks it.
+
+    The note (None if there is nothing to say) tells the user at generation time what ``serve``
+    here would otherwise refuse later.
+    """
     if requested not in BACKENDS:
         raise UsageError(f"unknown --backend {requested!r}; choose one of {', '.join(BACKENDS)}")
-    if requested == "auto":
-        return "tensorrt" if kind == "tensorrt" else "onnxruntime"
     if requested == "onnxruntime" and kind != "onnx":
         raise UsageError(f"{directory} is a {kind} artifact; --backend onnxruntime needs an ONNX graph")
     if requested == "tensorrt" and kind != "tensorrt":
         raise UsageError(f"{directory} is an ONNX graph; --backend tensorrt needs an engine (vit-deploy build-engine)")
-    return requested
+    native = "tensorrt" if kind == "tensorrt" else "onnxruntime"
+    backend = native if requested == "auto" else requested
+    if have is None or backend in have:
+        return backend, None
+    server = f"the tritonserver here (backends: {', '.join(sorted(have)) or 'none'})"
+    if requested == "auto" and "python" in have:
+        return "python", (f"--backend auto chose python: {server} cannot load {native}; "
+                          f"pass --backend {native} to write for a full Triton install")
+    return backend, f"{server} cannot load {backend}; serve this repository with a Triton install that has it"
 
 
 def build_config(opts: RepoOptions, art: Artifact, directory: Path, name: str, backend: str):
@@ -188,23 +221,39 @@ def _default_name(directory: Path) -> str:
     return "vit-" + re.sub(r"[^A-Za-z0-9_.-]", "_", directory.name)
 
 
+def check_options(opts: RepoOptions) -> None:
+    """Every option's range, before any artifact is hashed: a value Triton would refuse at load fails here."""
+    def _int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    at_least = {"--instances": (opts.instances, 1), "--version": (opts.version, 1),
+                "--queue-delay-us": (opts.queue_delay_us, 0), "--max-batch": (opts.max_batch, 1),
+                "--threads": (opts.threads, 1)}
+    for option, (value, low) in at_least.items():
+        if value is not None and not (_int(value) and value >= low):
+            raise UsageError(f"{option} {value!r} must be an integer >= {low}")
+    if opts.name is not None:
+        check_model_name(opts.name)
+    if opts.name and len(opts.artifacts) > 1 and not opts.as_versions:
+        raise UsageError("--name names one model; with several artifacts add --as-versions, or drop --name")
+
+
 def write_repository(opts: RepoOptions) -> dict[str, Any]:
     """Check every artifact, then write the repository atomically; returns a summary of the models."""
     if not opts.artifacts:
         raise UsageError("give at least one artifact folder")
-    if opts.instances < 1 or opts.queue_delay_us < 0 or opts.version < 1:
-        raise UsageError("--instances and --version must be >= 1 and --queue-delay-us >= 0")
-    if opts.name is not None and not NAME_RE.match(opts.name):
-        raise UsageError(f"model name {opts.name!r} may only use letters, digits, '_', '.' and '-'")
-    if opts.name and len(opts.artifacts) > 1 and not opts.as_versions:
-        raise UsageError("--name names one model; with several artifacts add --as-versions, or drop --name")
+    check_options(opts)
     model_config_pb2()  # fail before any hashing when tritonclient is missing
     check_can_write(Path(opts.out).absolute(), opts.force, kind=REPOSITORY)  # and before hashing: a taken --out
+    have = local_server_backends()
+    notes: list[str] = []
     plans: list[tuple[str, int, Path, Artifact, str]] = []
     for i, artifact in enumerate(opts.artifacts):
         art = artifact_view.open(artifact, verify=True)  # a changed artifact is refused here, not at serving time
         directory = art.directory
-        backend = resolve_backend(opts.backend, art.kind, directory)
+        backend, note = resolve_backend(opts.backend, art.kind, directory, have)
+        if note and note not in notes:
+            notes.append(note)
         if opts.as_versions:
             first = plans[0][2] if plans else directory
             name, version = opts.name or _default_name(first), opts.version + i
@@ -234,5 +283,5 @@ def write_repository(opts: RepoOptions) -> dict[str, Any]:
             if backend == "python":
                 Artifact(staging / name / str(version) / "artifact", art.manifest).verify()
         mark_repository(staging, list(models))  # what a later --force may replace
-    return {"repository": str(Path(opts.out).absolute()),
+    return {"repository": str(Path(opts.out).absolute()), "notes": notes,
             "models": {n: {"backend": m["backend"], "versions": m["versions"]} for n, m in models.items()}}

@@ -20,6 +20,7 @@ The server's own log goes to a file (``log_path``); startup failures quote its e
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -31,11 +32,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UsageError
 
 HOST = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class ServerError(UsageError):
@@ -48,14 +51,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_port(port: object, option: str) -> int:
+    """``port`` as a TCP port number (0: any free one); a UsageError names the option otherwise."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise UsageError(f"{option} {port!r} is not a TCP port; give a number in 1..65535 (0: any free port)")
+    return port
+
+
 def check_port_free(port: int, option: str) -> None:
-    """Name the busy port (and the option that sets it) before the server would fail on it."""
+    """Name the busy port (and the option that sets it) before the server would fail on it.
+
+    The probe binds with SO_REUSEADDR, as tritonserver's own listeners do: a port whose last
+    connections are still in TIME-WAIT (seconds after a clean stop) is free for a server, and
+    only a socket that really holds it (a listener) is refused.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError as e:
             raise ServerError(f"port {port} ({option}) is already in use on {HOST} ({e.strerror}); "
                               f"stop what uses it or pass another {option}") from e
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux), else None.
+
+    Even ``kill -KILL`` of ``vit-deploy serve`` then stops tritonserver, and SIGTERM (not SIGKILL)
+    lets Triton stop its python-backend stubs and free their shared memory itself. The kernel
+    sends the signal when the *thread* that started the child exits: start servers from a thread
+    that lives as long as they should.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child only calls it
+    except OSError:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would ever send the signal
+            os._exit(1)
+
+    return preexec
 
 
 def _pytriton_root() -> Path | None:
@@ -119,6 +159,10 @@ class TritonServer:
     def __init__(self, repository: str | os.PathLike[str], *, http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, log_path: str | os.PathLike[str] | None = None,
                  ready_timeout: float = 120.0, extra_args: tuple[str, ...] = ()) -> None:
+        ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
+        self.ports = {k: check_port(v, k) or free_port() for k, v in ports.items()}
+        if len(set(self.ports.values())) != 3:
+            raise ServerError(f"the HTTP, gRPC and metrics ports must differ; got {self.ports}")
         self.repository = Path(repository).absolute()
         if not self.repository.is_dir():
             raise ServerError(f"{self.repository} is not a folder; make one with vit-deploy triton-repo")
@@ -126,10 +170,6 @@ class TritonServer:
         if not self.models:
             raise ServerError(f"{self.repository} holds no model (no */config.pbtxt); "
                               "make one with vit-deploy triton-repo")
-        ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
-        self.ports = {k: v or free_port() for k, v in ports.items()}
-        if len(set(self.ports.values())) != 3:
-            raise ServerError(f"the HTTP, gRPC and metrics ports must differ; got {self.ports}")
         self.ready_timeout = ready_timeout
         self.extra_args = extra_args
         self._workdir = Path(tempfile.mkdtemp(prefix="vit-deploy-triton-"))
@@ -147,7 +187,7 @@ class TritonServer:
         if have is None:
             return
         for model in self.models:
-            config = parse_config((self.repository / model / "config.pbtxt").read_text())
+            config = parse_config((self.repository / model / "config.pbtxt").read_text(errors="replace"))
             if config.backend and config.backend not in have:
                 raise ServerError(f"model {model} needs Triton's {config.backend} backend, which this tritonserver "
                                   f"lacks (it has: {', '.join(sorted(have))}); regenerate it with "
@@ -169,11 +209,18 @@ class TritonServer:
                 "--exit-timeout-secs=10", "--log-verbose=0", *self.extra_args]
         if backend_dir is not None:
             args.append(f"--backend-directory={backend_dir}")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes to it for its whole life
-        # its own session: Ctrl-C reaches only us, and we stop the server in order (SIGTERM, wait, kill)
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        log.close()
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes to it for its whole life
+        except OSError as e:
+            raise ServerError(f"cannot write the server log {self.log_path} ({e.strerror or e}); "
+                              "pass a writable file to --log") from e
+        # Its own session and process group (its python-backend stubs join it): Ctrl-C and a closing
+        # terminal reach only us, and we stop the server in order (SIGTERM, drain, then the group).
+        # If we die without that, the parent-death signal stops it.
+        with log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True, preexec_fn=_die_with_parent())
         try:
             self._wait_ready()
         except BaseException:
@@ -214,7 +261,11 @@ class TritonServer:
         return " | ".join(dict.fromkeys(errors[-limit:])) or (lines[-1] if lines else "empty log")
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM (Triton drains in-flight requests), then SIGKILL after ``timeout``; returns the exit code."""
+        """SIGTERM (Triton drains in-flight requests and stops its stubs), then SIGKILL after ``timeout``.
+
+        Whatever is left in the server's process group afterwards (a stub whose server was killed)
+        gets SIGKILL too, so no process outlives ``stop``. Returns the server's exit code.
+        """
         proc, self.process = self.process, None
         code = None
         if proc is not None:
@@ -226,6 +277,10 @@ class TritonServer:
                     proc.kill()
                     proc.wait()
             code = proc.returncode
+            try:  # the group id is the server's pid, which the kernel keeps while any member lives
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass  # the group is empty: everything exited
         # the staged backends go; the log stays (a few kB in the temp folder) for a look after a failure
         shutil.rmtree(self._workdir / "backends", ignore_errors=True)
         return code

@@ -7,6 +7,10 @@ misreads NumPy 2 arrays (wrong values in as_numpy(), "output tensor shape does n
 pb_utils.Tensor(name, array)). ``triton_python_backend_utils`` exists only inside Triton's
 python backend, so it is imported when Triton calls the model, which keeps this module
 importable (and linted, and tested) anywhere.
+
+The dynamic batcher hands over several clients' requests at once. Each is checked on its own
+and answered on its own (:func:`answer_each`): one client's NaN pixels get that client an error,
+and the requests batched with it still get their logits.
 """
 
 import json
@@ -15,6 +19,41 @@ from pathlib import Path
 import numpy as np
 
 from vit_deploy import runtime
+from vit_deploy.runtime.base import check_images
+
+
+def answer_each(runner, arrays):
+    """One answer per request: its logits (float32 [n, classes]) or the exception that refuses it.
+
+    ``arrays`` holds each request's images, or the exception met while reading them. Valid
+    requests run as one batch; should that batch still fail, each runs alone, so an error is
+    only ever reported to the request that causes it.
+    """
+    answers = list(arrays)
+    good = []
+    for i, images in enumerate(arrays):
+        if isinstance(images, Exception):
+            continue
+        try:
+            check_images(images, runner.chw, what="this request's images")
+            good.append(i)
+        except Exception as e:  # noqa: BLE001 - the error is this request's answer
+            answers[i] = e
+    if not good:
+        return answers
+    try:
+        logits = np.asarray(runner.infer(np.concatenate([arrays[i] for i in good])), dtype=np.float32)
+        parts = np.split(logits, np.cumsum([len(arrays[i]) for i in good])[:-1])  # each request's rows, in order
+    except Exception:  # noqa: BLE001 - not any one request's fault yet: find out which, one by one
+        parts = []
+        for i in good:
+            try:
+                parts.append(np.asarray(runner.infer(arrays[i]), dtype=np.float32))
+            except Exception as e:  # noqa: BLE001
+                parts.append(e)
+    for i, part in zip(good, parts, strict=True):
+        answers[i] = part
+    return answers
 
 
 class TritonPythonModel:
@@ -26,24 +65,25 @@ class TritonPythonModel:
         self.output_name = config["output"][0]["name"]
         self.runner = runtime.open(Path(__file__).parent / "artifact", threads=threads)
 
+    def _images(self, request, pb_utils, from_dlpack):
+        try:
+            return from_dlpack(pb_utils.get_input_tensor_by_name(request, self.input_name).to_dlpack()).numpy()
+        except Exception as e:  # noqa: BLE001 - e.g. a dtype DLPack cannot carry: this request's answer
+            return e
+
     def execute(self, requests):
         import torch
         import triton_python_backend_utils as pb_utils
         from torch.utils.dlpack import from_dlpack, to_dlpack
 
-        # The dynamic batcher hands over several requests at once: run them as one batch.
-        arrays = [from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name).to_dlpack()).numpy()
-                  for r in requests]
-        sizes = [len(a) for a in arrays]
-        try:
-            logits = np.ascontiguousarray(self.runner.infer(np.concatenate(arrays)), dtype=np.float32)
-        except Exception as e:  # e.g. NaN pixels: an error for these requests, the model keeps serving
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))) for _ in requests]
         responses = []
-        for part in np.split(logits, np.cumsum(sizes)[:-1]):  # each request's own rows, in order
-            tensor = torch.from_numpy(np.ascontiguousarray(part))
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor.from_dlpack(self.output_name,
-                                                                                     to_dlpack(tensor))]))
+        for answer in answer_each(self.runner, [self._images(r, pb_utils, from_dlpack) for r in requests]):
+            if isinstance(answer, Exception):  # the model keeps serving; only this client sees the error
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(answer))))
+            else:
+                tensor = torch.from_numpy(np.ascontiguousarray(answer))
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor.from_dlpack(self.output_name,
+                                                                                         to_dlpack(tensor))]))
         return responses
 
     def finalize(self):
