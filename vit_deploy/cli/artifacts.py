@@ -12,6 +12,7 @@ from ..errors import ValidationFailed
 from ..progress import Progress
 from ..specs import INT8_TARGETS
 from .options import (
+    Count,
     artifact_argument,
     artifact_of,
     backend_option,
@@ -29,7 +30,7 @@ from .options import (
               help="'pytorch' (the model rebuilt from the manifest) or another artifact folder, e.g. the FP32 export.")
 @click.option("--images", default=None,
               help="Real images: a folder (labels.csv adds accuracy) or a definition file; default: seeded random.")
-@click.option("--max-images", type=int, default=None, help="Use at most N images (seeded sample).")
+@click.option("--max-images", type=Count, default=None, help="Use at most N images (seeded sample).")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to run the artifact at.")
 @backend_option
 @provider_option
@@ -59,7 +60,7 @@ def compare(
 @click.option("--sensitivity", is_flag=True,
               help="INT8 per-layer sensitivity and activation statistics on real images (needs --calib).")
 @click.option("--calib", default=None, help="--sensitivity: calibration images (a folder or a definition file).")
-@click.option("--calib-count", type=int, default=256, show_default=True,
+@click.option("--calib-count", type=Count, default=256, show_default=True,
               help="--sensitivity: use at most N calibration images (a seeded sample).")
 @click.option("--val", default=None,
               help="--sensitivity: labelled images to score on (a folder with labels.csv); default: the calibration "
@@ -99,7 +100,7 @@ def inspect(
 @click.argument("paths", nargs=-1, required=True, metavar="ARTIFACT IMAGES...")
 @click.option("--artifact", type=click.Path(path_type=Path), default=None, hidden=True)
 @backend_option
-@click.option("--top", "top_k", type=int, default=5, show_default=True, help="Classes to show per image.")
+@click.option("--top", "top_k", type=Count, default=5, show_default=True, help="Classes to show per image.")
 @click.option("--labels", "labels_file", default=None,
               help="A file with one class name per line (default: ImageNet names for 1000 classes).")
 @json_option

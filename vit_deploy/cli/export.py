@@ -11,17 +11,17 @@ import click
 from ..artifact import Artifact
 from ..progress import Progress
 from ..specs import DEFAULT_RESOLUTION, VARIANTS
-from .options import aliased, force_option, json_option, out_option, seed_option
+from .options import NumClasses, Resolution, aliased, force_option, json_option, out_option, seed_option
 
 
 @click.command()
 @click.option("--model", "variant", required=True, help=f"ViT variant: {', '.join(VARIANTS)}.")
-@click.option("--res", "img_size", type=int, default=DEFAULT_RESOLUTION, show_default=True,
+@click.option("--res", "img_size", type=Resolution, default=DEFAULT_RESOLUTION, show_default=True,
               help="Input resolution (square); a multiple of the patch size.")
 @click.option("--weights", default=None,
               help="Checkpoint: .pth/.pt/.safetensors (timm or Hugging Face), JAX .npz, a Hugging Face "
                    "folder, or a hub id (hf:ORG/NAME, timm:NAME; needs network). Omit for random init.")
-@click.option("--num-classes", type=int, default=None, help="Classes of the head (default 1000).")
+@click.option("--num-classes", type=NumClasses, default=None, help="Classes of the head (default 1000).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17-20).")
 @out_option("Artifact folder (default: artifacts/<model>-<res>).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim simplification.")
