@@ -17,6 +17,8 @@ from .options import (
     artifact_of,
     backend_option,
     calib_method_option,
+    echo_json,
+    failing_with,
     json_option,
     parse_batch_sizes,
     provider_option,
@@ -49,9 +51,13 @@ def compare(
                           batch_sizes=parse_batch_sizes(batch_sizes), max_images=max_images, seed=seed,
                           provider=provider, backend=backend)
     summary = compare_artifact(opts, Progress(enabled=True))
-    click.echo(json.dumps(summary, indent=2) if as_json else compare_text(summary))
+    if not as_json:
+        click.echo(compare_text(summary))
     if not summary["passed"]:
-        raise ValidationFailed(f"{artifact} is outside the {summary['precision']} bounds (table above)")
+        with failing_with(summary):
+            raise ValidationFailed(f"{artifact} is outside the {summary['precision']} bounds (table above)")
+    if as_json:
+        echo_json(summary)
 
 
 @click.command()
@@ -88,12 +94,12 @@ def inspect(
                                           Progress(enabled=True))
         if report is not None:
             atomic_write_text(report, json.dumps(result, indent=2))
-        click.echo(json.dumps(result, indent=2) if as_json else sensitivity_text(result))
+        echo_json(result) if as_json else click.echo(sensitivity_text(result))
         return
     from ..inspection import inspect_artifact
 
     summary = inspect_artifact(artifact_of(ctx, artifact), verify=not no_verify)
-    click.echo(json.dumps(summary, indent=2) if as_json else inspection_text(summary))
+    echo_json(summary) if as_json else click.echo(inspection_text(summary))
 
 
 @click.command()

@@ -6,7 +6,6 @@ code to ``cli.main``. Progress goes to stderr; stdout carries the table, or JSON
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -23,6 +22,7 @@ from .options import (
     Resolution,
     alias,
     aliased,
+    echo_json,
     json_option,
     out_option,
     parse_batch_sizes,
@@ -84,7 +84,7 @@ def bench(
     result = run_bench(opts, Progress(enabled=True))
     written = write_outputs(result, aliased(ctx, "out", out, Path("bench-results")))
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        echo_json(result)
         return
     click.echo(format_table(result))
     click.echo("\nTargets:\n" + format_targets(targets(result)))
@@ -120,7 +120,7 @@ def bench_build(
                         extra=_command_line("bench-build"))
     summary = run_build_cost(opts, Progress(enabled=True))
     written = write_build_outputs(summary, aliased(ctx, "out", out, Path("bench-results")))
-    click.echo(json.dumps(summary, indent=2) if as_json else format_build(summary))
+    echo_json(summary) if as_json else click.echo(format_build(summary))
     if not as_json:
         click.echo(f"\nwrote {written['json']}, {written['markdown']}")
 

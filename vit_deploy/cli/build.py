@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ..artifact import Artifact
-from ..errors import EngineUnavailable, ValidationFailed
 from ..progress import Progress
 from ..specs import INT8_TARGETS
 from .options import (
@@ -23,6 +21,8 @@ from .options import (
     artifact_argument,
     artifact_of,
     calib_method_option,
+    echo_json,
+    failing_with,
     force_option,
     json_option,
     out_option,
@@ -106,21 +106,17 @@ def build_engine(
         if not as_json:
             click.echo(precision_text(s))
 
-    try:
+    with failing_with(summary):  # exit 2/3 after the graph was made: --json still reports what was made
         build(graph, engine, summary, Progress(enabled=True), on_graph)
-    except (EngineUnavailable, ValidationFailed):
-        if as_json and summary:
-            click.echo(json.dumps(summary, indent=2))
-        raise
-    if "engine" not in summary:  # --target cpu: the graph is the finished artifact
-        click.echo(json.dumps(summary, indent=2) if as_json else
-                   f"CPU graph ready (no TensorRT engine for --target cpu): run it with "
-                   f"vit_deploy.runtime.open('{summary['artifact']}', 'openvino'), or check it with "
-                   f"vit-deploy compare {summary['artifact']} --backend openvino")
-        return
-    made = summary["engine"]
-    click.echo(json.dumps(summary, indent=2) if as_json else engine_text(made))
-    raise_if_failed(made)
+        if "engine" in summary:
+            if not as_json:
+                click.echo(engine_text(summary["engine"]))
+            raise_if_failed(summary["engine"])
+    if as_json:
+        echo_json(summary)
+    elif "engine" not in summary:  # --target cpu: the graph is the finished artifact
+        click.echo(f"CPU graph ready (no TensorRT engine for --target cpu): `vit_deploy.runtime.open('"
+                   f"{summary['artifact']}')` and `vit-deploy compare {summary['artifact']}` run it on OpenVINO")
 
 
 def engine_text(s: dict[str, Any]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,17 @@ import click
 from ..artifact import Artifact
 from ..progress import Progress
 from ..specs import DEFAULT_RESOLUTION, VARIANTS
-from .options import NumClasses, Resolution, aliased, force_option, json_option, out_option, seed_option
+from .options import (
+    NumClasses,
+    Resolution,
+    aliased,
+    echo_json,
+    failing_with,
+    force_option,
+    json_option,
+    out_option,
+    seed_option,
+)
 
 
 @click.command()
@@ -47,8 +56,12 @@ def export(
             fg="yellow", bold=True, err=True,
         )
     summary = export_artifact(opts, Progress(enabled=True))
-    click.echo(json.dumps(summary, indent=2) if as_json else export_text(summary))
-    raise_if_failed(summary)
+    if not as_json:
+        click.echo(export_text(summary))
+    with failing_with(summary):
+        raise_if_failed(summary)
+    if as_json:
+        echo_json(summary)
 
 
 def export_text(s: dict[str, Any]) -> str:

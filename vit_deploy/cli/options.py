@@ -8,14 +8,16 @@ takes one of the bounded types below, so a bad value fails while parsing, before
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import UsageError
+from ..errors import UsageError, VitDeployError
 from ..specs import CALIBRATION_METHODS, MAX_NUM_CLASSES, MAX_RESOLUTION, ORT_PROVIDERS, RUNTIME_BACKENDS
 
 PathType = click.Path(path_type=Path)
@@ -59,6 +61,25 @@ calib_method_option = click.option(
     "--calib-method", type=click.Choice(CALIBRATION_METHODS), default=CALIBRATION_METHODS[0], show_default=True,
     help="How each INT8 activation range is chosen from its histogram.",
 )
+
+
+def echo_json(result: dict[str, Any]) -> None:
+    """Print a command's ``--json`` summary on success, with ``"ok": true`` (failures: see :func:`failing_with`)."""
+    click.echo(json.dumps({"ok": True, **result}, indent=2))
+
+
+@contextlib.contextmanager
+def failing_with(summary: dict[str, Any]) -> Iterator[None]:
+    """A VitDeployError raised inside carries ``summary``.
+
+    With ``--json``, ``cli.main`` prints it merged with ``"ok": false``, the error and the exit
+    code: one JSON document for every outcome, also when the work ran and then failed a check.
+    """
+    try:
+        yield
+    except VitDeployError as e:
+        e.summary = summary  # type: ignore[attr-defined]
+        raise
 
 
 def seed_option(what: str) -> Callable[[Any], Any]:
