@@ -329,7 +329,7 @@ class Artifact:
 
     def inherited(self) -> dict[str, Any]:
         """The sections a child artifact (a precision graph, an engine) copies from this one."""
-        return {k: self.manifest[k] for k in ("model", "preprocessing", "checkpoint")}
+        return {k: self.manifest.get(k) for k in ("model", "preprocessing", "checkpoint")}
 
     @property
     def made_for_backend(self) -> str | None:

@@ -1,4 +1,9 @@
-"""Progress for long steps, on stderr so ``--json`` output on stdout stays clean."""
+"""Progress for long steps, on stderr so ``--json`` output on stdout stays clean.
+
+Each step is one line, ``[i/n] label ... 1.2s``. Bars over the items of a step (tqdm) are drawn
+only on a terminal: into a log file or a pipe their carriage-return frames would be hundreds
+of lines of noise, so there the step's own line is all that is written.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,13 @@ T = TypeVar("T")
 
 
 class Progress:
-    """Prints ``[i/n] label ...`` when a step starts and its duration when it ends."""
+    """Prints ``[i/n] label ...`` when a step starts and its duration when it ends; bars on a terminal only."""
 
     def __init__(self, total: int = 0, stream: TextIO | None = None, enabled: bool = True) -> None:
         self.total, self.done = total, 0
         self.stream = stream or sys.stderr
         self.enabled = enabled
+        self.bars = enabled and _is_terminal(self.stream)
         self.timings: dict[str, float] = {}
         self._counter: Any = None
 
@@ -43,8 +49,8 @@ class Progress:
             print(f" {elapsed:.1f}s", file=self.stream, flush=True)
 
     def bar(self, items: Iterable[T], label: str) -> Iterable[T]:
-        """A progress bar over ``items`` (tqdm on stderr), silent when progress is disabled."""
-        if not self.enabled:
+        """A progress bar over ``items`` (tqdm on stderr), silent when progress is disabled or not on a terminal."""
+        if not self.bars:
             return items
         from tqdm import tqdm
 
@@ -57,8 +63,8 @@ class Progress:
 
     @contextlib.contextmanager
     def counter(self, total: int, label: str) -> Iterator[None]:
-        """A bar advanced by ``tick()`` from code that owns no loop (e.g. a library callback)."""
-        if not self.enabled:
+        """A bar advanced by ``tick()`` from code that owns no loop (e.g. a library callback); terminal only."""
+        if not self.bars:
             yield
             return
         from tqdm import tqdm
@@ -69,3 +75,10 @@ class Progress:
         finally:
             self._counter.close()
             self._counter = None
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
