@@ -139,6 +139,7 @@ def _triple(positive: bool) -> Rule:
 
 
 STRING: Rule = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
+RELATIVE_PATH: Rule = (lambda v: isinstance(v, str) and v != "" and "\0" not in v, "a relative file path (a string)")
 POSITIVE_INT: Rule = (lambda v: _is_int(v) and v > 0, "a positive integer")
 SIZE: Rule = (lambda v: _is_int(v) and v >= 0, "a non-negative integer")
 POSITIVE: Rule = (lambda v: _is_number(v) and v > 0, "a positive finite number")
@@ -157,11 +158,11 @@ MODEL_FIELDS: dict[str, tuple[Rule, bool]] = {
 }
 PREPROCESSING_FIELDS: dict[str, tuple[Rule, bool]] = {
     "resize": (POSITIVE_INT, True), "crop": (POSITIVE_INT, True), "interpolation": (STRING, False),
-    "mean": (_triple(positive=False), False), "std": (_triple(positive=True), False),
+    "mean": (_triple(positive=False), True), "std": (_triple(positive=True), True),
     "channel_order": (STRING, False), "layout": (STRING, False),
 }
 FILE_FIELDS: dict[str, tuple[Rule, bool]] = {
-    "role": (_one_of(FILE_ROLES), True), "path": (STRING, True), "sha256": (SHA256, True), "bytes": (SIZE, True),
+    "role": (_one_of(FILE_ROLES), True), "path": (RELATIVE_PATH, True), "sha256": (SHA256, True), "bytes": (SIZE, True),
 }
 TENSOR_FIELDS: dict[str, tuple[Rule, bool]] = {"name": (STRING, True), "shape": (DIMS, True), "dtype": (STRING, True)}
 
