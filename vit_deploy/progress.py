@@ -1,8 +1,9 @@
 """Progress for long steps, on stderr so ``--json`` output on stdout stays clean.
 
-Each step is one line, ``[i/n] label ... 1.2s``. Bars over the items of a step (tqdm) are drawn
-only on a terminal: into a log file or a pipe their carriage-return frames would be hundreds
-of lines of noise, so there the step's own line is all that is written.
+Each step is one line, ``[i/n] label ... 1.2s``. Bars (tqdm) are drawn only on a terminal: into
+a log file or a pipe their carriage-return frames would be hundreds of lines of noise, so there
+a bar inside a step writes nothing (the step's line says it all) and one outside a step writes
+one line when it ends, ``  label: N in 1.2s``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.bars = enabled and _is_terminal(self.stream)
+        self._in_step = False  # a step's line is open (its duration not yet printed)
         self.timings: dict[str, float] = {}
         self._counter: Any = None
 
@@ -37,12 +39,15 @@ class Progress:
         if self.enabled:
             print(f"[{self.done}/{self.total}] {label} ...", end="", file=self.stream, flush=True)
         start = time.perf_counter()
+        self._in_step = True
         try:
             yield
         except BaseException:
             if self.enabled:
                 print(" failed", file=self.stream, flush=True)
             raise
+        finally:
+            self._in_step = False
         elapsed = time.perf_counter() - start
         self.timings[label] = round(elapsed, 2)
         if self.enabled:
@@ -51,10 +56,16 @@ class Progress:
     def bar(self, items: Iterable[T], label: str) -> Iterable[T]:
         """A progress bar over ``items`` (tqdm on stderr), silent when progress is disabled or not on a terminal."""
         if not self.bars:
-            return items
+            return items if self._in_step or not self.enabled else self._counted(items, label)
         from tqdm import tqdm
 
         return tqdm(items, desc=f"  {label}", file=self.stream, leave=False, dynamic_ncols=True)
+
+    def _counted(self, items: Iterable[T], label: str) -> Iterator[T]:
+        start, n = time.perf_counter(), 0
+        for n, item in enumerate(items, 1):  # noqa: B007 - n is the count after the loop
+            yield item
+        self.note(f"  {label}: {n} in {time.perf_counter() - start:.1f}s")
 
     def tick(self, n: int = 1) -> None:
         """Advance the bar opened by ``counter``, if any."""

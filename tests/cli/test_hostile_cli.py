@@ -2,15 +2,19 @@
 
 Every invocation below is refused while the options are parsed: the library calls that would do
 the slow work are replaced by a trap that fails the test if reached. ``--json`` turns every
-outcome into one parseable document on stdout.
+outcome into one parseable document on stdout, and progress written into a log stays one line per step.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import re
 
 import pytest
+from helpers import PHOTOS
 
+from vit_deploy.progress import Progress
 from vit_deploy.specs import Tolerance
 
 # the library calls behind each command: none may run for a refused option
@@ -120,3 +124,28 @@ def test_json_exit_2_is_the_summary_with_the_error(run_cli, tiny_artifacts, monk
     assert code == 2 and summary["ok"] is False and summary["exit_code"] == 2
     assert summary["error"] == one_error_line(err.splitlines()[-1]) and "outside the fp32 bounds" in summary["error"]
     assert summary["passed"] is False and summary["rows"][0]["batch"] == 2
+
+
+# -- progress in logs and pipes ---------------------------------------------------------------
+STEP_LINE = re.compile(r"\[\d+/\d+\] .+ \.\.\. \d+\.\ds")
+
+
+def test_progress_into_a_log_is_one_line_per_step(run_cli, tiny_artifacts):
+    """stderr captured (not a terminal): no carriage-return frames of the image bar, one line per step."""
+    code, _, err = run_cli("compare", str(tiny_artifacts["fp32"]), "--images", str(PHOTOS), "--max-images", "12",
+                           "--batch-sizes", "4")
+    assert code == 0 and "\r" not in err, err
+    opening, loading, *steps = err.splitlines()
+    assert re.fullmatch(r"  Loading comparison images: 12 in \d+\.\ds", loading), loading
+    assert len(steps) == 2 and all(STEP_LINE.fullmatch(line) for line in (opening, *steps)), err
+
+
+def test_progress_on_a_terminal_still_draws_bars():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = Progress(stream=stream)
+    assert list(progress.bar(range(3), "images")) == [0, 1, 2]
+    assert "images" in stream.getvalue() and "\r" in stream.getvalue()
