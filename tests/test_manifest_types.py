@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -96,6 +97,23 @@ def test_a_wrong_field_is_one_error_naming_it(folder, valid, run_cli, path, valu
     assert f"{folder / MANIFEST_NAME}: {field} {says}" in str(e.value)
     code, out, err = run_cli("inspect", str(folder))  # the CLI: that line, exit 1, no traceback
     assert (code, out, err.strip()) == (1, "", f"error: {e.value}")
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    ("[" * 100_000 + "]" * 100_000, "maximum recursion depth"),
+    (b"\xff\xfe{}", "can't decode byte 0xff"),
+    (None, "a manifest is a few KB"),  # a 20 MB (sparse) file is not read whole
+    ("[1, 2]", "is not a vit-deploy manifest"),
+], ids=["deep", "not-utf8", "huge", "a-list"])
+def test_an_unreadable_manifest_is_one_error(folder, run_cli, content, says):
+    path = folder / MANIFEST_NAME
+    if content is None:
+        path.write_text("{}")
+        os.truncate(path, 20 << 20)
+    else:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code, out, err = run_cli("inspect", str(folder))
+    assert code == 1 and out == "" and says in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_an_input_that_is_not_an_image_is_refused_by_the_runner(folder, valid):

@@ -46,6 +46,7 @@ SCHEMA = "vit-deploy/manifest"
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REQUIRED_KEYS = ("schema", "schema_version", "kind", "precision", "model", "preprocessing", "io", "files")
+MAX_MANIFEST_BYTES = 1 << 24  # read whole: a larger file is not ours
 KINDS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 FILE_ROLES = ("model", "external_data")
@@ -97,8 +98,10 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
             "re-run the step that makes it"
         )
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ValueError(f"{path.stat().st_size} bytes, a manifest is a few KB")
         manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON too (their base class)
         raise ArtifactError(f"{path} is unreadable ({e}); re-run the step that makes it") from e
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise ArtifactError(f"{path} is not a vit-deploy manifest")
