@@ -94,12 +94,18 @@ def inspect(
                                           Progress(enabled=True))
         if report is not None:
             atomic_write_text(report, json.dumps(result, indent=2))
-        echo_json(result) if as_json else click.echo(sensitivity_text(result))
+        if as_json:
+            echo_json(result)
+        else:
+            click.echo(sensitivity_text(result))
         return
     from ..inspection import inspect_artifact
 
     summary = inspect_artifact(artifact_of(ctx, artifact), verify=not no_verify)
-    echo_json(summary) if as_json else click.echo(inspection_text(summary))
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(inspection_text(summary))
 
 
 @click.command()

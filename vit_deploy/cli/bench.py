@@ -120,7 +120,10 @@ def bench_build(
                         extra=_command_line("bench-build"))
     summary = run_build_cost(opts, Progress(enabled=True))
     written = write_build_outputs(summary, aliased(ctx, "out", out, Path("bench-results")))
-    echo_json(summary) if as_json else click.echo(format_build(summary))
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(format_build(summary))
     if not as_json:
         click.echo(f"\nwrote {written['json']}, {written['markdown']}")
 
