@@ -22,12 +22,16 @@ from vit_deploy.artifact import (
 )
 from vit_deploy.errors import ArtifactError
 from vit_deploy.fileio import atomic_write_text, staged_directory
+from vit_deploy.specs import model_config
 
 
 def make_artifact(directory):
     (directory / "model.onnx").write_bytes(b"graph bytes")
     files = [file_entry(directory, "model.onnx", "model")]
-    m = new_manifest("onnx", "fp32", model={}, preprocessing={}, io={}, files=files)
+    model = model_config("test", 32, 5).to_dict()
+    tensor = {"name": "images", "shape": ["batch", 3, 32, 32], "dtype": "float32"}
+    io = {"inputs": [tensor], "outputs": [{"name": "logits", "shape": ["batch", 5], "dtype": "float32"}]}
+    m = new_manifest("onnx", "fp32", model=model, preprocessing=model.pop("preprocessing"), io=io, files=files)
     write_manifest(directory, m)
     return m
 

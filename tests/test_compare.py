@@ -115,7 +115,7 @@ def test_compare_without_a_reference_model_points_to_one(artifacts, run_cli, tmp
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--batch-sizes", "1,x"], "not a comma-separated list"),
-    (["--batch-sizes", "0"], "batch sizes >= 1"),
+    (["--batch-sizes", "0"], "give batch sizes from 1 to 4096"),
     (["--images", "/nonexistent/folder"], "does not exist"),
 ])
 def test_compare_bad_options(artifacts, run_cli, args, message):

@@ -3,7 +3,10 @@
 Standard library only. :class:`Artifact` is the only code that reads a manifest's keys and the only
 code that turns a path a manifest names into a file path (refusing any that resolves outside the
 artifact folder, symlinks included); steps, runtime, compare, inspect, bench and serving all read
-artifacts through it. A manifest says what the artifact is (model config, preprocessing,
+artifacts through it. :func:`read_manifest` checks the type of every field that view reads, so a
+hand-edited or damaged manifest is one ArtifactError naming the field, never a KeyError later.
+
+A manifest says what the artifact is (model config, preprocessing,
 I/O names/shapes/dtypes, precision), where it came from (checkpoint provenance, parent
 artifact hash, package versions), and how it was checked (validation numbers). It is written
 last, atomically, so a directory with a manifest is a finished artifact; later steps read it
@@ -16,7 +19,9 @@ Schema (version 1), top-level keys::
     io {inputs: [{name, shape, dtype}], outputs: [...]}  (symbolic dims are strings, e.g. "batch"),
     files [{role ("model" | "external_data"), path (relative), sha256, bytes}],
     parent (null | {path, sha256}), checkpoint {...}, versions {...}, validation {...}
-    + kind-specific sections (e.g. "onnx": {opset, nodes, ...}).
+    + kind-specific sections (e.g. "onnx": {opset, nodes, ...})
+    + optional "runtime": {backend}: the backend the artifact was made for (e.g. "openvino" for a
+      --target cpu INT8 graph); runtime.open uses it by default when it is installed.
 """
 
 from __future__ import annotations
@@ -24,20 +29,30 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError
+from .errors import ArtifactError, UsageError
 from .fileio import atomic_write_text
-from .specs import ModelConfig, Preprocessing
+from .specs import RUNTIME_BACKENDS, ModelConfig, Preprocessing
 
 SCHEMA = "vit-deploy/manifest"
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REQUIRED_KEYS = ("schema", "schema_version", "kind", "precision", "model", "preprocessing", "io", "files")
+MAX_MANIFEST_BYTES = 1 << 24  # read whole: a larger file is not ours
+KINDS = ("onnx", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+FILE_ROLES = ("model", "external_data")
+# the optional sections, each an object (or null) when present
+SECTIONS = ("parent", "checkpoint", "versions", "validation", "onnx", "tensorrt", "precision_policy", "calibration",
+            "runtime")
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
@@ -83,8 +98,10 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
             "re-run the step that makes it"
         )
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ValueError(f"{path.stat().st_size} bytes, a manifest is a few KB")
         manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON too (their base class)
         raise ArtifactError(f"{path} is unreadable ({e}); re-run the step that makes it") from e
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise ArtifactError(f"{path} is not a vit-deploy manifest")
@@ -97,7 +114,117 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise ArtifactError(f"{path} lacks {', '.join(missing)}; re-run the step that makes it")
+    check_types(manifest, path)
     return manifest
+
+
+# -- the types of the fields the Artifact view reads ---------------------------------------
+# A rule is (test, what the value must be); check_types applies them and names the first field that fails.
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _one_of(choices: tuple[str, ...]) -> Rule:
+    return (lambda v: isinstance(v, str) and v in choices), "one of " + ", ".join(map(repr, choices))
+
+
+def _triple(positive: bool) -> Rule:
+    ok = (lambda x: _is_number(x) and x > 0) if positive else _is_number
+    return (lambda v: isinstance(v, list) and len(v) == 3 and all(ok(x) for x in v),
+            f"a list of 3 {'positive ' if positive else ''}finite numbers")
+
+
+STRING: Rule = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
+RELATIVE_PATH: Rule = (lambda v: isinstance(v, str) and v != "" and "\0" not in v, "a relative file path (a string)")
+POSITIVE_INT: Rule = (lambda v: _is_int(v) and v > 0, "a positive integer")
+SIZE: Rule = (lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+POSITIVE: Rule = (lambda v: _is_number(v) and v > 0, "a positive finite number")
+SHA256: Rule = (lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+                "64 lowercase hex digits (a sha256)")
+DIM: Rule = (lambda v: (_is_int(v) and v >= 0) or (isinstance(v, str) and v != ""),
+             "a non-negative integer or a symbolic name")
+DIMS: Rule = (lambda v: isinstance(v, list) and all(DIM[0](d) for d in v), "a list of dimensions (integers or names)")
+
+# field -> (rule, required); model and preprocessing take no other keys (they become dataclasses)
+MODEL_FIELDS: dict[str, tuple[Rule, bool]] = {
+    "variant": (STRING, True), "img_size": (POSITIVE_INT, True), "num_classes": (POSITIVE_INT, True),
+    "patch_size": (POSITIVE_INT, True), "dim": (POSITIVE_INT, True), "depth": (POSITIVE_INT, True),
+    "heads": (POSITIVE_INT, True), "mlp_dim": (POSITIVE_INT, True), "layer_norm_eps": (POSITIVE, False),
+    "in_chans": (POSITIVE_INT, False),
+}
+PREPROCESSING_FIELDS: dict[str, tuple[Rule, bool]] = {
+    "resize": (POSITIVE_INT, True), "crop": (POSITIVE_INT, True), "interpolation": (STRING, False),
+    "mean": (_triple(positive=False), True), "std": (_triple(positive=True), True),
+    "channel_order": (STRING, False), "layout": (STRING, False),
+}
+FILE_FIELDS: dict[str, tuple[Rule, bool]] = {
+    "role": (_one_of(FILE_ROLES), True), "path": (RELATIVE_PATH, True), "sha256": (SHA256, True), "bytes": (SIZE, True),
+}
+TENSOR_FIELDS: dict[str, tuple[Rule, bool]] = {"name": (STRING, True), "shape": (DIMS, True), "dtype": (STRING, True)}
+
+
+def check_types(manifest: dict[str, Any], path: Path | str = MANIFEST_NAME) -> None:
+    """ArtifactError naming the first field of ``manifest`` whose type or value the Artifact view cannot read."""
+
+    def fail(field: str, want: str, value: Any = None, absent: bool = False) -> None:
+        got = "nothing (the field is missing)" if absent else _short_repr(value)
+        raise ArtifactError(f"{path}: {field} must be {want}, got {got}; re-create the artifact")
+
+    def check(value: Any, rule: Rule, field: str) -> None:
+        if not rule[0](value):
+            fail(field, rule[1], value)
+
+    def check_object(value: Any, fields: dict[str, tuple[Rule, bool]], field: str, closed: bool) -> None:
+        if not isinstance(value, dict):
+            fail(field, "an object", value)
+        for name, (rule, required) in fields.items():
+            if name in value:
+                check(value[name], rule, f"{field}.{name}")
+            elif required:
+                fail(f"{field}.{name}", rule[1], absent=True)
+        extra = [k for k in value if k not in fields]
+        if closed and extra:
+            fail(f"{field}.{extra[0]}", "absent (not a known field)", value[extra[0]])
+
+    def check_list(value: Any, fields: dict[str, tuple[Rule, bool]], field: str) -> None:
+        if not isinstance(value, list) or not value:
+            fail(field, "a non-empty list of objects", value)
+        for i, item in enumerate(value):
+            check_object(item, fields, f"{field}[{i}]", closed=False)
+
+    check(manifest["kind"], _one_of(KINDS), "kind")
+    check(manifest["precision"], _one_of(PRECISIONS), "precision")
+    check_object(manifest["model"], MODEL_FIELDS, "model", closed=True)
+    check_object(manifest["preprocessing"], PREPROCESSING_FIELDS, "preprocessing", closed=True)
+    io = manifest["io"]
+    if not isinstance(io, dict):
+        fail("io", "an object with inputs and outputs", io)
+    for role in ("inputs", "outputs"):
+        check_list(io.get(role), TENSOR_FIELDS, f"io.{role}")
+    check_list(manifest["files"], FILE_FIELDS, "files")
+    if not any(entry["role"] == "model" for entry in manifest["files"]):
+        fail("files", "a list with one entry of role 'model'", [e["role"] for e in manifest["files"]])
+    for name in SECTIONS:
+        if manifest.get(name) is not None and not isinstance(manifest[name], dict):
+            fail(name, "an object or null", manifest[name])
+    passed = (manifest.get("validation") or {}).get("passed")
+    if passed is not None and not isinstance(passed, bool):
+        fail("validation.passed", "true, false or null", passed)
+    backend = (manifest.get("runtime") or {}).get("backend")
+    if backend is not None:
+        check(backend, _one_of(RUNTIME_BACKENDS), "runtime.backend")
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def package_versions(*names: str) -> dict[str, str]:
@@ -179,8 +306,14 @@ class Artifact:
     @property
     def chw(self) -> tuple[int, int, int]:
         """(channels, height, width) of one input image: the graph's own contract."""
-        c, h, w = self.input_shape[1:]
-        return int(c), int(h), int(w)
+        dims = self.input_shape[1:]
+        if len(dims) != 3 or not all(_is_int(d) and d > 0 for d in dims):
+            raise ArtifactError(
+                f"{self.directory / MANIFEST_NAME}: io.inputs[0].shape must be [batch, channels, height, width] "
+                f"with positive sizes, got {self.input_shape}; re-create the artifact"
+            )
+        c, h, w = dims
+        return c, h, w
 
     @property
     def has_single_image_input(self) -> bool:
@@ -200,7 +333,12 @@ class Artifact:
 
     def inherited(self) -> dict[str, Any]:
         """The sections a child artifact (a precision graph, an engine) copies from this one."""
-        return {k: self.manifest[k] for k in ("model", "preprocessing", "checkpoint")}
+        return {k: self.manifest.get(k) for k in ("model", "preprocessing", "checkpoint")}
+
+    @property
+    def made_for_backend(self) -> str | None:
+        """The runtime backend the artifact was made for (``"runtime": {"backend"}``); None: its kind's default."""
+        return self.section("runtime").get("backend")
 
     def section(self, name: str) -> dict[str, Any]:
         """A kind-specific section (``onnx``, ``tensorrt``, ``precision_policy``, ``calibration``); {} if absent."""
@@ -314,6 +452,10 @@ def open(path: str | os.PathLike[str], verify: bool = True) -> Artifact:  # noqa
         path: the artifact folder or one of its files.
         verify: check every file against the sha256 in the manifest first (ArtifactError on a mismatch).
     """
+    if not isinstance(path, str | os.PathLike):
+        raise UsageError(
+            f"an artifact is a folder path (str or pathlib.Path), got {type(path).__name__} {_short_repr(path)}"
+        )
     path = Path(path)
     directory = path.parent if path.is_file() and (path.parent / MANIFEST_NAME).is_file() else path
     if not directory.exists():

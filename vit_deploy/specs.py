@@ -8,6 +8,7 @@ shape, which timm and the augreg checkpoints call ViT-Ti/16.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -44,6 +45,11 @@ PAPER_VARIANTS = ("ti16", "s16", "b16", "b32", "l16", "l32", "h14")
 
 DEFAULT_RESOLUTION = 224
 DEFAULT_NUM_CLASSES = 1000
+# Bounds that keep a typo from exhausting memory before anything useful happens: attention at
+# 1024 px is already 4097 tokens (b16) per image; 100k classes is a 512 MB head for h14 (ImageNet-21k
+# has 21,843).
+MAX_RESOLUTION = 1024
+MAX_NUM_CLASSES = 100_000
 # timm and the JAX checkpoints use 1e-6; Hugging Face's ViTConfig defaults to 1e-12, and the
 # HF loader passes that through, because at random init the difference is visible in FP32.
 DEFAULT_LAYER_NORM_EPS = 1e-6
@@ -280,6 +286,9 @@ def model_config(
     if variant not in VARIANTS:
         raise UsageError(f"unknown model {variant!r}; choose one of: {', '.join(VARIANTS)}")
     shape = VARIANTS[variant]
+    for name, value, bound in (("--res", img_size, MAX_RESOLUTION), ("--num-classes", num_classes, MAX_NUM_CLASSES)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value > bound:
+            raise UsageError(f"{name} must be an integer from 1 to {bound}, got {value!r}")
     if img_size <= 0 or img_size % shape.patch_size:
         lower = max(shape.patch_size, img_size - img_size % shape.patch_size)
         raise UsageError(

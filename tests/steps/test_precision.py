@@ -13,6 +13,7 @@ from helpers import ROOT
 from onnx import numpy_helper
 from PIL import Image
 
+from vit_deploy import runtime
 from vit_deploy.artifact import read_manifest, sha256_file
 from vit_deploy.errors import ArtifactError, UsageError
 from vit_deploy.onnx.graph import topologically_sorted
@@ -284,7 +285,11 @@ def test_cpu_target_int8_keeps_attention_float_at_any_length(fp32, tmp_path, run
     summary = json.loads(out)
     out_dir = Path(summary["artifact"])
     assert out_dir.name == f"{fp32.name}-int8-cpu"
-    policy = read_manifest(out_dir)["precision_policy"]
+    manifest = read_manifest(out_dir)
+    policy = manifest["precision_policy"]
+    assert manifest["runtime"] == {"backend": "openvino"}  # the backend runtime.open picks by default
+    with runtime.open(out_dir) as runner:
+        assert runner.backend == "openvino"
     attention = set(attention_matmuls(onnx.load(str(fp32 / "model.onnx"))))
     assert policy["target"] == "cpu" and set(policy["excluded_nodes"]) == attention and attention  # 17 tokens
     g = onnx.load(str(out_dir / "model.int8.onnx")).graph

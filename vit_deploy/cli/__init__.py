@@ -8,7 +8,9 @@ and this module turns them into one line on stderr and the exit code below.
 
 from __future__ import annotations
 
+import json
 import sys
+from typing import NoReturn
 
 import click
 
@@ -52,20 +54,40 @@ _add_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: turns library errors into one line and an exit code (:data:`EXIT_CODES`)."""
+    """Console entry point: turns library errors into one line and an exit code (:data:`EXIT_CODES`).
+
+    With ``--json``, every failure also prints ``{"ok": false, "error": ..., "exit_code": ...}`` on
+    stdout (merged into the summary when the work ran and then failed a check), so a script can
+    parse every outcome; successes print the command's summary with ``"ok": true``.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    as_json = _wants_json(args)
     try:
-        cli.main(args=argv, prog_name="vit-deploy", standalone_mode=False)
+        cli.main(args=args, prog_name="vit-deploy", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:  # bad options: click's message, but exit 1 as for any user error
-        click.echo(f"error: {e.format_message()}", err=True)
-        sys.exit(1)
+        ctx = getattr(e, "ctx", None)
+        hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        _fail(e.format_message().rstrip(".") + hint, 1, as_json)
     except click.exceptions.Abort as e:  # click turns Ctrl-C (and EOF at a prompt) into Abort
         if isinstance(e.__cause__, KeyboardInterrupt):
-            click.echo("interrupted: nothing was left behind that looks finished", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        click.echo("error: aborted", err=True)
-        sys.exit(1)
+            _fail("nothing was left behind that looks finished", EXIT_INTERRUPTED, as_json, prefix="interrupted")
+        _fail("aborted", 1, as_json)
     except VitDeployError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
+        _fail(str(e), e.exit_code, as_json, summary=getattr(e, "summary", None))
+
+
+def _wants_json(args: list[str]) -> bool:
+    """Whether ``args`` run a command that takes ``--json`` and pass it (options end at ``--``)."""
+    options = args[:args.index("--")] if "--" in args else args
+    name = next((a for a in options if not a.startswith("-")), None)
+    command = cli.commands.get(name) if name else None
+    return command is not None and "--json" in options and any(p.name == "as_json" for p in command.params)
+
+
+def _fail(message: str, code: int, as_json: bool, summary: dict | None = None, prefix: str = "error") -> NoReturn:
+    click.echo(f"{prefix}: {message}", err=True)
+    if as_json:
+        click.echo(json.dumps({**(summary or {}), "ok": False, "error": message, "exit_code": code}, indent=2))
+    sys.exit(code)

@@ -12,10 +12,13 @@ from ..errors import ValidationFailed
 from ..progress import Progress
 from ..specs import INT8_TARGETS
 from .options import (
+    Count,
     artifact_argument,
     artifact_of,
     backend_option,
     calib_method_option,
+    echo_json,
+    failing_with,
     json_option,
     parse_batch_sizes,
     provider_option,
@@ -29,7 +32,7 @@ from .options import (
               help="'pytorch' (the model rebuilt from the manifest) or another artifact folder, e.g. the FP32 export.")
 @click.option("--images", default=None,
               help="Real images: a folder (labels.csv adds accuracy) or a definition file; default: seeded random.")
-@click.option("--max-images", type=int, default=None, help="Use at most N images (seeded sample).")
+@click.option("--max-images", type=Count, default=None, help="Use at most N images (seeded sample).")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to run the artifact at.")
 @click.option("--weights", default=None,
               help="The checkpoint, when it moved since the export (same bytes: its sha256 is checked).")
@@ -50,9 +53,13 @@ def compare(
                           batch_sizes=parse_batch_sizes(batch_sizes), max_images=max_images, seed=seed,
                           provider=provider, backend=backend, weights=weights)
     summary = compare_artifact(opts, Progress(enabled=True))
-    click.echo(json.dumps(summary, indent=2) if as_json else compare_text(summary))
+    if not as_json:
+        click.echo(compare_text(summary))
     if not summary["passed"]:
-        raise ValidationFailed(f"{artifact} is outside the {summary['precision']} bounds (table above)")
+        with failing_with(summary):
+            raise ValidationFailed(f"{artifact} is outside the {summary['precision']} bounds (table above)")
+    if as_json:
+        echo_json(summary)
 
 
 @click.command()
@@ -61,7 +68,7 @@ def compare(
 @click.option("--sensitivity", is_flag=True,
               help="INT8 per-layer sensitivity and activation statistics on real images (needs --calib).")
 @click.option("--calib", default=None, help="--sensitivity: calibration images (a folder or a definition file).")
-@click.option("--calib-count", type=int, default=256, show_default=True,
+@click.option("--calib-count", type=Count, default=256, show_default=True,
               help="--sensitivity: use at most N calibration images (a seeded sample).")
 @click.option("--val", default=None,
               help="--sensitivity: labelled images to score on (a folder with labels.csv); default: the calibration "
@@ -89,19 +96,25 @@ def inspect(
                                           Progress(enabled=True))
         if report is not None:
             atomic_write_text(report, json.dumps(result, indent=2))
-        click.echo(json.dumps(result, indent=2) if as_json else sensitivity_text(result))
+        if as_json:
+            echo_json(result)
+        else:
+            click.echo(sensitivity_text(result))
         return
     from ..inspection import inspect_artifact
 
     summary = inspect_artifact(artifact_of(ctx, artifact), verify=not no_verify)
-    click.echo(json.dumps(summary, indent=2) if as_json else inspection_text(summary))
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(inspection_text(summary))
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, metavar="ARTIFACT IMAGES...")
 @click.option("--artifact", type=click.Path(path_type=Path), default=None, hidden=True)
 @backend_option
-@click.option("--top", "top_k", type=int, default=5, show_default=True, help="Classes to show per image.")
+@click.option("--top", "top_k", type=Count, default=5, show_default=True, help="Classes to show per image.")
 @click.option("--labels", "labels_file", default=None,
               help="A file with one class name per line (default: ImageNet names for 1000 classes).")
 @json_option

@@ -6,7 +6,6 @@ code to ``cli.main``. Progress goes to stderr; stdout carries the table, or JSON
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -14,7 +13,21 @@ import click
 from ..bench.backends import ROWS
 from ..bench.peers import DEFAULT_CALIB_IMAGES
 from ..progress import Progress
-from .options import PathType, alias, aliased, json_option, out_option, parse_batch_sizes
+from .options import (
+    Count,
+    FiniteFloat,
+    NonNegative,
+    NumClasses,
+    PathType,
+    Resolution,
+    alias,
+    aliased,
+    echo_json,
+    json_option,
+    out_option,
+    parse_batch_sizes,
+    seed_option,
+)
 
 
 @click.command("bench")
@@ -23,13 +36,13 @@ from .options import PathType, alias, aliased, json_option, out_option, parse_ba
               help=f"Comma-separated rows to run: {', '.join(ROWS)}; or all. Rows that cannot run here "
                    "(no artifact, no GPU, package missing) are listed as skipped with the reason.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--threads", type=int, default=None,
+@click.option("--threads", type=Count, default=None,
               help="Threads per backend (torch, ONNX Runtime, OpenVINO) and for the ceiling (default: all CPUs).")
-@click.option("--repeats", type=int, default=5, show_default=True,
+@click.option("--repeats", type=Count, default=5, show_default=True,
               help="Timed rounds per batch size; every row runs one block per round, round-robin.")
-@click.option("--min-time", type=float, default=0.5, show_default=True,
+@click.option("--min-time", type=FiniteFloat(0, min_open=True), default=0.5, show_default=True,
               help="Seconds per timed block (decides how many calls a block makes).")
-@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed calls per row and batch size.")
+@click.option("--warmup", type=NonNegative, default=2, show_default=True, help="Untimed calls per row and batch size.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda: PyTorch on the GPU, ONNX Runtime's CUDA provider, TensorRT engines, GPU ceilings.")
 @click.option("--baseline", default="pytorch-fp32", show_default=True,
@@ -37,14 +50,14 @@ from .options import PathType, alias, aliased, json_option, out_option, parse_ba
 @out_option("Writes bench.json, bench.md and bench.png (the plot needs matplotlib: vit-deploy[bench]).",
             default=Path("bench-results"), old=("--out-dir",))
 @click.option("--no-ceiling", is_flag=True, help="Skip measuring the matrix-multiply ceilings (no '% of ceiling').")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input images.")
+@seed_option("the random input images")
 @click.option("--calib", default=None,
               help="Calibration images for the rows bench builds itself (openvino-nncf-int8: NNCF INT8 of the "
                    "export): a folder, or a definition file (calibration/*.txt), as build-engine takes it. "
                    "Without it those rows are skipped.")
-@click.option("--calib-count", type=int, default=DEFAULT_CALIB_IMAGES, show_default=True,
+@click.option("--calib-count", type=Count, default=DEFAULT_CALIB_IMAGES, show_default=True,
               help="Use at most N calibration images (a seeded sample, as build-engine).")
-@alias("--calib-images", "calib_count", type=int)
+@alias("--calib-images", "calib_count", type=Count)
 @json_option
 @click.pass_context
 def bench(
@@ -71,7 +84,7 @@ def bench(
     result = run_bench(opts, Progress(enabled=True))
     written = write_outputs(result, aliased(ctx, "out", out, Path("bench-results")))
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        echo_json(result)
         return
     click.echo(format_table(result))
     click.echo("\nTargets:\n" + format_targets(targets(result)))
@@ -83,15 +96,15 @@ def bench(
 
 @click.command("bench-build")
 @click.option("--model", "variant", default="b16", show_default=True, help="ViT variant.")
-@click.option("--res", "img_size", type=int, default=384, show_default=True, help="Input resolution.")
-@click.option("--num-classes", type=int, default=None, help="Classes of the head (default 1000).")
+@click.option("--res", "img_size", type=Resolution, default=384, show_default=True, help="Input resolution.")
+@click.option("--num-classes", type=NumClasses, default=None, help="Classes of the head (default 1000).")
 @click.option("--phases", default="export,fp16,int8", show_default=True,
               help="Which steps to time: export (with onnxsim), fp16, int8 (graph conversion, no engine).")
 @click.option("--calib", default=None,
               help="Calibration images for int8 (default: calibration/photos.txt of the source checkout).")
 @click.option("--work-dir", type=PathType, default=None,
               help="A new or empty folder to keep the artifacts in (default: a temporary folder, removed after).")
-@click.option("--threads", type=int, default=None, help="OMP/torch threads of each phase (default: theirs).")
+@click.option("--threads", type=Count, default=None, help="OMP/torch threads of each phase (default: theirs).")
 @out_option("Writes build-cost.json and build-cost.md.", default=Path("bench-results"), old=("--out-dir",))
 @json_option
 @click.pass_context
@@ -107,7 +120,10 @@ def bench_build(
                         extra=_command_line("bench-build"))
     summary = run_build_cost(opts, Progress(enabled=True))
     written = write_build_outputs(summary, aliased(ctx, "out", out, Path("bench-results")))
-    click.echo(json.dumps(summary, indent=2) if as_json else format_build(summary))
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(format_build(summary))
     if not as_json:
         click.echo(f"\nwrote {written['json']}, {written['markdown']}")
 

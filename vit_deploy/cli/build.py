@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ..artifact import Artifact
-from ..errors import EngineUnavailable, ValidationFailed
 from ..progress import Progress
 from ..specs import INT8_TARGETS
 from .options import (
+    BatchSize,
+    Count,
+    FiniteFloat,
+    NonNegative,
     PathType,
     alias,
     aliased,
     artifact_argument,
     artifact_of,
     calib_method_option,
+    echo_json,
+    failing_with,
     force_option,
     json_option,
     out_option,
@@ -34,26 +38,28 @@ from .options import (
 @click.option("--target", type=click.Choice(INT8_TARGETS), default="tensorrt", show_default=True,
               help="INT8 graph for TensorRT, or for the OpenVINO CPU path (attention kept float; no engine step).")
 @calib_method_option
-@click.option("--calib-count", type=int, default=256, show_default=True,
+@click.option("--calib-count", type=Count, default=256, show_default=True,
               help="Use at most N calibration images (a seeded sample).")
-@alias("--calib-images", "calib_count", type=int)
-@click.option("--accuracy-budget", type=float, default=1.5, show_default=True,
+@alias("--calib-images", "calib_count", type=Count)
+@click.option("--accuracy-budget", type=FiniteFloat(0, 100), default=1.5, show_default=True,
               help="INT8: top-1 agreement points (vs FP32, on the calibration images) the graph may lose before its "
                    "most sensitive weight layers are left in float (its mean cosine must also stay >= 0.997).")
-@click.option("--max-float-layers", type=int, default=None,
+@click.option("--max-float-layers", type=NonNegative, default=None,
               help="INT8: at most N weight layers may be left in float to meet the budget (default: 10%; 0: none).")
-@click.option("--calib-batch", type=int, default=8, show_default=True, help="Calibration batch size.")
+@click.option("--calib-batch", type=BatchSize, default=8, show_default=True, help="Calibration batch size.")
 @click.option("--val", default=None,
               help="Images to validate on (a folder with labels.csv adds accuracy); default: the calibration set.")
 @alias("--val-images", "val")
 @out_option("Folder of the new FP16/INT8 graph (default: <artifact>-<precision>); the engine goes beside it as "
             "<graph>-trt. Without --fp16/--int8: the engine's folder.")
 @alias("--engine-out", "engine_out", type=PathType)
-@click.option("--min-batch", type=int, default=1, show_default=True, help="Smallest batch of the engine's profile.")
-@click.option("--opt-batch", type=int, default=8, show_default=True, help="Batch TensorRT tunes its kernels for.")
-@click.option("--max-batch", type=int, default=64, show_default=True, help="Largest batch of the engine's profile.")
-@click.option("--workspace-mib", type=int, default=None, help="Builder workspace limit in MiB (default: TensorRT's).")
-@click.option("--optimization-level", type=int, default=3, show_default=True,
+@click.option("--min-batch", type=BatchSize, default=1, show_default=True,
+              help="Smallest batch of the engine's profile.")
+@click.option("--opt-batch", type=BatchSize, default=8, show_default=True, help="Batch TensorRT tunes its kernels for.")
+@click.option("--max-batch", type=BatchSize, default=64, show_default=True,
+              help="Largest batch of the engine's profile.")
+@click.option("--workspace-mib", type=Count, default=None, help="Builder workspace limit in MiB (default: TensorRT's).")
+@click.option("--optimization-level", type=click.IntRange(0, 5), default=3, show_default=True,
               help="TensorRT builder optimization level, 0-5.")
 @click.option("--timing-cache", type=PathType, default=None,
               help="Timing cache file, reused across builds (default: one per TensorRT version and GPU in the cache).")
@@ -100,21 +106,17 @@ def build_engine(
         if not as_json:
             click.echo(precision_text(s))
 
-    try:
+    with failing_with(summary):  # exit 2/3 after the graph was made: --json still reports what was made
         build(graph, engine, summary, Progress(enabled=True), on_graph)
-    except (EngineUnavailable, ValidationFailed):
-        if as_json and summary:
-            click.echo(json.dumps(summary, indent=2))
-        raise
-    if "engine" not in summary:  # --target cpu: the graph is the finished artifact
-        click.echo(json.dumps(summary, indent=2) if as_json else
-                   f"CPU graph ready (no TensorRT engine for --target cpu): run it with "
-                   f"vit_deploy.runtime.open('{summary['artifact']}', 'openvino'), or check it with "
-                   f"vit-deploy compare {summary['artifact']} --backend openvino")
-        return
-    made = summary["engine"]
-    click.echo(json.dumps(summary, indent=2) if as_json else engine_text(made))
-    raise_if_failed(made)
+        if "engine" in summary:
+            if not as_json:
+                click.echo(engine_text(summary["engine"]))
+            raise_if_failed(summary["engine"])
+    if as_json:
+        echo_json(summary)
+    elif "engine" not in summary:  # --target cpu: the graph is the finished artifact
+        click.echo(f"CPU graph ready (no TensorRT engine for --target cpu): `vit_deploy.runtime.open('"
+                   f"{summary['artifact']}')` and `vit-deploy compare {summary['artifact']}` run it on OpenVINO")
 
 
 def engine_text(s: dict[str, Any]) -> str:

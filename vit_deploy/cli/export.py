@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +10,27 @@ import click
 from ..artifact import Artifact
 from ..progress import Progress
 from ..specs import DEFAULT_RESOLUTION, VARIANTS
-from .options import aliased, force_option, json_option, out_option, seed_option
+from .options import (
+    NumClasses,
+    Resolution,
+    aliased,
+    echo_json,
+    failing_with,
+    force_option,
+    json_option,
+    out_option,
+    seed_option,
+)
 
 
 @click.command()
 @click.option("--model", "variant", required=True, help=f"ViT variant: {', '.join(VARIANTS)}.")
-@click.option("--res", "img_size", type=int, default=DEFAULT_RESOLUTION, show_default=True,
+@click.option("--res", "img_size", type=Resolution, default=DEFAULT_RESOLUTION, show_default=True,
               help="Input resolution (square); a multiple of the patch size.")
 @click.option("--weights", default=None,
               help="Checkpoint: .pth/.pt/.safetensors (timm or Hugging Face), JAX .npz, a Hugging Face "
                    "folder, or a hub id (hf:ORG/NAME, timm:NAME; needs network). Omit for random init.")
-@click.option("--num-classes", type=int, default=None, help="Classes of the head (default 1000).")
+@click.option("--num-classes", type=NumClasses, default=None, help="Classes of the head (default 1000).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17-20).")
 @out_option("Artifact folder (default: artifacts/<model>-<res>).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim simplification.")
@@ -60,8 +69,12 @@ def export(
             fg="yellow", bold=True, err=True,
         )
     summary = export_artifact(opts, Progress(enabled=True))
-    click.echo(json.dumps(summary, indent=2) if as_json else export_text(summary))
-    raise_if_failed(summary)
+    if not as_json:
+        click.echo(export_text(summary))
+    with failing_with(summary):
+        raise_if_failed(summary)
+    if as_json:
+        echo_json(summary)
 
 
 def _channels(param: click.Parameter, value: str | None) -> tuple[float, ...] | None:

@@ -2,28 +2,56 @@
 
 Choices come from ``specs`` (cheap to import: no numerical library loads for ``--help``). Old
 spellings stay as hidden aliases for a release; :func:`artifact_argument` takes an artifact both
-as the first positional argument and as the old ``--artifact DIR`` option.
+as the first positional argument and as the old ``--artifact DIR`` option. Every numeric option
+takes one of the bounded types below, so a bad value fails while parsing, before any slow step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import json
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import UsageError
-from ..specs import CALIBRATION_METHODS, ORT_PROVIDERS, RUNTIME_BACKENDS
+from ..errors import UsageError, VitDeployError
+from ..specs import CALIBRATION_METHODS, MAX_NUM_CLASSES, MAX_RESOLUTION, ORT_PROVIDERS, RUNTIME_BACKENDS
 
 PathType = click.Path(path_type=Path)
+
+# The bounded numeric types. Seeds: what numpy and torch both accept. Counts (images, batch sizes,
+# repeats, threads): at least 1. Resolutions and classes: the bounds model_config enforces too.
+Seed = click.IntRange(0, 2**32 - 1)
+Count = click.IntRange(min=1)
+NonNegative = click.IntRange(min=0)
+Resolution = click.IntRange(1, MAX_RESOLUTION)
+NumClasses = click.IntRange(1, MAX_NUM_CLASSES)
+MAX_BATCH = 4096  # larger batches only exhaust memory: every batch is held in memory at once
+BatchSize = click.IntRange(1, MAX_BATCH)
+
+
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses NaN and Inf (click's range compares, and NaN passes every comparison)."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 force_option = click.option("--force", is_flag=True, help="Replace an output folder that vit-deploy wrote before.")
 backend_option = click.option(
     "--backend", type=click.Choice(RUNTIME_BACKENDS), default=None,
-    help="Run the artifact on this backend (default: the artifact's own: TensorRT for an engine, "
-         "ONNX Runtime for a graph); pytorch runs its reference model.",
+    help="Run the artifact on this backend (default: the one its manifest names when installed, e.g. OpenVINO "
+         "for a --target cpu INT8 graph; else TensorRT for an engine, ONNX Runtime for a graph); pytorch runs "
+         "its reference model.",
 )
 provider_option = click.option(
     "--provider", type=click.Choice(ORT_PROVIDERS), default="cpu", show_default=True,
@@ -35,8 +63,27 @@ calib_method_option = click.option(
 )
 
 
+def echo_json(result: dict[str, Any]) -> None:
+    """Print a command's ``--json`` summary on success, with ``"ok": true`` (failures: see :func:`failing_with`)."""
+    click.echo(json.dumps({"ok": True, **result}, indent=2))
+
+
+@contextlib.contextmanager
+def failing_with(summary: dict[str, Any]) -> Iterator[None]:
+    """A VitDeployError raised inside carries ``summary``.
+
+    With ``--json``, ``cli.main`` prints it merged with ``"ok": false``, the error and the exit
+    code: one JSON document for every outcome, also when the work ran and then failed a check.
+    """
+    try:
+        yield
+    except VitDeployError as e:
+        e.summary = summary  # type: ignore[attr-defined]
+        raise
+
+
 def seed_option(what: str) -> Callable[[Any], Any]:
-    return click.option("--seed", type=int, default=0, show_default=True, help=f"Seed for {what}.")
+    return click.option("--seed", type=Seed, default=0, show_default=True, help=f"Seed for {what}.")
 
 
 def out_option(help: str, default: Path | None = None, old: tuple[str, ...] = ()) -> Callable[[Any], Any]:
@@ -101,6 +148,6 @@ def parse_batch_sizes(text: str, option: str = "--batch-sizes") -> tuple[int, ..
         sizes = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise UsageError(f"{option} {text!r} is not a comma-separated list of integers, e.g. 1,8") from None
-    if not sizes or min(sizes) < 1:
-        raise UsageError(f"{option} {text!r}: give batch sizes >= 1, e.g. 1,8")
+    if not sizes or min(sizes) < 1 or max(sizes) > MAX_BATCH:
+        raise UsageError(f"{option} {text!r}: give batch sizes from 1 to {MAX_BATCH}, e.g. 1,8")
     return sizes

@@ -22,6 +22,9 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
+TENSOR_DEVICES = ("cpu", "cuda")  # where a torch input may live: the others (meta, mps, ...) hold no readable data
+
+
 def check_images(images: Any, chw: tuple[int, int, int], what: str = "images") -> None:
     """Refuse anything the model cannot take, naming what was expected.
 
@@ -32,6 +35,12 @@ def check_images(images: Any, chw: tuple[int, int, int], what: str = "images") -
     c, h, w = chw
     expected = f"float32 [batch, {c}, {h}, {w}] (preprocessed as the manifest says)"
     if _is_torch(images):
+        device = getattr(images, "device", None)
+        if getattr(device, "type", None) not in TENSOR_DEVICES or getattr(images, "layout", None) != _strided():
+            raise UsageError(
+                f"{what} are a torch tensor on {device} with layout {getattr(images, 'layout', '?')}; "
+                f"expected a dense tensor on {' or '.join(TENSOR_DEVICES)}, {expected}"
+            )
         dtype, shape = str(images.dtype).removeprefix("torch."), tuple(images.shape)
     elif isinstance(images, np.ndarray):
         dtype, shape = str(images.dtype), images.shape
@@ -52,6 +61,12 @@ def check_images(images: Any, chw: tuple[int, int, int], what: str = "images") -
         raise UsageError(f"{what} contain NaN or Inf; expected finite values, {expected}")
 
 
+def _strided() -> Any:
+    import torch
+
+    return torch.strided
+
+
 class Runner(ABC):
     """``infer(images) -> logits`` for one artifact; use as a context manager or call close().
 
@@ -62,6 +77,8 @@ class Runner(ABC):
 
     Thread safety: ``infer`` may be called from several threads at once and gives the same
     results as sequential calls; each backend documents how (a thread-safe session, or a lock).
+    ``close`` waits for the calls already running, then frees the backend; any ``infer`` after it
+    raises UsageError, whichever thread gets there first.
     """
 
     backend: str = "?"
@@ -78,7 +95,8 @@ class Runner(ABC):
         self.min_batch = 1
         self.max_batch = max_batch  # None: whole batches go through at once
         self._closed = False
-        self._close_lock = threading.Lock()
+        self._running = 0  # infer calls in flight: close() frees the backend only when none is
+        self._state = threading.Condition()
 
     # -- the interface ---------------------------------------------------------------------
     def infer(self, images: Any) -> Any:
@@ -92,10 +110,17 @@ class Runner(ABC):
             float32 [batch, classes]: numpy for numpy input, torch on the input's device for torch input.
             Batches above ``max_batch`` are split and the results joined.
         """
-        if self._closed:
-            raise UsageError(f"this {self.backend} runner is closed; open the artifact again")
         check_images(images, self.chw)
-        outputs = [self._run_padded(b) for b in batches(images, self.max_batch or images.shape[0])]
+        with self._state:
+            if self._closed:
+                raise UsageError(f"this {self.backend} runner is closed; open the artifact again")
+            self._running += 1
+        try:
+            outputs = [self._run_padded(b) for b in batches(images, self.max_batch or images.shape[0])]
+        finally:
+            with self._state:
+                self._running -= 1
+                self._state.notify_all()
         if len(outputs) == 1:
             return outputs[0]
         if _is_torch(images):
@@ -129,10 +154,13 @@ class Runner(ABC):
         return self.backend
 
     def close(self) -> None:
-        with self._close_lock:
-            if not self._closed:
-                self._closed = True
-                self._release()
+        """Free the backend once the ``infer`` calls already running have returned; later calls are refused."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            self._state.wait_for(lambda: self._running == 0)
+        self._release()
 
     def __enter__(self) -> Runner:
         return self

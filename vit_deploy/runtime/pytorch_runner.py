@@ -34,9 +34,13 @@ class PyTorchRunner(Runner):
             raise UsageError(f"autocast {autocast!r} is unknown; choose one of {', '.join(AUTOCAST_DTYPES)}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError(f"device {device!r} asked for, but this torch {torch.__version__} sees no CUDA GPU")
+        try:
+            self.device = torch.device(device)
+            torch.empty(0, device=self.device)  # a GPU index that does not exist fails here, not mid-call
+        except (RuntimeError, AssertionError) as e:
+            raise UsageError(f"torch cannot use device {device!r}: {str(e).splitlines()[0]}") from None
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has no per-model thread pool
-        self.device = torch.device(device)
         self.autocast = autocast
         # the export step passes the model it just traced; everyone else rebuilds it from the manifest
         self.model = (model if model is not None else reference_model(artifact)).to(self.device).eval()

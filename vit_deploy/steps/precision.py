@@ -183,6 +183,8 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
             onnx={**parent.section("onnx"), "nodes": len(graph.graph.node), "ops": op_histogram(graph)},
             precision_policy=policy,
             calibration=calib and calib.summary() | {"method": opts.calib_method, "batch": opts.calib_batch},
+            # the backend it was made for: runtime.open, compare and predict use it when it is installed
+            **({"runtime": {"backend": "openvino"}} if opts.precision == "int8" and opts.target == "cpu" else {}),
             versions=package_versions("torch", "onnx", "onnxruntime", "onnxsim", "numpy"),
         )
         with progress.step("Validating on ONNX Runtime against the FP32 reference"):
