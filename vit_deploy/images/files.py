@@ -5,7 +5,7 @@ FIFO (opening it for reading waits for a writer, forever) or a socket. :func:`op
 with ``stat`` first, so such a file is refused without being opened (opening some devices has side
 effects), then opens with ``O_NONBLOCK`` and checks the opened file again, so a path swapped for a
 FIFO in between still cannot block. :func:`read_text` adds a size bound and UTF-8 decoding whose
-error names the byte and the line.
+error names the byte and the line (a NUL byte, valid UTF-8 but never text, counts as an error).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def kind_of(mode: int) -> str:
 
 def not_regular(path: str | os.PathLike[str], mode: int, what: str) -> UsageError:
     """The refusal for a ``what`` that is a folder, device, FIFO or socket."""
+    if stat.S_ISDIR(mode):
+        return UsageError(f"{what} {path} is a folder, not a file; name a file")
     return UsageError(f"{what} {path} is a {kind_of(mode)}, not a regular file; "
                       "name regular files only (a device or pipe can block or never end)")
 
@@ -79,10 +81,15 @@ def read_text(path: str | os.PathLike[str], what: str, limit: int = TEXT_LIMIT) 
         raise UsageError(f"{what} {path} does not exist; check the path") from e
     except OSError as e:
         raise UsageError(f"cannot read {what} {path}: {e.strerror or e}; check the path and its permissions") from e
+    nul = data.find(b"\0")  # valid UTF-8, but no text file holds NUL: a binary file
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
+        start = nul
     except UnicodeDecodeError as e:
         start = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)  # the BOM-less offset -> the file's
-        line = data.count(b"\n", 0, start) + 1
-        raise UsageError(f"{what} {Path(path)} is not UTF-8 text: byte {start} (line {line}) is 0x{data[start]:02x}; "
-                         "save it as UTF-8 text (is it the right file?)") from None
+        start = min(start, nul) if nul >= 0 else start
+    if start < 0:
+        return text
+    line = data.count(b"\n", 0, start) + 1
+    raise UsageError(f"{what} {Path(path)} is not UTF-8 text: byte {start} (line {line}) is 0x{data[start]:02x}; "
+                     "save it as UTF-8 text (is it the right file?)")

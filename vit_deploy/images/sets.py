@@ -109,8 +109,10 @@ def _read_definition(path: Path) -> list[tuple[Path, str | None]]:
 def _package_file(name: str, where: str) -> Path:
     """``<package>/<path>`` inside an installed package, found without importing the package itself."""
     package, _, rel = name.partition("/")
+    if not package:
+        raise UsageError(f"{where} names no package; write pkg:<package>/<path inside it>")
     try:
-        spec = importlib.util.find_spec(package) if package else None
+        spec = importlib.util.find_spec(package)
     except ModuleNotFoundError:
         spec = None
     except Exception as e:  # a relative name ("..") or a parent package that fails to import
