@@ -38,8 +38,8 @@ def class_names(num_classes: int, labels_file: str | os.PathLike[str] | None = N
     if labels_file is not None:
         names = [line.strip() for line in read_text(labels_file, "labels file").splitlines() if line.strip()]
         if len(names) != num_classes:
-            raise UsageError(f"labels file {Path(labels_file)} names {len(names)} classes, but the model has "
-                             f"{num_classes}; give one class name per line, in class-index order")
+            raise UsageError(f"labels file {Path(labels_file)} names {len(names)} classes; the model has "
+                             f"{num_classes}: give one class name per line, in class-index order")
         return names
     if num_classes == IMAGENET_CLASSES:
         return list(imagenet_labels())

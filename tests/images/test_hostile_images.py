@@ -433,8 +433,8 @@ def test_label_files_without_a_model_still_refuse_non_indices(tmp_path):
     ("folder", "is a folder, not a file"),
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is not UTF-8 text: byte 0 (line 1) is 0x89"),
     (b"cat\ndog\x00\n", "is not UTF-8 text: byte 7 (line 2) is 0x00"),
-    ("a\nb\nc\n", "names 3 classes, but the model has 5"),
-    ("a\nb\nc\nd\ne\nf\n", "names 6 classes, but the model has 5"),
+    ("a\nb\nc\n", "names 3 classes; the model has 5"),
+    ("a\nb\nc\nd\ne\nf\n", "names 6 classes; the model has 5"),
 ])
 def test_predict_labels_file_problems_are_one_line(tmp_path, run_cli, tiny_artifacts, content, needle):
     image = tmp_path / "ok.png"
