@@ -235,7 +235,7 @@ def _resized_window(
     the same scales; each pass resizes only the window through Pillow's ``box``. Pillow takes box
     corners as float32, so a sample point can move by about 1e-7 pixels against the whole resize:
     where a pixel's weights or a nearest-neighbour choice sit exactly on a rounding boundary, a value
-    differs by one level (or, for nearest and box, comes from the neighbouring pixel). The tests
+    differs by one or two levels (or, for nearest and box, comes from the neighbouring pixel). The tests
     measure this on photographs; it only runs for images too elongated to resize whole.
     """
     h, w = rgb.shape[:2]
