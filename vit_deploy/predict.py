@@ -3,7 +3,8 @@
 Images go through the manifest's preprocessing (vit_deploy.images.decode), the artifact runs on its
 runtime, and the logits become softmax probabilities. A 1000-class model gets ImageNet-1k class
 names (shipped in vit_deploy/data/imagenet_classes.tsv, training index order); any other head
-is labelled by class index, or by a labels file the user passes (one name per line).
+is labelled by class index, or by a labels file the user passes (UTF-8, one name per line, blank
+lines ignored, exactly one name per class), read and checked before any image runs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from . import runtime
 from .errors import UsageError
 from .images.decode import load_batch
+from .images.files import read_text
 
 IMAGENET_CLASSES = 1000
 
@@ -32,10 +34,12 @@ def imagenet_labels() -> tuple[str, ...]:
 
 
 def class_names(num_classes: int, labels_file: str | os.PathLike[str] | None = None) -> list[str]:
+    """A name per class: from ``labels_file`` (one per line), else ImageNet's or "class <i>"."""
     if labels_file is not None:
-        names = [line.strip() for line in Path(labels_file).read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in read_text(labels_file, "labels file").splitlines() if line.strip()]
         if len(names) != num_classes:
-            raise UsageError(f"{labels_file} names {len(names)} classes; the model has {num_classes}")
+            raise UsageError(f"labels file {Path(labels_file)} names {len(names)} classes; the model has "
+                             f"{num_classes}: give one class name per line, in class-index order")
         return names
     if num_classes == IMAGENET_CLASSES:
         return list(imagenet_labels())
@@ -56,9 +60,9 @@ def predict(
     if not images:
         raise UsageError("give at least one image file")
     with runtime.open(artifact, backend) as runner:
+        names = class_names(runner.num_classes, labels_file)
         batch = load_batch(images, runner.preprocessing)
         probs = softmax(runner.infer(batch).astype(np.float64))
-        names = class_names(runner.num_classes, labels_file)
         pretrained = runner.artifact.pretrained
     k = min(top_k, probs.shape[-1])
     results = []

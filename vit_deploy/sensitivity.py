@@ -163,7 +163,8 @@ def sensitivity_for_artifact(
     progress = progress or Progress(enabled=False)
     calib_set = load_image_set(calib, cfg.preprocessing, calib_images, 8, 0, progress)
     if val_images:
-        val = load_image_set(val_images, cfg.preprocessing, None, 1, 0, progress, role="validation")
+        val = load_image_set(val_images, cfg.preprocessing, None, 1, 0, progress, role="validation",
+                             num_classes=cfg.num_classes)
         if val.labels is None:
             raise UsageError(f"--val {val_images} has no labels.csv, and the report's accuracy needs one "
                              "('file,label' rows); add it, or omit --val to score on the calibration images")

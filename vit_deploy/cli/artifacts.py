@@ -116,7 +116,8 @@ def inspect(
 @backend_option
 @click.option("--top", "top_k", type=Count, default=5, show_default=True, help="Classes to show per image.")
 @click.option("--labels", "labels_file", default=None,
-              help="A file with one class name per line (default: ImageNet names for 1000 classes).")
+              help="A UTF-8 file with one class name per line, one per class (default: ImageNet names for 1000 "
+                   "classes).")
 @json_option
 def predict(
     paths: tuple[str, ...], artifact: Path | None, backend: str | None, top_k: int, labels_file: str | None,

@@ -4,34 +4,43 @@ preprocessed exactly as the artifact's manifest says, plus a digest that keys th
 A set is given as a folder of images (searched recursively) or a definition file: one
 ``<sha256>  <path>`` line per image (``sha256sum`` output; ``#`` starts a comment), with paths
 relative to the definition file, or ``pkg:<package>/<path>`` for files shipped inside an
-installed package (e.g. the photographs in scikit-image's ``skimage/data``).
-Unreadable, corrupt or altered files are skipped and counted; too few usable images is an error.
+installed package (e.g. the photographs in scikit-image's ``skimage/data``; the package is
+located, not imported, and the path must stay inside it). The definition file is UTF-8 text.
+Missing, unreadable, corrupt or altered files are skipped and counted; too few usable images is an
+error. A device, FIFO or socket (in a folder or a definition file) is refused: reading it would
+block or never end (see :mod:`.files`).
 A folder may hold ``labels.csv`` (``file,label`` rows, file relative to the folder): then the set
-carries labels and validation reports top-1 accuracy.
+carries labels and validation reports top-1 accuracy. Labels are class indices, checked against
+the class count of the model they score (``num_classes``), so a label file for another model is
+an error, not an accuracy of 0%.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
+import io
 import json
 import os
 import random
+import re
+import stat
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from ..artifact import sha256_file
 from ..errors import UsageError
 from ..progress import Progress
 from ..specs import Preprocessing
+from .files import not_regular, open_regular, read_text
 
 DEFINITION_SUFFIXES = (".txt", ".sha256")
 
 
 LABELS_FILE = "labels.csv"
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -65,16 +74,19 @@ def list_sources(spec: str | os.PathLike[str]) -> list[tuple[Path, str | None]]:
     path = Path(spec)
     if path.is_dir():
         return [(p, None) for p in find_images(path)]
-    if path.is_file() and path.suffix in DEFINITION_SUFFIXES:
+    if not path.exists():
+        raise UsageError(f"calibration set {spec} does not exist; pass a folder of images or a definition file")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise not_regular(path, mode, "image set")
+    if path.suffix in DEFINITION_SUFFIXES:
         return _read_definition(path)
-    if path.is_file():
-        return [(path, None)]
-    raise UsageError(f"calibration set {spec} does not exist; pass a folder of images or a definition file")
+    return [(path, None)]
 
 
 def _read_definition(path: Path) -> list[tuple[Path, str | None]]:
     entries = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(path, "definition file").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -82,34 +94,82 @@ def _read_definition(path: Path) -> list[tuple[Path, str | None]]:
         if len(parts) != 2 or len(parts[0]) != 64:
             raise UsageError(f"{path}:{n}: expected '<sha256>  <path>', got {line[:80]!r}")
         digest, name = parts[0].lower(), parts[1].lstrip("*")
-        entries.append((_resolve(name, path.parent), digest))
+        where = f"{path}:{n}: entry {name}"
+        entry = _package_file(name[4:], where) if name.startswith("pkg:") else (path.parent / name).resolve()
+        try:
+            mode = entry.stat().st_mode
+        except OSError:
+            mode = None  # missing or unreadable: skipped and counted when the set loads
+        if mode is not None and not stat.S_ISREG(mode):
+            raise not_regular(entry, mode, where + " ->")  # refused before anything opens it
+        entries.append((entry, digest))
     return entries
 
 
-def _resolve(name: str, base: Path) -> Path:
-    if name.startswith("pkg:"):
-        package, _, rel = name[4:].partition("/")
-        try:
-            return Path(str(resources.files(package).joinpath(rel)))
-        except ModuleNotFoundError as e:
-            raise UsageError(f"calibration entry {name} needs the package {package!r}: pip install it") from e
-    return (base / name).resolve()
+def _package_file(name: str, where: str) -> Path:
+    """``<package>/<path>`` inside an installed package, found without importing the package itself."""
+    package, _, rel = name.partition("/")
+    if not package:
+        raise UsageError(f"{where} names no package; write pkg:<package>/<path inside it>")
+    try:
+        spec = importlib.util.find_spec(package)
+    except ModuleNotFoundError:
+        spec = None
+    except Exception as e:  # a relative name ("..") or a parent package that fails to import
+        raise UsageError(f"{where}: cannot look up the package {package!r} ({e}); "
+                         "write pkg:<installed package>/<path inside it>") from e
+    if spec is None:
+        raise UsageError(f"{where} needs the package {package!r}, which is not installed: pip install it")
+    if not spec.submodule_search_locations:
+        raise UsageError(f"{where}: {package!r} is a module, not a package (a folder of files); "
+                         "write pkg:<package>/<path inside it>")
+    found = []
+    for location in spec.submodule_search_locations:  # one folder, or several for a namespace package
+        root = Path(location).resolve()
+        target = (root / rel).resolve()
+        if not target.is_relative_to(root):
+            raise UsageError(f"{where} leads out of the package {package} (to {target}); "
+                             "name a file inside the package")
+        found.append(target)
+    return next((t for t in found if t.exists()), found[0])
 
 
-def read_labels(folder: Path) -> dict[Path, int] | None:
-    """``folder/labels.csv`` as {resolved image path: class index}, or None if there is none."""
+def read_labels(folder: Path, num_classes: int | None = None) -> dict[Path, int] | None:
+    """``folder/labels.csv`` as {resolved image path: class index}, or None if there is none.
+
+    Every label must be a class index: an integer in ``[0, num_classes)``; with ``num_classes``
+    None (no model in sight: a calibration set) only ``>= 0`` and within int64 is checked.
+    """
     path = folder / LABELS_FILE
-    if not path.is_file():
+    if not path.exists():
         return None
-    labels = {}
-    with path.open(newline="") as f:
-        for n, row in enumerate(csv.reader(f), 1):
-            if n == 1 and row and not row[-1].strip().lstrip("-").isdigit():
-                continue  # header
-            if len(row) != 2 or not row[1].strip().lstrip("-").isdigit():
-                raise UsageError(f"{path}:{n}: expected 'file,label' with an integer label, got {row!r}")
-            labels[(folder / row[0].strip()).resolve()] = int(row[1])
+    labels: dict[Path, int] = {}
+    lines: dict[Path, int] = {}
+    for n, row in enumerate(csv.reader(io.StringIO(read_text(path, "labels file"), newline="")), 1):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if n == 1 and not _INTEGER.fullmatch(row[-1].strip()):
+            continue  # header
+        if len(row) != 2 or not _INTEGER.fullmatch(row[1].strip()):
+            raise UsageError(f"{path}:{n}: expected 'file,label' with an integer label, got {row!r}")
+        label = int(row[1])
+        _check_label(label, num_classes, f"{path}:{n}")
+        image = (folder / row[0].strip()).resolve()
+        if image in labels:
+            raise UsageError(f"{path}:{n}: {row[0].strip()} is labelled again (first on line {lines[image]}); "
+                             "give each image one label")
+        labels[image], lines[image] = label, n
     return labels
+
+
+def _check_label(label: int, num_classes: int | None, where: str) -> None:
+    if 0 <= label < (num_classes if num_classes is not None else 2**63):
+        return
+    shown = str(label) if len(str(label)) <= 24 else f"{str(label)[:20]}... ({len(str(label))} digits)"
+    if num_classes is None:
+        raise UsageError(f"{where}: label {shown} is not a class index (0, 1, 2, ...); fix the label")
+    raise UsageError(f"{where}: label {shown} is outside the model's {num_classes} classes "
+                     f"(0..{num_classes - 1}); fix the label, or score with the model these labels are for")
 
 
 def load_image_set(
@@ -120,14 +180,17 @@ def load_image_set(
     seed: int = 0,
     progress: Progress | None = None,
     role: str = "calibration",
+    num_classes: int | None = None,
 ) -> ImageSet:
     """Load up to ``count`` images (a seeded sample when the set is larger), preprocessed.
 
     ``role`` names the set in messages ("calibration", "validation", ...): the same loader
     reads every image set, and the user must know which option a message is about.
+    ``num_classes``: the class count of the model the labels score (None: checked by the caller).
     """
-    from .decode import load_rgb, preprocess
+    from .decode import decode_rgb, preprocess
 
+    labels = read_labels(Path(spec), num_classes) if Path(spec).is_dir() else None  # before the slow part
     sources = list_sources(spec)
     if not sources:
         raise UsageError(f"{role} set {spec} holds no images (.png, .jpg, ...); add some or pass another folder")
@@ -138,18 +201,25 @@ def load_image_set(
     iterator = progress.bar(sources, f"Loading {role} images") if progress else sources
     for path, expected in iterator:
         try:
-            actual = sha256_file(path)
+            f = open_regular(path, f"{role} image")
         except OSError as e:
             skipped.append((str(path), f"unreadable ({e.strerror or e})"))
             continue
-        if expected is not None and actual != expected:
-            skipped.append((str(path), f"sha256 {actual[:12]}... differs from the definition's {expected[:12]}..."))
-            continue
-        try:
-            images.append(preprocess(load_rgb(path), prep))
-        except UsageError as e:
-            skipped.append((str(path), str(e)))
-            continue
+        with f:  # one open file is hashed and decoded: what is checked is what is used
+            try:
+                actual = hashlib.file_digest(f, "sha256").hexdigest()
+                f.seek(0)
+            except OSError as e:
+                skipped.append((str(path), f"unreadable ({e.strerror or e})"))
+                continue
+            if expected is not None and actual != expected:
+                skipped.append((str(path), f"sha256 {actual[:12]}... differs from the definition's {expected[:12]}..."))
+                continue
+            try:
+                images.append(preprocess(decode_rgb(f, str(path)), prep))
+            except UsageError as e:
+                skipped.append((str(path), str(e)))
+                continue
         used.append(str(path))
         hashes.append(actual)
 
@@ -162,11 +232,11 @@ def load_image_set(
             + ("add images or lower --calib-batch" if role == "calibration" else "add images")
         )
     digest = hashlib.sha256(json.dumps({"files": hashes, "prep": prep.to_dict()}, sort_keys=True).encode()).hexdigest()
-    labels = read_labels(Path(spec)) if Path(spec).is_dir() else None
     if labels is not None:
         missing = [f for f in used if Path(f).resolve() not in labels]
         if missing:
-            raise UsageError(f"{Path(spec) / LABELS_FILE} has no label for {len(missing)} image(s), e.g. {missing[0]}")
+            raise UsageError(f"{Path(spec) / LABELS_FILE} has no label for {len(missing)} image(s), e.g. {missing[0]}; "
+                             "add a 'file,label' row for each image")
         label_array = np.array([labels[Path(f).resolve()] for f in used], dtype=np.int64)
     return ImageSet(np.stack(images).astype(np.float32), used, digest, str(spec), skipped,
                     label_array if labels is not None else None)

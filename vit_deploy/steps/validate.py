@@ -142,7 +142,8 @@ def image_source(
     if spec:
         from ..images.sets import load_image_set
 
-        data = load_image_set(spec, artifact.preprocessing, max_images, 1, seed, progress, role=role)
+        data = load_image_set(spec, artifact.preprocessing, max_images, 1, seed, progress, role=role,
+                              num_classes=artifact.num_classes)
         skipped = f" ({len(data.skipped)} skipped)" if data.skipped else ""
         return ImageSource(data.images, f"{len(data.files)} images from {spec}{skipped}", data.labels)
     from ..images.synthetic import random_images
