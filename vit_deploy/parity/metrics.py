@@ -18,12 +18,14 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, fl
         raise ValueError(f"shape mismatch: reference {reference.shape}, candidate {candidate.shape}")
     ref = reference.astype(np.float64)
     cand = candidate.astype(np.float64)
-    diff = cand - ref
-    ref_norm = float(np.linalg.norm(ref))
-    rel_l2 = float(np.linalg.norm(diff)) / ref_norm if ref_norm > 0 else float(np.linalg.norm(diff))
-    dots = np.sum(ref * cand, axis=-1)
-    norms = np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1)
-    cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 1.0)
+    # Inf or NaN logits give NaN metrics (inf / inf), on purpose: NaN fails every bound (failures())
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = cand - ref
+        ref_norm = float(np.linalg.norm(ref))
+        rel_l2 = float(np.linalg.norm(diff)) / ref_norm if ref_norm > 0 else float(np.linalg.norm(diff))
+        dots = np.sum(ref * cand, axis=-1)
+        norms = np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1)
+        cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 1.0)
     return {
         "max_abs": float(np.max(np.abs(diff))) if diff.size else 0.0,
         "mean_abs": float(np.mean(np.abs(diff))) if diff.size else 0.0,
