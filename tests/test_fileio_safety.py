@@ -22,7 +22,7 @@ import pytest
 
 from vit_deploy import fileio
 from vit_deploy.artifact import Artifact, read_manifest
-from vit_deploy.errors import ArtifactError
+from vit_deploy.errors import ArtifactError, UsageError
 from vit_deploy.fileio import ARTIFACT, REPOSITORY, check_can_write, staged_directory
 from vit_deploy.steps.export import ExportOptions, export_artifact
 
@@ -458,3 +458,29 @@ def test_a_filesystem_without_locks_still_publishes(tmp_path, monkeypatch):
     assert (target / "w").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["t"]
     with pytest.raises(ArtifactError, match="pass --force"), staged_directory(target, False):
         pass
+
+
+def test_a_report_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    """Reports and summaries (inspect --report, bench, bench-build) go through write_output."""
+    from vit_deploy.fileio import write_output
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ArtifactError, match=r"cannot write to .*r\.json: Not a directory"):
+        write_output(blocker / "sub" / "r.json", "{}")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(ArtifactError, match="No space left on device.*free some space"):
+        write_output(tmp_path / "out" / "r.json", "{}")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # no temporary file left behind
+
+
+def test_export_api_checks_the_seed_first(tmp_path):
+    from vit_deploy.steps.export import ExportOptions, preflight
+
+    for seed in (-1, 2**32, 1.5, True):
+        with pytest.raises(UsageError, match="seed must be an integer from 0 to 4294967295"):
+            preflight(ExportOptions("ti16", 32, seed=seed, out_dir=str(tmp_path / "x")))

@@ -169,3 +169,11 @@ def test_mutated_manifests_read_or_refuse(folder, valid, data):
         read_everything(artifact_view.open(folder))
     except ArtifactError as e:
         assert str(folder) in str(e)
+
+
+@pytest.mark.parametrize("field, value", [("std", [0.5, 0.0, 0.5]), ("crop", 0), ("resize", -3), ("crop", 4000)])
+def test_preprocessing_values_are_checked_when_the_manifest_is_read(folder, valid, field, value):
+    """A hand-edited std of 0 (or a crop of 0) is refused naming the manifest, before any image is scaled by it."""
+    write(folder, mutate(valid, ("preprocessing", field), value))
+    with pytest.raises(ArtifactError, match=rf"{MANIFEST_NAME}: preprocessing\W.*{field}"):
+        read_manifest(folder)

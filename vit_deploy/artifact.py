@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, UsageError
+from .errors import ArtifactError, UsageError, VitDeployError
 from .fileio import atomic_write_text
 from .specs import RUNTIME_BACKENDS, ModelConfig, Preprocessing
 
@@ -115,6 +115,10 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if missing:
         raise ArtifactError(f"{path} lacks {', '.join(missing)}; re-run the step that makes it")
     check_types(manifest, path)
+    try:  # the values too: a hand-edited std of 0 is refused here, naming the file, not at the first image
+        Preprocessing.from_dict(manifest["preprocessing"])
+    except VitDeployError as e:
+        raise ArtifactError(f"{path}: preprocessing: {e}; re-create the artifact") from e
     return manifest
 
 

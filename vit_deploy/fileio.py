@@ -90,6 +90,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def write_output(path: Path, text: str) -> None:
+    """``atomic_write_text`` for a file the user asked for (a report, a summary): the folder is made
+    when missing, and a refused write (disk full, read-only, ...) is one ArtifactError line."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    except OSError as e:
+        raise _write_failed(path, e) from e
+
+
 def mark_repository(folder: Path, models: list[str]) -> None:
     """Mark ``folder`` as a model repository vit-deploy wrote, listing its models (all --force may delete)."""
     marker = {"schema": REPOSITORY_SCHEMA, "files": [{"path": name} for name in models]}

@@ -50,6 +50,7 @@ DEFAULT_NUM_CLASSES = 1000
 # has 21,843).
 MAX_RESOLUTION = 1024
 MAX_NUM_CLASSES = 100_000
+MAX_SEED = 2**32 - 1  # what numpy's and torch's generators accept
 # timm and the JAX checkpoints use 1e-6; Hugging Face's ViTConfig defaults to 1e-12, and the
 # HF loader passes that through, because at random init the difference is visible in FP32.
 DEFAULT_LAYER_NORM_EPS = 1e-6

@@ -169,11 +169,10 @@ def format_build(summary: dict[str, Any]) -> str:
 
 
 def write_build_outputs(summary: dict[str, Any], out_dir: Path, stem: str = "build-cost") -> dict[str, str]:
-    from ..fileio import atomic_write_text
+    from ..fileio import write_output
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out_dir / f"{stem}.md", format_build(summary) + "\n")
+    write_output(out_dir / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
+    write_output(out_dir / f"{stem}.md", format_build(summary) + "\n")
     return {"json": str(out_dir / f"{stem}.json"), "markdown": str(out_dir / f"{stem}.md")}
 
 

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write_text
+from ..fileio import write_output
 from .run import plural
 
 PLOT_MISSING = "plot skipped: matplotlib is not installed (pip install 'vit-deploy[bench]')"
@@ -214,14 +214,12 @@ def markdown_report(result: dict[str, Any], plot_name: str | None) -> str:
 
 def write_outputs(result: dict[str, Any], out_dir: Path, stem: str = "bench") -> dict[str, Any]:
     """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``; returns the paths and any note."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    write_output(out_dir / f"{stem}.json", json.dumps(result, indent=2) + "\n")  # first: it makes the folder
     png = out_dir / f"{stem}.png"
     note = plot(result, png)
-    written = {"json": str(out_dir / f"{stem}.json"), "markdown": str(out_dir / f"{stem}.md"),
-               "plot": None if note else str(png), "plot_note": note}
-    atomic_write_text(out_dir / f"{stem}.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out_dir / f"{stem}.md", markdown_report(result, None if note else png.name))
-    return written
+    write_output(out_dir / f"{stem}.md", markdown_report(result, None if note else png.name))
+    return {"json": str(out_dir / f"{stem}.json"), "markdown": str(out_dir / f"{stem}.md"),
+            "plot": None if note else str(png), "plot_note": note}
 
 
 def _gflop(g: float) -> str:

@@ -89,13 +89,13 @@ def inspect(
     With --sensitivity: where INT8 loses accuracy, layer by layer (each alone, each left out), on real images.
     """
     if sensitivity:
-        from ..fileio import atomic_write_text
+        from ..fileio import write_output
         from ..sensitivity import sensitivity_for_artifact
 
         result = sensitivity_for_artifact(artifact_of(ctx, artifact), calib, val, calib_count, calib_method, target,
                                           Progress(enabled=True))
         if report is not None:
-            atomic_write_text(report, json.dumps(result, indent=2))
+            write_output(report, json.dumps(result, indent=2))
         if as_json:
             echo_json(result)
         else:

@@ -18,13 +18,20 @@ from typing import Any
 import click
 
 from ..errors import UsageError, VitDeployError
-from ..specs import CALIBRATION_METHODS, MAX_NUM_CLASSES, MAX_RESOLUTION, ORT_PROVIDERS, RUNTIME_BACKENDS
+from ..specs import (
+    CALIBRATION_METHODS,
+    MAX_NUM_CLASSES,
+    MAX_RESOLUTION,
+    MAX_SEED,
+    ORT_PROVIDERS,
+    RUNTIME_BACKENDS,
+)
 
 PathType = click.Path(path_type=Path)
 
 # The bounded numeric types. Seeds: what numpy and torch both accept. Counts (images, batch sizes,
 # repeats, threads): at least 1. Resolutions and classes: the bounds model_config enforces too.
-Seed = click.IntRange(0, 2**32 - 1)
+Seed = click.IntRange(0, MAX_SEED)
 Count = click.IntRange(min=1)
 NonNegative = click.IntRange(min=0)
 Resolution = click.IntRange(1, MAX_RESOLUTION)

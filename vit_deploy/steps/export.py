@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact import Artifact, file_entry, new_manifest, package_versions, write_manifest
+from ..errors import UsageError
 from ..fileio import check_can_write, staged_directory
 from ..progress import Progress
 from ..specs import (
     DEFAULT_NUM_CLASSES,
+    MAX_SEED,
     VALIDATION_BATCHES,
     ModelConfig,
     model_config,
@@ -76,6 +78,8 @@ def preflight(opts: ExportOptions) -> None:
     from ..onnx.export import check_opset
 
     model_config(opts.variant, opts.img_size, opts.num_classes or DEFAULT_NUM_CLASSES)
+    if isinstance(opts.seed, bool) or not isinstance(opts.seed, int) or not 0 <= opts.seed <= MAX_SEED:
+        raise UsageError(f"seed must be an integer from 0 to {MAX_SEED}, got {opts.seed!r}")
     check_opset(opts.opset)
     option_preprocessing(opts)
     check_can_write(out_dir_of(opts), opts.force)
