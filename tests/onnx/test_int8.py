@@ -182,3 +182,25 @@ def test_budget_fallback_and_its_refusal(fp32, images, tmp_path):
         if node.op_type in ("MatMul", "Gemm", "Conv") and node.input[1] in producers:
             quantized = producers[node.input[0]].op_type == "DequantizeLinear" if node.input[0] in producers else False
             assert quantized == (node.name not in kept) or node.name not in nodes, node.name
+
+
+def test_a_channel_quiet_at_calibration_keeps_headroom():
+    """Calibration rows where channel 3 is 100x quieter than the rest; other rows where it is not.
+    Scales from the raw maxima amplify channel 3 by ~100^alpha, so on the other rows it overflows the
+    per-tensor range; with the quiet channels raised to the median its error stays that of the rest."""
+    w = RNG.normal(size=(32, 16)).astype(np.float32)
+    calib = RNG.normal(size=(512, 32)).astype(np.float32)
+    calib[:4, 7] *= 30  # an outlier channel, the reason to smooth at all
+    calib[:, 3] *= 0.01
+    other = RNG.normal(size=(512, 32)).astype(np.float32)
+    raw = np.abs(calib).max(axis=0)
+    floored = smoothquant.with_headroom(raw)
+    assert floored[3] == pytest.approx(np.median(raw)) and floored[7] == raw[7]  # only quiet channels move
+    assert np.all(floored >= raw) and np.sum(floored > raw) <= len(raw) // 2
+
+    def error_on_other_rows(x_absmax):
+        s = smoothquant.smoothing_scales(x_absmax, np.abs(w).max(axis=1), 0.8)
+        clip = float(np.abs(calib / s).max())  # the range calibration would set
+        return smoothquant._quantized_gemm_error(other, np.ones(len(other), np.float32), [w], s, clip=clip)
+
+    assert error_on_other_rows(floored) < error_on_other_rows(raw) / 5

@@ -43,7 +43,7 @@ from .graph import save_model
 
 ATTENTION_INT8_MAX_TOKENS = 512
 DEFAULT_METHOD = CALIBRATION_METHODS[0]
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 MAX_FLOAT_FRACTION = 0.1  # the fallback leaves at most 10% of the weight layers in float
 BUDGET_CHECK_IMAGES = 128  # images the fallback checks each candidate graph on
 CLIP_CANDIDATES = 6  # activation ranges tried between the histogram's choice and no clipping
