@@ -101,15 +101,15 @@ LAYOUT_OPS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Gather
 
 
 def _worker_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from vit_deploy.onnx.int8 import Budget, quantize_int8
-    from vit_deploy.steps.precision import BUDGET_MIN_MEAN_COSINE, PrecisionOptions
+    from vit_deploy.onnx.int8 import quantize_int8
+    from vit_deploy.steps.precision import PrecisionOptions, int8_budget
 
     calib = np.load(a["calib"])
     settings = a["settings"]
     budget = None
     if settings["budget"]:  # what build-engine --int8 passes for a pretrained model, with its defaults
-        points = PrecisionOptions.__dataclass_fields__["accuracy_budget"].default
-        budget = Budget(min_top1_agreement=1 - points / 100, min_mean_cosine=BUDGET_MIN_MEAN_COSINE)
+        defaults = PrecisionOptions("int8")
+        budget = int8_budget(defaults.accuracy_budget, defaults.max_float_layers, pretrained=True)
     t0 = time.perf_counter()
     policy = quantize_int8(Path(a["fp32"]), Path(a["out"]), calib, num_tokens=a["num_tokens"], batch=a["batch"],
                            target=settings["target"], smooth=settings.get("smooth", True), budget=budget)

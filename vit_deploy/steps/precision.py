@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import artifact as artifact_view
 from ..artifact import Artifact, file_entry, latest_export, new_manifest, package_versions, write_manifest
@@ -21,16 +21,22 @@ from ..progress import Progress
 from ..specs import CALIBRATION_METHODS, INT8_TARGETS, PRECISIONS, tolerance
 from .validate import checked
 
+if TYPE_CHECKING:
+    from ..onnx.int8 import Budget
+
 DEFAULT_CALIB_IMAGES = 256
 DEFAULT_CALIB_BATCH = 8
 RANDOM_VALIDATION_IMAGES = 16
 VALIDATION_BATCH = 8  # the graph is proven batch-dynamic at export; one batch size suffices here
 # The INT8 fallback's check runs on the calibration images, which the ranges were fitted to; on
-# the real ViT-Ti that check read 0.0015-0.003 higher mean cosine and 0.4-2.4 points more top-1
-# agreement than held-out photos (docs/precision.md), so it asks for that much headroom over the
-# validation bounds (0.995, 97%).
-DEFAULT_ACCURACY_BUDGET = 1.5  # points of top-1 agreement: the check wants >= 98.5%
-BUDGET_MIN_MEAN_COSINE = 0.997
+# the real ViT-Ti it read up to 0.001 higher mean cosine than held-out photos (docs/precision.md),
+# so it asks for that much headroom over the validation bound (0.995 -> 0.998). By default it
+# checks the mean cosine only: top-1 agreement on ~128 images moves by whole images, all of them
+# near-ties (FP32 top-2 margin < 0.25 logits where the median is 2.8), and gating on it made the
+# default fail on one half of the real photos (96.9% < 98.5% with 5 layers in float) while the
+# other half read 99.2%. --accuracy-budget POINTS adds the agreement gate for who wants it.
+DEFAULT_ACCURACY_BUDGET = None  # points of top-1 agreement; None: not checked by the fallback
+BUDGET_MIN_MEAN_COSINE = 0.998
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,8 @@ class PrecisionOptions:
         seed: seeds the samples and random images.
         target: INT8 only: ``"tensorrt"`` or ``"cpu"`` (the OpenVINO CPU path).
         accuracy_budget: INT8 only: top-1 agreement points (vs FP32, on the calibration images) the
-            graph may lose before its most sensitive weight layers are left in float.
+            graph may lose before its most sensitive weight layers are left in float (None: only the
+            mean cosine, >= ``BUDGET_MIN_MEAN_COSINE``, is checked).
         max_float_layers: INT8 only: how many weight layers the budget may leave in float (None: 10%).
     """
 
@@ -66,8 +73,20 @@ class PrecisionOptions:
     val_images: str | None = None
     seed: int = 0
     target: str = "tensorrt"  # INT8 only: "cpu" keeps attention float for the OpenVINO CPU path
-    accuracy_budget: float = DEFAULT_ACCURACY_BUDGET
+    accuracy_budget: float | None = DEFAULT_ACCURACY_BUDGET
     max_float_layers: int | None = None
+
+
+def int8_budget(accuracy_budget: float | None, max_float_layers: int | None, pretrained: bool) -> Budget:
+    """The fallback's budget for ``build-engine --int8`` (also what tools/compare_quantizers_real.py runs)."""
+    from ..onnx.int8 import Budget  # here, not at the top: the CLI's --help loads no numerical library
+
+    return Budget(
+        min_top1_agreement=0.0 if accuracy_budget is None else 1 - accuracy_budget / 100,
+        min_mean_cosine=BUDGET_MIN_MEAN_COSINE, max_float_layers=max_float_layers,
+        # random weights' near-tied logits make agreement noise: gated only for trained models, when asked
+        gate_top1=pretrained and accuracy_budget is not None,
+    )
 
 
 def open_parent(artifact: Path | None) -> Artifact:
@@ -98,7 +117,7 @@ def preflight(opts: PrecisionOptions, parent: Artifact) -> Path:
         )
     if opts.calib_batch < 1 or (opts.calib_images is not None and opts.calib_images < 1):
         raise UsageError("--calib-batch and --calib-count must be positive")
-    if not 0 <= opts.accuracy_budget <= 100:
+    if opts.accuracy_budget is not None and not 0 <= opts.accuracy_budget <= 100:
         raise UsageError(f"--accuracy-budget {opts.accuracy_budget} is not a number of points between 0 and 100")
     if opts.max_float_layers is not None and opts.max_float_layers < 0:
         raise UsageError("--max-float-layers must be 0 (never leave a layer in float) or more")
@@ -124,7 +143,7 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
     from ..images.sets import cache_dir, load_image_set
     from ..onnx.fp16 import DEFAULT_KEEP_FP32, convert_fp16, fp16_policy
     from ..onnx.graph import io_signature, op_histogram, save_model
-    from ..onnx.int8 import CACHE_VERSION, Budget, quantize_int8
+    from ..onnx.int8 import CACHE_VERSION, quantize_int8
     from ..onnx.validate import check_graph
 
     progress = progress or Progress(enabled=False)
@@ -158,10 +177,7 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
             )
             cached = cache.is_file()
             label = f"Calibrating ({opts.calib_method}, {len(calib.files)} images) and quantizing"
-            budget = Budget(
-                min_top1_agreement=1 - opts.accuracy_budget / 100, min_mean_cosine=BUDGET_MIN_MEAN_COSINE,
-                max_float_layers=opts.max_float_layers, gate_top1=bool(parent.checkpoint.get("pretrained")),
-            )
+            budget = int8_budget(opts.accuracy_budget, opts.max_float_layers, bool(parent.checkpoint.get("pretrained")))
             with progress.step(label + (" [cached ranges]" if cached else "")), \
                     progress.counter(0 if cached else 2 * len(calib.files), "images through 2 calibration passes"):
                 policy = quantize_int8(
