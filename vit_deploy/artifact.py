@@ -39,12 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, UsageError, VitDeployError
-from .fileio import atomic_write_text
+from .fileio import MANIFEST_NAME, SCHEMA, atomic_write_text
 from .specs import RUNTIME_BACKENDS, ModelConfig, Preprocessing
 
-SCHEMA = "vit-deploy/manifest"
 SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 REQUIRED_KEYS = ("schema", "schema_version", "kind", "precision", "model", "preprocessing", "io", "files")
 MAX_MANIFEST_BYTES = 1 << 24  # read whole: a larger file is not ours
 KINDS = ("onnx", "tensorrt")

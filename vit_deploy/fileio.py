@@ -43,6 +43,8 @@ ARTIFACT = "artifact"
 REPOSITORY = "repository"
 REPOSITORY_MARKER = ".vit-deploy-repository.json"  # Triton loads only sub-folders, so it ignores this file
 REPOSITORY_SCHEMA = "vit-deploy/triton-repository"
+MANIFEST_NAME = "manifest.json"  # an artifact's marker: artifact.py reads and writes it
+SCHEMA = "vit-deploy/manifest"
 _NOUNS = {ARTIFACT: "a vit-deploy artifact", REPOSITORY: "a vit-deploy model repository"}
 
 _AT_FDCWD = -100
@@ -249,8 +251,6 @@ def _marker(kind: str) -> tuple[str, str]:
     """The file that says vit-deploy wrote a folder of ``kind``, and the schema it names."""
     if kind == REPOSITORY:
         return REPOSITORY_MARKER, REPOSITORY_SCHEMA
-    from .artifact import MANIFEST_NAME, SCHEMA  # artifact.py imports this module, so not at the top
-
     return MANIFEST_NAME, SCHEMA
 
 

@@ -19,7 +19,8 @@ from helpers import engine_manifest_without_plan
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient: pip install 'vit-deploy[serve]'")
 
 from vit_deploy.serving import triton_model  # noqa: E402
-from vit_deploy.serving.repository import PREPROCESSING_PARAM, parse_config  # noqa: E402
+from vit_deploy.serving.config import parse_config  # noqa: E402
+from vit_deploy.serving.repository import PREPROCESSING_PARAM  # noqa: E402
 from vit_deploy.serving.server import ServerError, TritonServer, find_tritonserver  # noqa: E402
 
 

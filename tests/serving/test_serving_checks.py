@@ -18,7 +18,8 @@ pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritoncl
 
 from vit_deploy.errors import UsageError  # noqa: E402
 from vit_deploy.serving import repository  # noqa: E402
-from vit_deploy.serving.repository import RepoOptions, parse_config, resolve_backend, write_repository  # noqa: E402
+from vit_deploy.serving.config import parse_config  # noqa: E402
+from vit_deploy.serving.repository import RepoOptions, resolve_backend, write_repository  # noqa: E402
 from vit_deploy.serving.triton_model import TritonPythonModel, answer_each  # noqa: E402
 
 

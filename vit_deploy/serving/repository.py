@@ -31,6 +31,7 @@ from ..errors import ArtifactError, UsageError
 from ..fileio import REPOSITORY, check_can_write, mark_repository, staged_directory
 from ..specs import TRITON_BACKENDS
 from . import triton_model
+from .config import model_config_pb2, parse_config
 
 BACKENDS = TRITON_BACKENDS
 PREPROCESSING_PARAM = "vit_deploy_preprocessing"  # clients read the manifest's preprocessing from here
@@ -46,15 +47,6 @@ def check_model_name(name: str, option: str = "--name") -> str:
         raise UsageError(f"{option} {name!r} is not a usable model name: start with a letter or digit and use only "
                          "letters, digits, '_', '.' and '-' (at most 128 characters), e.g. vit-b16")
     return name
-
-
-def model_config_pb2():
-    """Triton's ModelConfig protobuf module, or a one-line error saying what to install."""
-    try:
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as e:
-        raise UsageError(f"Triton serving needs tritonclient ({e}); pip install 'vit-deploy[serve]'") from e
-    return model_config_pb2
 
 
 @dataclass
@@ -191,17 +183,6 @@ def config_text(config) -> str:
     from google.protobuf import text_format
 
     return text_format.MessageToString(config)
-
-
-def parse_config(text: str):
-    """Parse ``config.pbtxt`` text with Triton's real ModelConfig schema; UsageError says what is wrong."""
-    from google.protobuf import text_format
-
-    pb2 = model_config_pb2()
-    try:
-        return text_format.Parse(text, pb2.ModelConfig())
-    except text_format.ParseError as e:
-        raise ArtifactError(f"config.pbtxt does not parse against Triton's ModelConfig schema: {e}") from e
 
 
 def _copy_model_files(backend: str, art: Artifact, dst: Path) -> None:

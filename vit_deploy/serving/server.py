@@ -181,7 +181,7 @@ class TritonServer:
     metrics_url = property(lambda self: f"http://{HOST}:{self.ports['--metrics-port']}/metrics")
 
     def _check_backends(self, backend_dir: Path | None) -> None:
-        from .repository import parse_config
+        from .config import parse_config
 
         have = available_backends(backend_dir)
         if have is None:
