@@ -191,15 +191,9 @@ def preprocess(rgb: np.ndarray, prep: Preprocessing) -> np.ndarray:
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         desc = f"{rgb.dtype} {list(rgb.shape)}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
         raise ValueError(f"preprocess expects a uint8 [H, W, 3] RGB array (load_rgb's output), got {desc}")
-    resample = RESAMPLE.get(prep.interpolation)
-    if resample is None:
-        raise UsageError(
-            f"unknown interpolation {prep.interpolation!r}; choose one of: {', '.join(RESAMPLE)}"
-        )
-    if prep.crop > prep.resize:
-        raise UsageError(f"preprocessing crops {prep.crop} px from images resized to {prep.resize} px; crop <= resize")
-    if prep.channel_order != "RGB" or prep.layout != "NCHW":
-        raise UsageError(f"unsupported preprocessing {prep.channel_order}/{prep.layout}; only RGB/NCHW")
+    # the interpolation name, crop <= resize and RGB/NCHW were checked when ``prep`` was made
+    # (specs.check_preprocessing runs in Preprocessing.__post_init__)
+    resample = RESAMPLE[prep.interpolation]
 
     h, w = rgb.shape[:2]
     if min(h, w) == 0:
