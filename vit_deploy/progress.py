@@ -37,7 +37,8 @@ class Progress:
     def step(self, label: str) -> Iterator[None]:
         self.done += 1
         if self.enabled:
-            print(f"[{self.done}/{self.total}] {label} ...", end="", file=self.stream, flush=True)
+            where = f"{self.done}/{self.total}" if self.total else f"{self.done}"  # a caller may not count its steps
+            print(f"[{where}] {label} ...", end="", file=self.stream, flush=True)
         start = time.perf_counter()
         self._in_step = True
         try:

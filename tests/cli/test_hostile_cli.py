@@ -149,3 +149,12 @@ def test_progress_on_a_terminal_still_draws_bars():
     progress = Progress(stream=stream)
     assert list(progress.bar(range(3), "images")) == [0, 1, 2]
     assert "images" in stream.getvalue() and "\r" in stream.getvalue()
+
+
+def test_a_step_of_an_uncounted_run_shows_its_number_only():
+    """inspect --sensitivity runs one step without setting a total: "[1] ...", never "[1/0] ..."."""
+    stream = io.StringIO()
+    progress = Progress(stream=stream)
+    with progress.step("Measuring"):
+        pass
+    assert re.fullmatch(r"\[1\] Measuring \.\.\. \d+\.\ds\n", stream.getvalue()), stream.getvalue()
