@@ -40,6 +40,9 @@ whose venv it is), skipped when not given:
     python tools/compare_quantizers_real.py --realdata ../shared/realdata \\
         --modelopt-python /tmp/movenv/bin/python --work /tmp/quantcmp-real
 
+``--calibrate-on odd`` swaps the halves (into another --work): scoring both ways scores all 500
+photos, each by graphs that no calibration of its own half touched.
+
 Results: a markdown table on stdout and ``results.md`` / ``results.json`` in --work (the export
 and the image arrays are kept there and reused; --reuse also keeps the quantized graphs, and
 --reuse --redo ours ours-cpu quantizes our rows anew beside the peers' kept graphs; --fresh
@@ -395,8 +398,9 @@ def openvino_placement(path: Path) -> dict[str, Any]:
 # driver
 
 
-def split_photos(realdata: Path, work: Path) -> tuple[Path, Path, list[int], list[int]]:
-    """Definition files for the calibration (even rows) and evaluation (odd rows) halves, and their labels."""
+def split_photos(realdata: Path, work: Path, calibrate_on: str = "even") -> tuple[Path, Path, list[int], list[int]]:
+    """Definition files for the calibration half (the ``calibrate_on`` rows) and the evaluation half (the
+    others), and their labels."""
     from vit_deploy.artifact import sha256_file
 
     folder = realdata / PHOTOS
@@ -407,7 +411,7 @@ def split_photos(realdata: Path, work: Path) -> tuple[Path, Path, list[int], lis
     halves: dict[str, tuple[list[str], list[int]]] = {"calib": ([], []), "eval": ([], [])}
     for i, (name, label) in enumerate(rows):
         path = (folder / name).resolve()
-        lines, labels = halves["calib" if i % 2 == 0 else "eval"]
+        lines, labels = halves["calib" if i % 2 == (0 if calibrate_on == "even" else 1) else "eval"]
         lines.append(f"{sha256_file(path)}  {path}")
         labels.append(int(label))
     out = []
@@ -418,7 +422,7 @@ def split_photos(realdata: Path, work: Path) -> tuple[Path, Path, list[int], lis
     return out[0], out[1], halves["calib"][1], halves["eval"][1]
 
 
-def prepare(realdata: Path, work: Path, log: Any) -> dict[str, Any]:
+def prepare(realdata: Path, work: Path, log: Any, calibrate_on: str = "even") -> dict[str, Any]:
     from vit_deploy.images.sets import load_image_set
     from vit_deploy.specs import Preprocessing
 
@@ -435,7 +439,7 @@ def prepare(realdata: Path, work: Path, log: Any) -> dict[str, Any]:
     manifest = json.loads((art / "manifest.json").read_text())
     fp32 = art / manifest["files"][0]["path"]
     prep = Preprocessing.from_dict(manifest["preprocessing"])
-    calib_def, eval_def, calib_labels, eval_labels = split_photos(realdata, work)
+    calib_def, eval_def, calib_labels, eval_labels = split_photos(realdata, work, calibrate_on)
     sets = {}
     for key, spec, labels in (("calib", calib_def, calib_labels), ("eval", eval_def, eval_labels)):
         s = load_image_set(spec, prep, count=None, seed=SEED, role=key)
@@ -446,10 +450,12 @@ def prepare(realdata: Path, work: Path, log: Any) -> dict[str, Any]:
     np.save(work / "eval_labels.npy", np.array(eval_labels, dtype=np.int64))
     m = manifest["model"]
     num_tokens = (m["img_size"] // m["patch_size"]) ** 2 + 1
-    log(f"FP32 {fp32} ({num_tokens} tokens); calibration {sets['calib']['images']} photos (even rows), "
-        f"evaluation {sets['eval']['images']} (odd rows); preprocessing {prep.to_dict()}")
+    scored_on = "odd" if calibrate_on == "even" else "even"
+    log(f"FP32 {fp32} ({num_tokens} tokens); calibration {sets['calib']['images']} photos ({calibrate_on} rows), "
+        f"evaluation {sets['eval']['images']} ({scored_on} rows); preprocessing {prep.to_dict()}")
     return {"fp32": str(fp32), "fp32_sha256": hashlib.sha256(fp32.read_bytes()).hexdigest(), "num_tokens": num_tokens,
-            "preprocessing": prep.to_dict(), "sets": sets, "weights": str(weights)}
+            "preprocessing": prep.to_dict(), "sets": sets, "weights": str(weights),
+            "halves": {"calibration": calibrate_on, "evaluation": scored_on}}
 
 
 def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
@@ -458,7 +464,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     import onnx
 
     work = args.work
-    info = prepare(args.realdata, work, log)
+    info = prepare(args.realdata, work, log, args.calibrate_on)
     fp32 = Path(info["fp32"])
     fp32_model = onnx.load(str(fp32), load_external_data=False)
     rows, candidates = [], {}
@@ -510,13 +516,15 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         if extra:
             row["eval_default_precision"] = extra
     return {**info, "fp32_accuracy": ev["results"]["fp32"]["accuracy"], "runtimes": ev["versions"], "rows": rows,
-            "protocol": "calibration: even data rows of labels.csv (250), evaluation: odd rows (250); batch 8, seed 0"}
+            "protocol": f"calibration: {info['halves']['calibration']} data rows of labels.csv (250), evaluation: "
+                        f"{info['halves']['evaluation']} rows (250); batch 8, seed 0"}
 
 
 def markdown(res: dict[str, Any]) -> str:
     out = [f"Real ViT-Ti/16 (augreg in21k->in1k) at 224, {res['num_tokens']} tokens; calibration "
-           f"{res['sets']['calib']['images']} photos (even rows of labels.csv), evaluation "
-           f"{res['sets']['eval']['images']} photos (odd rows); FP32 top-1 {100 * res['fp32_accuracy']:.1f}% "
+           f"{res['sets']['calib']['images']} photos ({res['halves']['calibration']} rows of labels.csv), evaluation "
+           f"{res['sets']['eval']['images']} photos ({res['halves']['evaluation']} rows); "
+           f"FP32 top-1 {100 * res['fp32_accuracy']:.1f}% "
            f"(ONNX Runtime {res['runtimes']['onnxruntime']} CPU).\n",
            "| quantizer | top-1 | drop (pt) | top-1 agreement | mean cos | worst cos | weight ops INT8 "
            "| attention INT8 | Q / DQ (FQ) | zero points | DQ also feeds | ops added | quant s |",
@@ -570,6 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redo", nargs="+", default=[], choices=list(VARIANTS),
                    help="with --reuse: quantize these again (e.g. --redo ours ours-cpu after changing our quantizer)")
     p.add_argument("--fresh", action="store_true", help="delete --work first")
+    p.add_argument("--calibrate-on", choices=("even", "odd"), default="even",
+                   help="the half of labels.csv's rows that calibrates; the other half scores (default: even, the "
+                        "protocol's split; odd swaps the halves: use another --work, its graphs differ)")
     args = p.parse_args(argv)
 
     if args.worker:

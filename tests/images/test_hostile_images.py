@@ -190,21 +190,16 @@ def pixels(rgb: np.ndarray, resize: int, crop: int, interpolation: str) -> np.nd
     return np.rint(x.transpose(1, 2, 0) * 255).astype(np.int64)
 
 
-@pytest.mark.parametrize("elongated", [True, False], ids=["elongated", "ordinary-forced"])
+@pytest.mark.parametrize("elongated", [True, False], ids=["elongated", "ordinary"])
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos", "hamming"])
 def test_crop_first_matches_the_whole_resize_within_two_levels(interpolation, elongated, monkeypatch):
     """Measured over these cases: at most 2 of 255 levels (bicubic, hamming; 1 for bilinear, lanczos) in under
     0.5% of the values, from Pillow's float32 box corners (decode._resized_window); after ImageNet
-    normalisation 2 levels are 0.035, far below what moves a prediction. Ordinary photographs take the whole
-    resize unless forced (FULL_RESIZE_FACTOR = 0 here), so in use they are bit-identical."""
-    if not elongated:
-        monkeypatch.setattr(decode, "FULL_RESIZE_FACTOR", 0)
+    normalisation 2 levels are 0.035, far below what moves a prediction. Forced here (FULL_RESIZE_PIXELS = 0):
+    in use only resizes beyond 16.7 MP take this path (the next test)."""
+    monkeypatch.setattr(decode, "FULL_RESIZE_PIXELS", 0)
     differing = total = 0
     for rgb, resize, crop in cases(1, 24, elongated):
-        h, w = rgb.shape[:2]
-        if elongated:  # the case really takes the crop-first path
-            long = int(resize * max(h, w) / min(h, w))
-            assert long * resize > decode.FULL_RESIZE_FACTOR * crop * crop
         want = whole_resize_then_crop(rgb, resize, crop, interpolation).astype(np.int64)
         got = pixels(rgb, resize, crop, interpolation)
         assert got.shape == want.shape
@@ -214,11 +209,26 @@ def test_crop_first_matches_the_whole_resize_within_two_levels(interpolation, el
     assert differing <= 0.005 * total
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos"])
+def test_photos_and_panoramas_are_resized_whole_bit_identical(interpolation, monkeypatch):
+    """Under the pixel budget nothing is cropped first: the exact torchvision result, for ordinary
+    photos and for strips and panoramas up to the 100:1 limit at ImageNet sizes."""
+    window = []
+    monkeypatch.setattr(decode, "_resized_window", lambda *a, **k: window.append(a) or None)
+    for rgb, resize, crop in [*cases(2, 8, elongated=False), *cases(3, 8, elongated=True)]:
+        want = whole_resize_then_crop(rgb, resize, crop, interpolation).astype(np.int64)
+        np.testing.assert_array_equal(pixels(rgb, resize, crop, interpolation), want)
+    wide = np.ascontiguousarray(np.tile(PHOTOS[0], (1, 8, 1))[:120, :4000])  # 33:1, an ImageNet-size resize
+    np.testing.assert_array_equal(pixels(wide, 256, 224, interpolation),
+                                  whole_resize_then_crop(wide, 256, 224, interpolation))
+    assert window == []
+
+
 @pytest.mark.parametrize("interpolation", ["nearest"])
 def test_crop_first_nearest_differs_only_at_exact_ties(interpolation, monkeypatch):
     """Nearest takes the pixel under each sample point; where that point lies exactly on a pixel border,
     the whole resize's own float rounding picks a side, and crop-first may pick the other (one pixel off)."""
-    monkeypatch.setattr(decode, "FULL_RESIZE_FACTOR", 0)
+    monkeypatch.setattr(decode, "FULL_RESIZE_PIXELS", 0)
     rng = np.random.default_rng(3)
     for _ in range(40):
         h, w = int(rng.integers(8, 500)), int(rng.integers(8, 500))

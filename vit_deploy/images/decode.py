@@ -71,9 +71,11 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 MAX_PIXELS = 80_000_000
 MAX_ASPECT = 100
-# preprocess resizes the whole image while the result has at most this many times the crop's pixels
-# (a 3:1 panorama at 256/224 is 3.4x); beyond it only the window the crop keeps is resized.
-FULL_RESIZE_FACTOR = 4
+# preprocess resizes the whole image while the result has at most this many pixels (48 MiB as RGB
+# bytes; a square photo at the largest resize, 4096, is exactly this), so every ordinary photo and
+# panorama is bit-identical to torchvision's Resize + CenterCrop; beyond it (a very elongated image
+# at a large resize, or a strip handed to preprocess directly) only the window the crop keeps is resized.
+FULL_RESIZE_PIXELS = 1 << 24
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -203,7 +205,7 @@ def preprocess(rgb: np.ndarray, prep: Preprocessing) -> np.ndarray:
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     top = int(round((new_h - prep.crop) / 2.0))
     left = int(round((new_w - prep.crop) / 2.0))
-    if new_w * new_h > FULL_RESIZE_FACTOR * prep.crop * prep.crop:
+    if new_w * new_h > FULL_RESIZE_PIXELS:
         pixels = _resized_window(rgb, (new_w, new_h), (left, top), prep.crop, prep.interpolation)
     else:
         img = Image.fromarray(np.ascontiguousarray(rgb))
