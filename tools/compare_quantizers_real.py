@@ -41,7 +41,18 @@ whose venv it is), skipped when not given:
         --modelopt-python /tmp/movenv/bin/python --work /tmp/quantcmp-real
 
 ``--calibrate-on odd`` swaps the halves (into another --work): scoring both ways scores all 500
-photos, each by graphs that no calibration of its own half touched.
+photos, each by graphs that no calibration of its own half touched. ``--split-seed N`` shuffles the
+rows by N before the even/odd split (a random half and its complement), and ``--pool WORK ...``
+prints one table over finished folds (each photo scored once), so that a repeated two-fold
+cross-validation reads a drop and an agreement on many more photos than one half:
+
+    for seed in 1 2; do for half in even odd; do
+      python tools/compare_quantizers_real.py --split-seed $seed --calibrate-on $half --work /tmp/cv-$seed-$half
+    done; done
+    python tools/compare_quantizers_real.py --pool /tmp/cv-1-even /tmp/cv-1-odd   # one seed: all 500 photos
+
+Every drop and agreement comes with its 95% bootstrap interval (photos resampled, each photo's FP32
+and INT8 results together; ``vit_deploy.parity.metrics.intervals``).
 
 Results: a markdown table on stdout and ``results.md`` / ``results.json`` in --work (the export
 and the image arrays are kept there and reused; --reuse also keeps the quantized graphs, and
@@ -212,17 +223,32 @@ def _worker_evaluate(a: dict[str, Any]) -> dict[str, Any]:
     return {"results": results, "versions": versions}
 
 
-def _metrics(ref: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def _metrics(ref: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     r, c = ref.astype(np.float64), logits.astype(np.float64)
     cos = np.sum(r * c, -1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(c, axis=-1))
-    acc = float(np.mean(c.argmax(-1) == labels))
+    per_image = {"ref_correct": (r.argmax(-1) == labels).astype(int).tolist(),
+                 "correct": (c.argmax(-1) == labels).astype(int).tolist(),
+                 "agree": (r.argmax(-1) == c.argmax(-1)).astype(int).tolist(), "cosine": cos.tolist()}
+    return {**summary(per_image), "rel_l2": float(np.linalg.norm(c - r) / np.linalg.norm(r)), "per_image": per_image}
+
+
+def summary(per_image: dict[str, list[float]]) -> dict[str, Any]:
+    """Accuracy, drop, agreement and cosines of per-photo records, with 95% bootstrap intervals of the
+    drop and the agreement (``vit_deploy.parity.metrics.intervals``: a photo is 0.4 point of 250)."""
+    from vit_deploy.parity.metrics import intervals
+
+    ref, got = np.asarray(per_image["ref_correct"]), np.asarray(per_image["correct"])
+    agree, cos = np.asarray(per_image["agree"]), np.asarray(per_image["cosine"])
+    ci = intervals(ref, got, agree)
     return {
-        "accuracy": acc,
-        "drop_points": 100 * (float(np.mean(r.argmax(-1) == labels)) - acc),
-        "top1_agreement": float(np.mean(r.argmax(-1) == c.argmax(-1))),
-        "mean_cosine": float(np.mean(cos)),
-        "min_cosine": float(np.min(cos)),
-        "rel_l2": float(np.linalg.norm(c - r) / np.linalg.norm(r)),
+        "images": len(ref),
+        "accuracy": float(got.mean()),
+        "drop_points": float(100 * (ref.mean() - got.mean())),
+        "drop_points_ci95": [ci["accuracy_drop_ci95_low"], ci["accuracy_drop_ci95_high"]],
+        "top1_agreement": float(agree.mean()),
+        "top1_agreement_ci95": [ci["top1_agreement_ci95_low"], ci["top1_agreement_ci95_high"]],
+        "mean_cosine": float(cos.mean()),
+        "min_cosine": float(cos.min()),
     }
 
 
@@ -398,9 +424,12 @@ def openvino_placement(path: Path) -> dict[str, Any]:
 # driver
 
 
-def split_photos(realdata: Path, work: Path, calibrate_on: str = "even") -> tuple[Path, Path, list[int], list[int]]:
+def split_photos(
+    realdata: Path, work: Path, calibrate_on: str = "even", split_seed: int | None = None,
+) -> tuple[Path, Path, list[int], list[int]]:
     """Definition files for the calibration half (the ``calibrate_on`` rows) and the evaluation half (the
-    others), and their labels."""
+    others), and their labels. With ``split_seed`` the rows are shuffled by that seed first, so that
+    even/odd positions are a random half and its complement (repeated two-fold cross-validation)."""
     from vit_deploy.artifact import sha256_file
 
     folder = realdata / PHOTOS
@@ -408,6 +437,8 @@ def split_photos(realdata: Path, work: Path, calibrate_on: str = "even") -> tupl
         rows = [r for r in csv.reader(f) if r]
     if rows and not rows[0][-1].strip().isdigit():
         rows = rows[1:]
+    if split_seed is not None:
+        rows = [rows[i] for i in np.random.default_rng(split_seed).permutation(len(rows))]
     halves: dict[str, tuple[list[str], list[int]]] = {"calib": ([], []), "eval": ([], [])}
     for i, (name, label) in enumerate(rows):
         path = (folder / name).resolve()
@@ -422,7 +453,9 @@ def split_photos(realdata: Path, work: Path, calibrate_on: str = "even") -> tupl
     return out[0], out[1], halves["calib"][1], halves["eval"][1]
 
 
-def prepare(realdata: Path, work: Path, log: Any, calibrate_on: str = "even") -> dict[str, Any]:
+def prepare(
+    realdata: Path, work: Path, log: Any, calibrate_on: str = "even", split_seed: int | None = None,
+) -> dict[str, Any]:
     from vit_deploy.images.sets import load_image_set
     from vit_deploy.specs import Preprocessing
 
@@ -439,7 +472,7 @@ def prepare(realdata: Path, work: Path, log: Any, calibrate_on: str = "even") ->
     manifest = json.loads((art / "manifest.json").read_text())
     fp32 = art / manifest["files"][0]["path"]
     prep = Preprocessing.from_dict(manifest["preprocessing"])
-    calib_def, eval_def, calib_labels, eval_labels = split_photos(realdata, work, calibrate_on)
+    calib_def, eval_def, calib_labels, eval_labels = split_photos(realdata, work, calibrate_on, split_seed)
     sets = {}
     for key, spec, labels in (("calib", calib_def, calib_labels), ("eval", eval_def, eval_labels)):
         s = load_image_set(spec, prep, count=None, seed=SEED, role=key)
@@ -455,7 +488,8 @@ def prepare(realdata: Path, work: Path, log: Any, calibrate_on: str = "even") ->
         f"evaluation {sets['eval']['images']} ({scored_on} rows); preprocessing {prep.to_dict()}")
     return {"fp32": str(fp32), "fp32_sha256": hashlib.sha256(fp32.read_bytes()).hexdigest(), "num_tokens": num_tokens,
             "preprocessing": prep.to_dict(), "sets": sets, "weights": str(weights),
-            "halves": {"calibration": calibrate_on, "evaluation": scored_on}}
+            "halves": {"calibration": calibrate_on, "evaluation": scored_on, "split_seed": split_seed},
+            "eval_files": [Path(line.split("  ", 1)[1]).name for line in eval_def.read_text().splitlines()]}
 
 
 def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
@@ -464,7 +498,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     import onnx
 
     work = args.work
-    info = prepare(args.realdata, work, log, args.calibrate_on)
+    info = prepare(args.realdata, work, log, args.calibrate_on, args.split_seed)
     fp32 = Path(info["fp32"])
     fp32_model = onnx.load(str(fp32), load_external_data=False)
     rows, candidates = [], {}
@@ -520,14 +554,58 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                         f"{info['halves']['evaluation']} rows (250); batch 8, seed 0"}
 
 
+def _metric_cells(e: dict[str, Any]) -> str:
+    """top-1 | drop [CI] | agreement [CI] | mean cos | worst cos |, the intervals where recorded."""
+    drop, agree = f"{e['drop_points']:+.1f}", f"{100 * e['top1_agreement']:.1f}%"
+    if "drop_points_ci95" in e:
+        lo, hi = e["drop_points_ci95"]
+        drop += f" [{lo:+.1f}, {hi:+.1f}]"
+        lo, hi = e["top1_agreement_ci95"]
+        agree += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return f"{100 * e['accuracy']:.1f}% | {drop} | {agree} | {e['mean_cosine']:.4f} | {e['min_cosine']:.4f} |"
+
+
+def pool(works: list[Path]) -> str:
+    """One table over several finished --work folders (each fold of a cross-validation): every variant
+    they all scored, its per-photo records concatenated, with bootstrap intervals over all of them.
+
+    The folds must score different photos (a photo scored twice would count twice); that is checked.
+    """
+    results = [json.loads((w / "results.json").read_text()) for w in works]
+    seen: dict[str, Path] = {}
+    for w, res in zip(works, results, strict=True):
+        for name in res.get("eval_files") or []:
+            if name in seen:
+                raise SystemExit(f"{name} is scored in both {seen[name]} and {w}: pool folds that score "
+                                 "different photos (e.g. --calibrate-on even and odd with one --split-seed)")
+            seen[name] = w
+    keys = [r["key"] for r in results[0]["rows"] if "per_image" in r.get("eval", {})]
+    keys = [k for k in keys if all(any(r["key"] == k and "per_image" in r.get("eval", {}) for r in res["rows"])
+                                   for res in results)]
+    folds = ", ".join(f"{w.name} ({res['halves']['calibration']} rows calibrate, split seed "
+                      f"{res['halves'].get('split_seed')})" for w, res in zip(works, results, strict=True))
+    out = [f"Pooled over {len(works)} fold(s): {folds}; {len(seen)} photos scored, each by graphs that no "
+           "calibration of its own fold touched.\n",
+           "| quantizer | top-1 | drop (pt) [95% CI] | top-1 agreement [95% CI] | mean cos | worst cos |",
+           "|---|--:|--:|--:|--:|--:|"]
+    for key in keys:
+        merged: dict[str, list[float]] = {}
+        for res in results:
+            row = next(r for r in res["rows"] if r["key"] == key)
+            for field, values in row["eval"]["per_image"].items():
+                merged.setdefault(field, []).extend(values)
+        out.append(f"| {key} | {_metric_cells(summary(merged))}")
+    return "\n".join(out) + "\n"
+
+
 def markdown(res: dict[str, Any]) -> str:
     out = [f"Real ViT-Ti/16 (augreg in21k->in1k) at 224, {res['num_tokens']} tokens; calibration "
            f"{res['sets']['calib']['images']} photos ({res['halves']['calibration']} rows of labels.csv), evaluation "
            f"{res['sets']['eval']['images']} photos ({res['halves']['evaluation']} rows); "
            f"FP32 top-1 {100 * res['fp32_accuracy']:.1f}% "
            f"(ONNX Runtime {res['runtimes']['onnxruntime']} CPU).\n",
-           "| quantizer | top-1 | drop (pt) | top-1 agreement | mean cos | worst cos | weight ops INT8 "
-           "| attention INT8 | Q / DQ (FQ) | zero points | DQ also feeds | ops added | quant s |",
+           "| quantizer | top-1 | drop (pt) [95% CI] | top-1 agreement [95% CI] | mean cos | worst cos "
+           "| weight ops INT8 | attention INT8 | Q / DQ (FQ) | zero points | DQ also feeds | ops added | quant s |",
            "|---|--:|--:|--:|--:|--:|---|---|---|---|---|---|--:|"]
     for r in res["rows"]:
         if "skipped" in r or "error" in r:
@@ -538,8 +616,7 @@ def markdown(res: dict[str, Any]) -> str:
         if "error" in e or not e:
             metrics = f"FAILED: {e.get('error', 'not evaluated')[:150]} |||||"
         else:
-            metrics = (f"{100 * e['accuracy']:.1f}% | {e['drop_points']:+.1f} | {100 * e['top1_agreement']:.1f}% | "
-                       f"{e['mean_cosine']:.4f} | {e['min_cosine']:.4f} |")
+            metrics = _metric_cells(e)
         if p["format"].startswith("onnx"):
             nodes = f"{p['quantize_linear']} / {p['dequantize_linear']}"
             types = ", ".join(f"{k} {v}" for k, v in p["zero_point_types"].items())
@@ -581,8 +658,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibrate-on", choices=("even", "odd"), default="even",
                    help="the half of labels.csv's rows that calibrates; the other half scores (default: even, the "
                         "protocol's split; odd swaps the halves: use another --work, its graphs differ)")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="shuffle labels.csv's rows by this seed before the even/odd split (a random half; "
+                        "default: file order, the protocol's split)")
+    p.add_argument("--pool", type=Path, nargs="+", default=None, metavar="WORK",
+                   help="print one table over finished --work folders (cross-validation folds) and exit")
     args = p.parse_args(argv)
 
+    if args.pool:
+        print(pool(args.pool))
+        return 0
     if args.worker:
         result = WORKERS[args.worker](json.loads(args.worker_args))
         print(RESULT + json.dumps(result, default=str))

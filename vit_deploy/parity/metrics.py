@@ -11,6 +11,8 @@ import numpy as np
 
 from ..specs import Tolerance
 
+BOOTSTRAP_RESAMPLES = 4000
+
 
 def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     """Max/mean abs error, relative L2 (||c - r|| / ||r||), worst and mean per-sample cosine, top-1 agreement."""
@@ -54,8 +56,23 @@ def failures(metrics: dict[str, float], tol: Tolerance, gate_top1: bool = True) 
         if bound is None or value is None or (key == "top1_agreement" and not gate_top1):
             continue
         if not (value <= bound if kind == "max" else value >= bound):
-            out.append(f"{shown.format(value)} {'>' if kind == 'max' else '<'} {bound}")
+            note = _noise_note(metrics, key, bound)
+            out.append(f"{shown.format(value)} {'>' if kind == 'max' else '<'} {bound}{note}")
     return out
+
+
+INTERVALS = {"accuracy_drop_points": "accuracy_drop_ci95", "top1_agreement": "top1_agreement_ci95"}
+
+
+def _noise_note(metrics: dict[str, float], key: str, bound: float) -> str:
+    """Where the bound lies inside the metric's 95% interval: a miss these images cannot tell from noise."""
+    prefix = INTERVALS.get(key)
+    low, high = metrics.get(f"{prefix}_low"), metrics.get(f"{prefix}_high")
+    if low is None or high is None or not low <= bound <= high:
+        return ""
+    shown = (lambda v: f"{v:.2f}") if key == "accuracy_drop_points" else (lambda v: f"{v:.1%}")
+    return (f" (95% interval {shown(low)} to {shown(high)}: within the noise of these images; "
+            "more labelled images decide)")
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -68,6 +85,32 @@ def topk_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = 5) -> 
     ref = np.sort(np.argpartition(-reference, k - 1, axis=-1)[:, :k], axis=-1)
     cand = np.sort(np.argpartition(-candidate, k - 1, axis=-1)[:, :k], axis=-1)
     return float(np.mean(np.all(ref == cand, axis=-1)))
+
+
+def intervals(
+    reference_correct: np.ndarray, candidate_correct: np.ndarray, agree: np.ndarray, seed: int = 0,
+) -> dict[str, float]:
+    """95% bootstrap intervals of the top-1 accuracy drop (points) and of the top-1 agreement.
+
+    On a few hundred photos one photo is a few tenths of a point, and the photos whose top-1 changes
+    under quantization are near-ties that can fall either way, so a drop means little without its
+    interval. Photos are resampled with their reference and candidate results together (paired). Each
+    photo's difference is -1, 0 or +1, so a resample is a multinomial draw of those counts: the same
+    distribution as resampling the photos, in memory independent of their number. Seeded: a rerun
+    prints the same interval.
+    """
+    n = len(agree)
+    if n == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    diff = np.asarray(reference_correct, int) - np.asarray(candidate_correct, int)
+    counts = rng.multinomial(n, [np.mean(diff == 1), np.mean(diff == -1), np.mean(diff == 0)], BOOTSTRAP_RESAMPLES)
+    drops = 100 * (counts[:, 0] - counts[:, 1]) / n
+    agreements = rng.binomial(n, float(np.mean(agree)), BOOTSTRAP_RESAMPLES) / n
+    out = {}
+    for prefix, values in (("accuracy_drop_ci95", drops), ("top1_agreement_ci95", agreements)):
+        out[f"{prefix}_low"], out[f"{prefix}_high"] = (float(v) for v in np.percentile(values, [2.5, 97.5]))
+    return out
 
 
 def evaluate(
@@ -83,6 +126,8 @@ def evaluate(
         metrics["reference_accuracy"] = accuracy(reference, labels)
         metrics["accuracy"] = accuracy(candidate, labels)
         metrics["accuracy_drop_points"] = 100 * (metrics["reference_accuracy"] - metrics["accuracy"])
+        metrics |= intervals(reference.argmax(-1) == labels, candidate.argmax(-1) == labels,
+                             reference.argmax(-1) == candidate.argmax(-1))
     return metrics, failures(metrics, tol, gate_top1=gate_top1)
 
 
