@@ -89,6 +89,32 @@ def test_statistics_do_not_depend_on_the_batch(fp32, images):
     assert np.abs(scaled - expected).sum() <= 2  # float rounding at bin edges only
 
 
+def test_the_class_token_row_joins_every_sample_with_its_share(fp32, images):
+    model = onnx.load(str(fp32))
+    name = next(layer.activation for layer in qdq.weight_layers(model) if "/fc2/" in layer.node)
+    tap = calibrate.Tap(model, [name])
+    _, plain = calibrate.channel_absmax(tap, images, 4, sampled=[name])
+    _, keyed = calibrate.channel_absmax(tap, images, 4, sampled=[name], key_row=0, key_share=0.5)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(calibrate._exposing(model, [name]), providers=["CPUExecutionProvider"])
+    values = session.run([name], {"images": images})[0]  # [images, tokens, channels]
+    n_tokens = values.shape[1]
+    rows, weights = keyed[name]
+    per_image_rows, per_image_weights = rows.reshape(len(images), n_tokens, -1), weights.reshape(len(images), -1)
+    # each image: its other rows first (the class token not among them), then the class token's row last
+    np.testing.assert_allclose(per_image_rows[:, -1], values[:, 0], rtol=1e-4, atol=1e-5)
+    for image_rows, image_values in zip(per_image_rows, values, strict=True):
+        distance = np.abs(image_rows[:-1, None, :] - image_values[None, :, :]).max(axis=2)
+        assert distance.min(axis=1).max() < 1e-4  # every sampled row is a row of the image
+        assert sorted(distance.argmin(axis=1)) == list(range(1, n_tokens))  # each other row once, never row 0
+    # the class token weighs half of every image; the other rows still stand for every other row
+    np.testing.assert_allclose(per_image_weights[:, -1], per_image_weights[:, :-1].sum(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(per_image_weights[:, :-1].sum(axis=1), n_tokens - 1, rtol=1e-6)
+    # without a key row the sample weighs every row alike (1 each, 17 tokens: all of them)
+    assert plain[name][1].sum() == pytest.approx(len(images) * n_tokens)
+
+
 def test_weight_quantization_is_symmetric_per_output_channel():
     w = RNG.normal(size=(64, 48)).astype(np.float32) * np.linspace(0.1, 3, 48)
     q, scale = qdq.quantize_weight(w, 1)

@@ -86,7 +86,7 @@ class Tap:
 
 def channel_absmax(
     tap: Tap, images: np.ndarray, batch: int, tick: Callable[[int], None] | None = None,
-    sampled: Sequence[str] = (),
+    sampled: Sequence[str] = (), key_row: int | None = None, key_share: float = 0.0,
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """max |x| per channel (last axis) of each tensor over all images, and for the tensors in
     ``sampled`` a weighted sample of their rows: (rows, weights).
@@ -97,6 +97,10 @@ def channel_absmax(
     (ViT-Ti: 4 of 197, the corner patches); a uniform sample misses them, and with them the error
     that decides the SmoothQuant strength. Rows are picked by the image's index, so the sample
     does not depend on the batch size.
+
+    ``key_row``: a row of every [batch, rows, channels] tensor that always joins the sample and
+    carries ``key_share`` of each image's weight (the class token: the one row that reaches the
+    head, 1 of 197, which a sample weighted by row count would all but ignore).
     """
     absmax: dict[str, np.ndarray] = {}
     rows_of: dict[str, list[np.ndarray]] = {name: [] for name in sampled}
@@ -107,15 +111,21 @@ def channel_absmax(
             absmax[name] = m if name not in absmax else np.maximum(absmax[name], m)
             if name not in rows_of:
                 continue
+            keyed = key_row is not None and value.ndim == 3
             for offset, rows in enumerate(value[: max(SAMPLE_IMAGES - start, 0)]):
                 rows = rows.reshape(-1, value.shape[-1])
                 order = np.argsort(-np.abs(rows).max(axis=1), kind="stable")
+                if keyed:
+                    order = order[order != key_row]
                 top, others = order[:SAMPLE_TOP_ROWS], order[SAMPLE_TOP_ROWS:]
                 picked = np.random.default_rng(start + offset).permutation(others)[:SAMPLE_ROWS]
-                rows_of[name].append(rows[np.concatenate([top, picked])])
-                weights_of[name].append(np.concatenate([
-                    np.ones(len(top)), np.full(len(picked), len(others) / max(len(picked), 1)),
-                ]).astype(np.float32))
+                weights = np.concatenate([np.ones(len(top)), np.full(len(picked), len(others) / max(len(picked), 1))])
+                chosen = np.concatenate([top, picked])
+                if keyed:  # the key row weighs key_share of the image: w / (total + w) = key_share
+                    chosen = np.append(chosen, key_row)
+                    weights = np.append(weights, key_share / (1 - key_share) * weights.sum())
+                rows_of[name].append(rows[chosen])
+                weights_of[name].append(weights.astype(np.float32))
     samples = {name: (np.concatenate(rows_of[name]), np.concatenate(weights_of[name]))
                for name in sampled if rows_of[name]}
     return absmax, samples
