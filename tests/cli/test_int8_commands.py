@@ -93,3 +93,16 @@ def test_an_accuracy_budget_that_cannot_be_met(tiny_artifacts, run_cli, tmp_path
     code, _, err = run_cli("build-engine", str(tiny_artifacts["fp32"]), "--int8", "--calib", str(PHOTOS),
                            "--accuracy-budget", "150", "--out", str(out))
     assert code == 1 and "'--accuracy-budget': 150.0 is not in the range 0<=x<=100" in err
+
+
+def test_labelled_validation_prints_and_records_the_intervals(tiny_artifacts, run_cli, tmp_path):
+    out_dir = tmp_path / "int8"
+    code, out, err = run_cli("build-engine", str(tiny_artifacts["fp32"]), "--int8", "--target", "cpu", "--calib",
+                             str(PHOTOS), "--val", str(labelled_folder(tmp_path, True)), "--out", str(out_dir))
+    assert code in (0, 2), err  # random weights: the verdict is not the point here, the report is
+    line = next(line for line in out.splitlines() if line.strip().startswith("accuracy"))
+    assert "limit 1.0; 95% intervals: drop " in line and ", agreement " in line
+    metrics = json.loads((out_dir / "manifest.json").read_text())["validation"]["metrics"]
+    low, high = metrics["accuracy_drop_ci95_low"], metrics["accuracy_drop_ci95_high"]
+    assert low <= metrics["accuracy_drop_points"] <= high
+    assert metrics["top1_agreement_ci95_low"] <= metrics["top1_agreement"] <= metrics["top1_agreement_ci95_high"]

@@ -161,10 +161,11 @@ def precision_text(s: dict[str, Any]) -> str:
     if "accuracy" in met:
         interval = ""
         if "accuracy_drop_ci95_low" in met:
-            interval = (f", 95% interval {met['accuracy_drop_ci95_low']:.2f} to {met['accuracy_drop_ci95_high']:.2f}; "
-                        f"agreement {met['top1_agreement_ci95_low']:.1%} to {met['top1_agreement_ci95_high']:.1%}")
+            interval = (f"; 95% intervals: drop {met['accuracy_drop_ci95_low']:.2f} to "
+                        f"{met['accuracy_drop_ci95_high']:.2f}, agreement {met['top1_agreement_ci95_low']:.1%} to "
+                        f"{met['top1_agreement_ci95_high']:.1%}")
         lines.append(f"  accuracy  top-1 {met['accuracy']:.2%} vs FP32 {met['reference_accuracy']:.2%} "
-                     f"(drop {met['accuracy_drop_points']:.2f} points{interval}, limit {tol.get('max_accuracy_drop')})")
+                     f"(drop {met['accuracy_drop_points']:.2f} points, limit {tol.get('max_accuracy_drop')}{interval})")
     lines.append(f"  verdict   {'PASS' if v['passed'] else 'FAIL: ' + '; '.join(v['failures'])}")
     return "\n".join(lines)
 
