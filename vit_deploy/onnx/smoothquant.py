@@ -23,7 +23,8 @@ Where the division goes, per producer of X:
   the others stay under 9).
 
 ``alpha`` is chosen per group from a grid by the error of the quantized GEMM on a sample of
-calibration rows that keeps the outlier tokens (as NNCF and SmoothQuant's auto-tuning search it),
+calibration rows that keeps the outlier tokens and the class token (``calibrate.channel_absmax``;
+as NNCF and SmoothQuant's auto-tuning search it),
 measured per token relative to the token's norm; "no scaling" is a candidate too, so a group is
 only rescaled where that helps.
 
