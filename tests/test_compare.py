@@ -139,12 +139,16 @@ def test_inspect_onnx(artifacts, run_cli):
     s = json.loads(out)["onnx"]
     graph = onnx.load(str(artifacts["int8"] / "model.int8.onnx"))
     ops = [n.op_type for n in graph.graph.node]
-    assert s["opset"] == 17 and s["nodes"] == len(ops)
+    assert s["opset"] == 19 and s["nodes"] == len(ops)  # FP16 scales in Q/DQ need opset 19
     assert s["ops"]["QuantizeLinear"] == ops.count("QuantizeLinear") > 0
-    assert s["initializer_types"]["int8"] > 0
+    assert s["initializer_types"]["int8"] > 0 and s["initializer_types"]["float16"] > 0
     assert s["io"]["inputs"][0]["shape"] == ["batch", 3, 32, 32]
+    assert s["tensorrt_readiness"]["gemm_precisions"] == {"fp16": 4, "int8": 10}
+    code, out, _ = run_cli("inspect", str(artifacts["int8"]))
+    assert code == 0 and "tensorrt  GEMMs 4 FP16, 10 INT8; float ops FP16" in out
     code, out, _ = run_cli("inspect", str(artifacts["fp16"]))
     assert code == 0 and "FP16 onnx artifact" in out and "float16" in out and "LayerNormalization" in out
+    assert "attention blocks: 2 FP16" in out
 
 
 @pytest.mark.skipif(

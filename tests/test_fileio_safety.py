@@ -288,18 +288,24 @@ def test_an_empty_folder_that_appeared_meanwhile_is_written(tmp_path, primitive)
     assert [p.name for p in tmp_path.iterdir()] == ["t"]
 
 
+def _ranges(i: int) -> dict:
+    """A whole calibration record for one watched tensor "x" (100 channels)."""
+    return {"amax": {"x": i + 1.0}, "absmax": {"x": i + 2.0}, "smoothing": {}, "layer_errors": {},
+            "channel_absmax": {"x": [i + 2.0] * 100}}
+
+
 def _write_caches(cache: Path, start) -> None:
-    from vit_deploy.onnx.int8 import _write_cache
+    from vit_deploy.onnx.quantize import _write_cache
 
     start.wait()
     for i in range(100):
-        _write_cache(cache, {"amax": {"x": [float(i)] * 100}}, {"method": "mse"}, None)
+        _write_cache(cache, _ranges(i), {"method": "mse"}, None)
 
 
 def test_calibration_cache_survives_concurrent_writers(tmp_path):
     import multiprocessing
 
-    from vit_deploy.onnx.int8 import _read_cache
+    from vit_deploy.onnx.quantize import _read_cache
 
     cache, settings = tmp_path / "calibration" / "key.json", {"method": "mse"}
     fork = multiprocessing.get_context("fork")  # two real processes, without importing the package again
@@ -315,7 +321,7 @@ def test_calibration_cache_survives_concurrent_writers(tmp_path):
     start.wait()
     reads = 0
     while any(w.is_alive() for w in writers) or not reads:
-        reads += _read_cache(cache, settings, Notes()) is not None
+        reads += _read_cache(cache, settings, {"activations": ["x"], "groups": []}, Notes()) is not None
     for w in writers:
         w.join()
     assert [w.exitcode for w in writers] == [0, 0]
@@ -324,7 +330,7 @@ def test_calibration_cache_survives_concurrent_writers(tmp_path):
 
 
 def test_a_calibration_cache_that_cannot_be_written_is_a_warning(tmp_path, monkeypatch):
-    from vit_deploy.onnx.int8 import _write_cache
+    from vit_deploy.onnx.quantize import _write_cache
 
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

@@ -1,8 +1,8 @@
-"""Measure FP16 keep-in-FP32 policies and INT8 calibration methods; prints markdown tables.
+"""Measure FP16 keep-in-FP32 policies and the INT8 and FP8 calibration methods; prints markdown tables.
 
-The numbers behind the defaults in vit_deploy/onnx/fp16.py and vit_deploy/onnx/int8.py and the
-tables in docs/precision.md. Every candidate graph runs on ONNX Runtime (CPU) and is compared
-with the FP32 graph of the same artifact (itself validated against PyTorch at export to 1e-5).
+The numbers behind the defaults in vit_deploy/onnx/fp16.py, formats.py and quantize.py and the
+tables in docs/precision.md. Every candidate graph runs on ONNX Runtime (CPU, Q/DQ as written) and is
+compared with the FP32 graph of the same artifact (itself validated against PyTorch at export to 1e-5).
 
     python tools/measure_precision.py ARTIFACT [--images DIR|LIST] [--calib DIR|LIST] [--calib-count N]
 
@@ -22,11 +22,12 @@ import onnxruntime as ort
 
 from vit_deploy import artifact
 from vit_deploy.images.sets import load_image_set
+from vit_deploy.onnx.formats import FORMATS
 from vit_deploy.onnx.fp16 import convert_fp16
 from vit_deploy.onnx.graph import save_model
-from vit_deploy.onnx.int8 import quantize_int8
+from vit_deploy.onnx.quantize import quantize
 from vit_deploy.parity.metrics import accuracy, compare_logits
-from vit_deploy.specs import CALIBRATION_METHODS
+from vit_deploy.runtime.onnxruntime_runner import EXACT_QDQ_OPTION
 
 FP16_POLICIES = {
     "all FP16": (),
@@ -37,7 +38,9 @@ FP16_POLICIES = {
 
 
 def run(path: Path, images: np.ndarray) -> tuple[np.ndarray, float]:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.add_session_config_entry(EXACT_QDQ_OPTION, "1")  # the arithmetic TensorRT does, on any CPU
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     start = time.perf_counter()
     out = np.concatenate([session.run(None, {"images": images[i : i + 8]})[0] for i in range(0, len(images), 8)])
     return out, (time.perf_counter() - start) / len(images) * 1000
@@ -76,13 +79,15 @@ def main() -> None:
             save_model(convert_fp16(graph, keep), path)
             out, ms = run(path, evalset.images)
             print(row(f"FP16, {name}", ref, out, evalset.labels, ms))
-        for method in CALIBRATION_METHODS:
-            path = Path(tmp) / "int8.onnx"
-            start = time.perf_counter()
-            quantize_int8(fp32, path, calib.images, method=method, num_tokens=cfg.num_tokens, batch=8)
-            seconds = time.perf_counter() - start
-            out, ms = run(path, evalset.images)
-            print(row(f"INT8, {method}", ref, out, evalset.labels, ms, f" calibration {seconds:.0f} s"))
+        for fmt in FORMATS.values():
+            for method in fmt.methods:
+                path = Path(tmp) / f"{fmt.name}.onnx"
+                start = time.perf_counter()
+                quantize(fp32, path, calib.images, precision=fmt.name, method=method, num_tokens=cfg.num_tokens,
+                         head_size=cfg.dim // cfg.heads, batch=8)
+                seconds = time.perf_counter() - start
+                out, ms = run(path, evalset.images)
+                print(row(f"{fmt.label}, {method}", ref, out, evalset.labels, ms, f" calibration {seconds:.0f} s"))
 
 
 if __name__ == "__main__":

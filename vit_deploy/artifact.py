@@ -14,7 +14,7 @@ instead of asking the user again, and refuse an artifact whose files no longer m
 
 Schema (version 1), top-level keys::
 
-    schema, schema_version, kind ("onnx" | "tensorrt"), precision ("fp32" | "fp16" | "int8"),
+    schema, schema_version, kind ("onnx" | "tensorrt"), precision ("fp32" | "fp16" | "int8" | "fp8"),
     created_at, model (ModelConfig fields without preprocessing), preprocessing,
     io {inputs: [{name, shape, dtype}], outputs: [...]}  (symbolic dims are strings, e.g. "batch"),
     files [{role ("model" | "external_data"), path (relative), sha256, bytes}],
@@ -46,11 +46,11 @@ SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema", "schema_version", "kind", "precision", "model", "preprocessing", "io", "files")
 MAX_MANIFEST_BYTES = 1 << 24  # read whole: a larger file is not ours
 KINDS = ("onnx", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 FILE_ROLES = ("model", "external_data")
 # the optional sections, each an object (or null) when present
 SECTIONS = ("parent", "checkpoint", "versions", "validation", "onnx", "tensorrt", "precision_policy", "calibration",
-            "runtime")
+            "runtime", "tensorrt_readiness")
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
@@ -264,7 +264,7 @@ class Artifact:
 
     @property
     def precision(self) -> str:
-        """``"fp32"``, ``"fp16"`` or ``"int8"``."""
+        """``"fp32"``, ``"fp16"``, ``"int8"`` or ``"fp8"``."""
         return self.manifest["precision"]
 
     @property

@@ -65,7 +65,8 @@ def compare_artifact(opts: CompareOptions, progress: Progress | None = None) -> 
     progress.total = 2 + len(opts.batch_sizes)
 
     with progress.step("Opening the artifact"):
-        candidate = runtime.open(opts.artifact, opts.backend, provider=opts.provider)
+        # Q/DQ as written on ONNX Runtime (the arithmetic TensorRT does), as the build validated it
+        candidate = runtime.open(opts.artifact, opts.backend, provider=opts.provider, exact_qdq=True)
     with candidate:
         art = candidate.artifact
         count = opts.max_images or max(RANDOM_INPUTS, *opts.batch_sizes)

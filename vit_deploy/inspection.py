@@ -1,8 +1,9 @@
 """What an artifact holds: ``vit-deploy inspect ARTIFACT``.
 
-ONNX graphs are read with onnx (no weights loaded into memory beyond the proto): opset, I/O,
-op histogram, file size, and the tensor types that say what the precision step did (FP16
-initializers, INT8 weights, Q/DQ pairs). TensorRT plans are read through TensorRT's engine
+ONNX graphs are read with onnx (no weights loaded into memory beyond the proto): opset, I/O, op
+histogram, file size, the tensor types that say what the precision step did (FP16 initializers,
+INT8/FP8 weights, Q/DQ pairs), and what TensorRT will run each op in (``onnx.readiness``: GEMM
+precisions, float ops by type, attention patterns). TensorRT plans are read through TensorRT's engine
 inspector (layers and their precisions; needs TensorRT and a GPU); without TensorRT the
 manifest's record of the build is shown and the summary says what is missing.
 """
@@ -54,6 +55,8 @@ def onnx_summary(path: Path) -> dict[str, Any]:
                             "re-create the artifact") from e
     types = collections.Counter(onnx.TensorProto.DataType.Name(t.data_type).lower() for t in model.graph.initializer)
     ops = op_histogram(model)
+    from .onnx.readiness import readiness
+
     return {
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
         "ir_version": model.ir_version,
@@ -63,6 +66,7 @@ def onnx_summary(path: Path) -> dict[str, Any]:
         "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         "initializer_types": dict(types),
         "qdq_pairs": min(ops.get("QuantizeLinear", 0), ops.get("DequantizeLinear", 0)),
+        "tensorrt_readiness": readiness(model),
     }
 
 

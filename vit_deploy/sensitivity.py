@@ -1,12 +1,13 @@
-"""Where INT8 loses accuracy: ``vit-deploy inspect ARTIFACT --sensitivity --calib ... --val-images ...``.
+"""Where INT8 or FP8 loses accuracy: ``vit-deploy inspect ARTIFACT --sensitivity --calib ... --val ...``.
 
-Calibrates once (the same recipe as ``build-engine --int8``), then measures on real images, for
+Calibrates once (the same recipe as ``build-engine --int8`` / ``--fp8``, float parts as the build
+writes them), then measures on real images, for
 every weight layer (patch embedding, qkv, proj, fc1, fc2, head):
 - **only**: the FP32 graph with just this layer quantized: the error the layer adds by itself;
 - **all but**: the full INT8 graph with just this layer left in float: what leaving it out buys;
 each as top-1 agreement with FP32, mean and worst cosine of the logits, and top-1 accuracy when
 the images have labels. Per quantized activation tensor it reports the statistics behind the
-error: range (max |x|), the INT8 clipping range chosen, the fraction of values clipped, the
+error: range (max |x|), the clipping range chosen, the fraction of values clipped, the
 outlier channels (channel max over 8x the median channel max; before SmoothQuant) and the
 SmoothQuant strength applied. Anchors: ONNX Runtime's ``qdq_loss_debug``, Polygraphy's
 ``debug precision``, ModelOpt's per-layer reports.
@@ -26,10 +27,12 @@ import onnx
 
 from .errors import UsageError
 from .onnx import calibrate
-from .onnx.int8 import DEFAULT_METHOD, calibrate_ranges, plan_int8, quantized_graph, run_graph
+from .onnx.formats import quant_format
 from .onnx.qdq import layer_kind, layer_label
+from .onnx.quantize import calibrate_ranges, finished_graph, plan_quantization, run_graph
 from .parity.metrics import accuracy, compare_logits
 from .progress import Progress
+from .specs import QUANTIZED_PRECISIONS
 
 OUTLIER_FACTOR = 8.0  # a channel whose max |x| exceeds 8x the median channel's is an outlier
 
@@ -49,24 +52,27 @@ def sensitivity_report(
     labels: np.ndarray | None,
     *,
     num_tokens: int,
-    method: str = DEFAULT_METHOD,
+    precision: str = "int8",
+    method: str | None = None,
     target: str = "tensorrt",
     batch: int = 8,
     smooth: bool = True,
     tick: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
-    """Per-layer and per-tensor INT8 sensitivity of the FP32 graph at ``fp32_path`` (see the module doc)."""
+    """Per-layer and per-tensor sensitivity of the FP32 graph at ``fp32_path`` in ``precision`` (see the module doc)."""
+    fmt = quant_format(precision)
+    method = fmt.method(method)
     model = onnx.load(str(fp32_path))
-    plan = plan_int8(model, target, num_tokens)
+    plan = plan_quantization(model, fmt, target, num_tokens)
     ranges = calibrate_ranges(model, plan, calib_images, batch, method, smooth, tick)
     reference = run_graph(model, val_images)
-    full = run_graph(quantized_graph(model, plan, ranges), val_images)
+    full = run_graph(finished_graph(model, plan, ranges), val_images)
 
     layers = []
     for layer in plan["layers"]:
         everyone_else = [other.node for other in plan["layers"] if other.node != layer.node]
-        only = run_graph(quantized_graph(model, plan, ranges, only=[layer.node]), val_images)
-        all_but = run_graph(quantized_graph(model, plan, ranges, only=everyone_else), val_images)
+        only = run_graph(finished_graph(model, plan, ranges, only=[layer.node]), val_images)
+        all_but = run_graph(finished_graph(model, plan, ranges, only=everyone_else), val_images)
         layers.append({
             "layer": layer_label(layer.node), "node": layer.node, "kind": layer_kind(layer.node),
             "only": _metrics(reference, only, labels), "all_but": _metrics(reference, all_but, labels),
@@ -76,12 +82,13 @@ def sensitivity_report(
 
     report = {
         "fp32_graph": str(fp32_path),
+        "precision": precision,
         "method": method,
         "target": target,
         "smoothquant": smooth,
         "images": {"calibration": len(calib_images), "validation": len(val_images), "labels": labels is not None},
         "fp32": {"accuracy": accuracy(reference, labels)} if labels is not None else {},
-        "int8": _metrics(reference, full, labels),
+        "quantized": _metrics(reference, full, labels),
         "layers": layers,
         "tensors": tensor_statistics(model, plan, ranges, calib_images, batch),
     }
@@ -129,19 +136,21 @@ def tensor_statistics(
 
 def sensitivity_for_artifact(
     artifact: Path, calib: str | None, val_images: str | None, calib_images: int | None = 256,
-    method: str = DEFAULT_METHOD, target: str | None = None, progress: Progress | None = None,
+    method: str | None = None, target: str | None = None, progress: Progress | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
-    """:func:`sensitivity_report` for an FP32 export, or for an INT8 graph (then its parent export and
-    its target), with the image sets loaded through the artifact's preprocessing.
+    """:func:`sensitivity_report` for an FP32 export, or for an INT8/FP8 graph (then its parent export, its
+    precision and its target), with the image sets loaded through the artifact's preprocessing.
 
     Args:
-        artifact: an FP32 export folder, or an INT8 graph folder.
+        artifact: an FP32 export folder, or an INT8/FP8 graph folder.
         calib: calibration images (a folder or a definition file); required.
         val_images: labelled images to score on (a folder with labels.csv); None: the calibration images.
         calib_images: use at most this many calibration images (a seeded sample).
-        method: the activation range rule (``specs.CALIBRATION_METHODS``).
-        target: ``"tensorrt"`` or ``"cpu"`` (None: the INT8 graph's, else tensorrt).
+        method: the activation range rule (None: the precision's default).
+        target: ``"tensorrt"`` or ``"cpu"`` (None: the graph's, else tensorrt).
         progress: where progress goes (None: silent).
+        precision: ``"int8"`` or ``"fp8"`` (None: the graph's, else int8).
     """
     from .artifact import open as open_artifact
     from .images.sets import load_image_set
@@ -151,14 +160,20 @@ def sensitivity_for_artifact(
     if calib_images is not None and calib_images < 1:
         raise UsageError("--calib-count must be positive")
     art = open_artifact(artifact, verify=False)
-    if art.kind == "onnx" and art.precision == "int8":
+    if art.kind == "onnx" and art.precision in QUANTIZED_PRECISIONS:
         target = target or art.section("precision_policy").get("target", "tensorrt")
+        precision = precision or art.precision
         art = open_artifact(Path(art.section("parent")["path"]), verify=True)
     elif art.kind != "onnx" or art.precision != "fp32":
         raise UsageError(f"{artifact} is a {art.precision} {art.kind} artifact; --sensitivity reads an FP32 "
-                         "export or an INT8 graph (whose export it then uses)")
+                         "export or an INT8/FP8 graph (whose export it then uses)")
     else:
         art = open_artifact(artifact, verify=True)
+    precision = precision or "int8"
+    fmt = quant_format(precision)
+    fmt.method(method)  # refuses a rule the format has no use for, before any work
+    if target == "cpu" and fmt.name != "int8":
+        raise UsageError(f"--target cpu applies to INT8 only; {fmt.label} graphs are for TensorRT")
     cfg = art.model_config
     progress = progress or Progress(enabled=False)
     calib_set = load_image_set(calib, cfg.preprocessing, calib_images, 8, 0, progress)
@@ -171,12 +186,12 @@ def sensitivity_for_artifact(
         images, labels = val.images, val.labels
     else:
         images, labels = calib_set.images, None
-    layers = len(plan_int8(onnx.load(str(art.model_file), load_external_data=False),
-                           target or "tensorrt", cfg.num_tokens)["layers"])
+    layers = len(plan_quantization(onnx.load(str(art.model_file), load_external_data=False), fmt,
+                                   target or "tensorrt", cfg.num_tokens)["layers"])
     with progress.step(f"Calibrating and measuring {layers} layers, each alone and each left out"), \
             progress.counter(2 * len(calib_set.images) + layers, "calibration images and layers"):
         report = sensitivity_report(
-            art.model_file, calib_set.images, images, labels, num_tokens=cfg.num_tokens,
+            art.model_file, calib_set.images, images, labels, num_tokens=cfg.num_tokens, precision=precision,
             method=method, target=target or "tensorrt", tick=progress.tick,
         )
     report["artifact"] = str(art.directory)

@@ -340,6 +340,8 @@ TOLERANCES: dict[str, Tolerance] = {
     # a trained ViT's INT8 logits are judged on the mean cosine and top-1 agreement; their worst
     # image sits near 0.95 for every quantizer measured (docs/quantizers.md), so no worst-case bound
     "int8": Tolerance(min_mean_cosine=0.995, min_top1_agreement=0.97, max_accuracy_drop=1.0),
+    # FP8 (E4M3) keeps 3 mantissa bits at every magnitude: held to a closer mean cosine than INT8
+    "fp8": Tolerance(min_mean_cosine=0.997, min_top1_agreement=0.97, max_accuracy_drop=1.0),
 }
 
 
@@ -359,9 +361,11 @@ HUB_PREFIXES = ("hf:", "timm:")
 RUNTIME_BACKENDS = ("tensorrt", "onnxruntime", "openvino", "pytorch")  # vit_deploy.runtime.open(artifact, backend)
 ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")  # ONNX Runtime execution providers, by short name
 TRITON_BACKENDS = ("auto", "python", "onnxruntime", "tensorrt")  # vit-deploy triton-repo --backend
-# INT8 activation range rules (onnx/calibrate.py); the first is the default
+# Activation range rules of the quantized formats (onnx/calibrate.py); which apply to which format
+# and the default of each: onnx/formats.py (INT8: mse; FP8: minmax)
 CALIBRATION_METHODS = ("mse", "entropy", "percentile", "minmax")
-PRECISIONS = ("fp16", "int8")  # what the precision step makes from an FP32 export
+PRECISIONS = ("fp16", "int8", "fp8")  # what the precision step makes from an FP32 export
+QUANTIZED_PRECISIONS = ("int8", "fp8")  # the ones calibrated on images (explicit Q/DQ)
 
 # What an INT8 graph is made for: "tensorrt" (attention in INT8 up to TensorRT's 512-token fused
 # INT8 attention limit) or "cpu" (attention always float: the OpenVINO CPU path; see onnx/int8.py).

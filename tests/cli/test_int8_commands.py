@@ -49,7 +49,7 @@ def test_sensitivity_report_table_and_json(tiny_artifacts, run_cli, tmp_path):
     # leaving a layer out can only help as much as the whole INT8 error: all-but is at least as close as
     # the full graph for the layer that matters most
     best = max(data["layers"], key=lambda row: row["all_but"]["mean_cosine"])
-    assert best["all_but"]["mean_cosine"] >= data["int8"]["mean_cosine"] - 1e-6
+    assert best["all_but"]["mean_cosine"] >= data["quantized"]["mean_cosine"] - 1e-6
     tensors = data["tensors"]
     assert len(tensors) == 10 and all(0 <= t["clipped_fraction"] <= 1 and t["clip"] > 0 for t in tensors)
     assert "only this layer INT8" in out and "blocks.1.fc2" in out and "outliers" in out
@@ -62,7 +62,7 @@ def test_sensitivity_bad_inputs_are_one_line(tiny_artifacts, run_cli, tmp_path):
                            "--val", str(labelled_folder(tmp_path, False)))
     assert code == 1 and "has no labels.csv" in err and one_error_line(err)
     code, _, err = run_cli("inspect", str(tiny_artifacts["fp16"]), "--sensitivity", "--calib", str(PHOTOS))
-    assert code == 1 and "reads an FP32 export or an INT8 graph" in err
+    assert code == 1 and "reads an FP32 export or an INT8/FP8 graph" in err
 
 
 def test_calibration_set_smaller_than_a_batch_or_all_skipped(tiny_artifacts, run_cli, tmp_path):
@@ -78,15 +78,21 @@ def test_calibration_set_smaller_than_a_batch_or_all_skipped(tiny_artifacts, run
 
 
 def test_an_accuracy_budget_that_cannot_be_met(tiny_artifacts, run_cli, tmp_path, monkeypatch):
-    from vit_deploy.steps import precision
-
-    monkeypatch.setattr(precision, "BUDGET_MIN_MEAN_COSINE", 1.0)  # only FP32 itself could meet it
     out = tmp_path / "int8"
     code, _, err = run_cli("build-engine", str(tiny_artifacts["fp32"]), "--int8", "--calib", str(PHOTOS),
-                           "--max-float-layers", "2", "--out", str(out))
+                           "--budget-cosine", "1", "--max-float-layers", "2", "--out", str(out))  # only FP32 meets it
     assert code == 1 and one_error_line(err)
     assert "misses the accuracy budget" in err and "2 layer(s) in float" in err and "blocks." in err
+    # the hint names what governs a cosine miss, and the way to let validation alone decide
+    assert "--budget-cosine (now 1.0; validation asks for 0.995)" in err and "--max-float-layers 0" in err
+    assert "--accuracy-budget" not in err
     assert not out.exists()  # nothing that looks finished is left
+    # --max-float-layers 0: no fallback; the all-INT8 graph is built and validation judges it (it passes here)
+    code, _, err = run_cli("build-engine", str(tiny_artifacts["fp32"]), "--int8", "--calib", str(PHOTOS),
+                           "--budget-cosine", "1", "--max-float-layers", "0", "--out", str(out))
+    assert code == 3, err  # the graph is made and valid; no TensorRT here
+    policy = json.loads((out / "manifest.json").read_text())["precision_policy"]
+    assert policy["budget_check"] is None and policy["float_layers"] == []
     code, _, err = run_cli("build-engine", str(tiny_artifacts["fp32"]), "--int8", "--calib", str(PHOTOS),
                            "--max-float-layers", "-1", "--out", str(out))
     assert code == 1 and "'--max-float-layers': -1 is not in the range x>=0" in err

@@ -21,7 +21,7 @@ import onnx
 import pytest
 
 from vit_deploy.artifact import read_manifest
-from vit_deploy.onnx.int8 import attention_matmuls
+from vit_deploy.onnx.quantize import attention_matmuls
 from vit_deploy.steps.export import ExportOptions, export_artifact
 from vit_deploy.steps.precision import PrecisionOptions, build_precision_artifact
 

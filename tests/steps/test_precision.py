@@ -1,4 +1,4 @@
-"""The precision step (FP16 / INT8 graphs) and `build-engine` on the tiny ``test`` variant."""
+"""The precision step (FP16 / INT8 / FP8 graphs) and `build-engine` on the tiny ``test`` variant."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from vit_deploy import runtime
 from vit_deploy.artifact import read_manifest, sha256_file
 from vit_deploy.errors import ArtifactError, UsageError
 from vit_deploy.onnx.graph import topologically_sorted
-from vit_deploy.onnx.int8 import attention_matmuls
+from vit_deploy.onnx.quantize import attention_matmuls
 from vit_deploy.steps.export import ExportOptions, export_artifact
 from vit_deploy.steps.precision import PrecisionOptions, build_precision_artifact
 
@@ -110,22 +110,26 @@ def test_int8_graph_is_symmetric_per_channel_on_every_weight_layer(fp32, tmp_pat
     m = read_manifest(s["artifact"])
     policy = m["precision_policy"]
     assert set(policy["excluded_nodes"]) == attention and policy["float_layers"] == []
-    assert policy["int8_weight_layers"] == 2 * 4 + 2  # 2 blocks x (qkv, proj, fc1, fc2) + patch embedding + head
+    assert policy["quantized_weight_layers"] == 2 * 4 + 2  # 2 blocks x (qkv, proj, fc1, fc2) + patch embedding + head
+    assert policy["format"] == "int8" and policy["scale_dtype"] == "float16" and policy["opset"] == 19
     assert m["calibration"]["images"] == 20 and m["validation"]["passed"]
     assert m["validation"]["metrics"]["mean_cosine"] >= 0.995
 
 
 def test_int8_attention_quantized_only_on_request_and_only_up_to_512_tokens(fp32, fp32_long):
-    from vit_deploy.onnx.int8 import plan_int8
+    from vit_deploy.onnx.formats import FP8, INT8
+    from vit_deploy.onnx.quantize import plan_quantization
 
     short = onnx.load(str(fp32 / "model.onnx"))
     long = onnx.load(str(fp32_long / "model.onnx"))
     assert len(attention_matmuls(long)) == 2 * 2  # two per block
-    assert not plan_int8(short, "tensorrt", 17)["attention_quantized"]
-    assert plan_int8(short, "tensorrt", 17, quantize_attention=True)["attention_quantized"]
-    assert not plan_int8(short, "cpu", 17, quantize_attention=True)["attention_quantized"]
-    assert not plan_int8(long, "tensorrt", 530, quantize_attention=True)["attention_quantized"]
-    plan = plan_int8(short, "tensorrt", 17, quantize_attention=True)
+    assert not plan_quantization(short, INT8, "tensorrt", 17)["attention_quantized"]
+    assert plan_quantization(short, INT8, "tensorrt", 17, 16, quantize_attention=True)["attention_quantized"]
+    assert not plan_quantization(short, INT8, "cpu", 17, quantize_attention=True)["attention_quantized"]
+    skipped = plan_quantization(long, INT8, "tensorrt", 530, 16, quantize_attention=True)
+    assert not skipped["attention_quantized"] and "530 tokens > 512" in skipped["attention_note"]
+    assert plan_quantization(long, FP8, "tensorrt", 530, 16, quantize_attention=True)["attention_quantized"]
+    plan = plan_quantization(short, INT8, "tensorrt", 17, quantize_attention=True)
     reads = {node for node, _ in plan["inputs"]}
     assert set(attention_matmuls(short)) <= reads
 
@@ -237,6 +241,46 @@ def test_cli_build_engine_exit_codes(fp32, tmp_path, run_cli, monkeypatch):
     code, _, err = run_cli("build-engine", str(fp32), "--int8", "--calib", str(PHOTOS),
                            "--calib-method", "kl")
     assert code == 1 and "'kl' is not one of 'mse', 'entropy', 'percentile', 'minmax'" in err
+    # one precision per build, said in one line before any work
+    code, _, err = run_cli("build-engine", str(fp32), "--fp16", "--int8", "--calib", str(PHOTOS))
+    assert code == 1 and "--fp16 --int8: one build makes one precision graph" in err and "\n" not in err.strip()
+    code, _, err = run_cli("build-engine", str(fp32), "--fp8", "--target", "cpu", "--calib", str(PHOTOS))
+    assert code == 1 and "--target cpu makes INT8 graphs only" in err
+    code, _, err = run_cli("build-engine", str(fp32), "--fp8", "--calib", str(PHOTOS), "--calib-method", "entropy")
+    assert code == 1 and "--calib-method entropy does not apply to --fp8" in err
+    assert not (tmp_path / "x").exists() and not (fp32.parent / f"{fp32.name}-fp8").exists()
+
+
+def test_fp8_graph_end_to_end_on_onnx_runtime(fp32, tmp_path):
+    """``--fp8``: calibrated, FP8 E4M3 Q/DQ on every weight layer, FP16 float parts, validated on ONNX Runtime
+    against the PyTorch model, with the readiness report in the manifest; its cache is its own, not INT8's."""
+    s = build_precision_artifact(PrecisionOptions("fp8", fp32, tmp_path / "fp8", calib=str(PHOTOS), calib_batch=4))
+    m = read_manifest(s["artifact"])
+    assert m["precision"] == "fp8" and m["validation"]["passed"], m["validation"]["failures"]
+    assert m["validation"]["metrics"]["mean_cosine"] >= 0.997
+    policy = m["precision_policy"]
+    assert policy["format"] == "fp8" and policy["calibration_method"] == "minmax"
+    assert policy["quantized_weight_layers"] == 10
+    assert "-fp8-minmax-" in policy["calibration_cache"]["path"]
+    g = onnx.load(s["model_file"]).graph
+    fp8 = [t for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT8E4M3FN]
+    assert len([t for t in fp8 if t.name.endswith("_quantized")]) == 10  # the weights
+    readiness = m["tensorrt_readiness"]
+    assert readiness["gemm_precisions"] == {"fp16": 4, "fp8": 10} and readiness["fp32_compute_outside_policy"] == 0
+    assert readiness["gated"] is True
+    with runtime.open(s["artifact"]) as runner:  # it runs like any graph, at any batch
+        assert runner.infer(np.zeros((3, 3, 32, 32), np.float32)).shape == (3, 5)
+
+
+def test_a_tensorrt_graph_with_fp32_compute_fails_validation(fp32, tmp_path, monkeypatch):
+    """The readiness gate: if the typing pass left float ops in FP32 (here: it does nothing), the graph is
+    written, fails validation naming the ops, and says it would run FP32 on the GPU."""
+    from vit_deploy.onnx import fp16
+
+    monkeypatch.setattr(fp16, "convert_fp16", lambda model, keep_fp32_ops=(): model)
+    s = build_precision_artifact(PrecisionOptions("int8", fp32, tmp_path / "int8", calib=str(PHOTOS), calib_batch=4))
+    v = s["validation"]
+    assert not v["passed"] and any("would run FP32 on TensorRT" in f and "MatMul" in f for f in v["failures"])
 
 
 def test_cli_validation_failure_exits_2(fp32, tmp_path, run_cli, monkeypatch):
@@ -298,7 +342,7 @@ def test_cpu_target_int8_keeps_attention_float_at_any_length(fp32, tmp_path, run
         assert not any(prod.get(i) is not None and prod[i].op_type == "DequantizeLinear" for i in mm.input)
     code, _, err = run_cli("build-engine", "--artifact", str(fp32), "--fp16", "--target", "cpu",
                            "--out", str(tmp_path / "x"))
-    assert code == 1 and "--target cpu applies to --int8" in err
+    assert code == 1 and "--target cpu makes INT8 graphs only" in err
 
 
 def test_missing_checkpoint_falls_back_to_the_fp32_graph_and_says_so(fp32, tmp_path):

@@ -10,7 +10,7 @@ import click
 
 from ..errors import ValidationFailed
 from ..progress import Progress
-from ..specs import INT8_TARGETS
+from ..specs import INT8_TARGETS, QUANTIZED_PRECISIONS
 from .options import (
     Count,
     artifact_argument,
@@ -66,7 +66,9 @@ def compare(
 @artifact_argument()
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the artifact's files.")
 @click.option("--sensitivity", is_flag=True,
-              help="INT8 per-layer sensitivity and activation statistics on real images (needs --calib).")
+              help="INT8/FP8 per-layer sensitivity and activation statistics on real images (needs --calib).")
+@click.option("--precision", "sensitivity_precision", type=click.Choice(QUANTIZED_PRECISIONS), default=None,
+              help="--sensitivity: the quantized format (default: the graph's, else int8).")
 @click.option("--calib", default=None, help="--sensitivity: calibration images (a folder or a definition file).")
 @click.option("--calib-count", type=Count, default=256, show_default=True,
               help="--sensitivity: use at most N calibration images (a seeded sample).")
@@ -81,19 +83,21 @@ def compare(
 @json_option
 @click.pass_context
 def inspect(
-    ctx: click.Context, artifact: Path | None, no_verify: bool, sensitivity: bool, calib: str | None,
-    calib_count: int, val: str | None, calib_method: str, target: str | None, report: Path | None, as_json: bool,
+    ctx: click.Context, artifact: Path | None, no_verify: bool, sensitivity: bool,
+    sensitivity_precision: str | None, calib: str | None, calib_count: int, val: str | None,
+    calib_method: str | None, target: str | None, report: Path | None, as_json: bool,
 ) -> None:
-    """Show what ARTIFACT holds: ONNX opset, I/O and ops, or an engine's layers and precisions.
+    """Show what ARTIFACT holds: ONNX opset, I/O and ops, what TensorRT will run each op in, or an engine's
+    layers and precisions.
 
-    With --sensitivity: where INT8 loses accuracy, layer by layer (each alone, each left out), on real images.
+    With --sensitivity: where INT8/FP8 loses accuracy, layer by layer (each alone, each left out), on real images.
     """
     if sensitivity:
         from ..fileio import write_output
         from ..sensitivity import sensitivity_for_artifact
 
         result = sensitivity_for_artifact(artifact_of(ctx, artifact), calib, val, calib_count, calib_method, target,
-                                          Progress(enabled=True))
+                                          Progress(enabled=True), sensitivity_precision)
         if report is not None:
             write_output(report, json.dumps(result, indent=2))
         if as_json:
@@ -202,12 +206,13 @@ def inspection_text(s: dict[str, Any]) -> str:
         if o["qdq_pairs"]:
             lines.append(f"  Q/DQ      {o['ops'].get('QuantizeLinear', 0)} Q, {o['ops'].get('DequantizeLinear', 0)} DQ")
         policy = s.get("precision_policy") or {}
-        if "int8_weight_layers" in policy:
+        quantized = policy.get("quantized_weight_layers", policy.get("int8_weight_layers"))
+        if quantized is not None:
             kept = policy.get("float_layer_names") or []
-            total = policy["int8_weight_layers"] + len(kept)
-            lines.append(f"  INT8      {policy['int8_weight_layers']} of {total} weight layers; "
-                         + (f"left in float: {', '.join(kept)}" if kept else "none left in float"))
+            lines.append(f"  {policy.get('format', 'int8').upper():<9} {quantized} of {quantized + len(kept)} weight "
+                         "layers; " + (f"left in float: {', '.join(kept)}" if kept else "none left in float"))
         lines.append("  ops       " + ", ".join(f"{op} {n}" for op, n in o["ops"].items()))
+        lines += readiness_lines(o["tensorrt_readiness"])
     else:
         t = s["tensorrt"]
         b = t["build"]
@@ -235,12 +240,13 @@ def sensitivity_text(r: dict[str, Any]) -> str:
 
     head = "  agree   mean cos   worst" + ("     acc" if has_acc else "")
     fp32 = f", FP32 top-1 {100 * r['fp32']['accuracy']:.1f}%" if has_acc else ""
+    label = r.get("precision", "int8").upper()
     lines = [
-        f"INT8 sensitivity of {r['artifact']} ({r['target']} target, {r['method']} ranges, "
+        f"{label} sensitivity of {r['artifact']} ({r['target']} target, {r['method']} ranges, "
         f"{r['images']['calibration']} calibration / {r['images']['validation']} scoring images{fp32})",
-        f"  all INT8: {cells(r['int8'])}",
+        f"  all {label}: {cells(r['quantized'])}",
         "",
-        f"{'layer':<18}{'only this layer INT8':<{len(head) + 2}}| all INT8 but this layer",
+        f"{'layer':<18}{f'only this layer {label}':<{len(head) + 2}}| all {label} but this layer",
         f"{'':<18}{head}  | {head}",
     ]
     for layer in sorted(r["layers"], key=lambda item: item["only"]["mean_cosine"]):
@@ -251,5 +257,20 @@ def sensitivity_text(r: dict[str, Any]) -> str:
         lines.append(f"{','.join(t['read_by'])[:21]:<22}{t['max_abs']:>8.2f}{t['outlier_channels']:>9}{alpha:>7}"
                      f"{t['clip']:>8.3f}{100 * t['clipped_fraction']:>9.3f}%")
     lines.append("(outliers: channels whose max |x| is over 8x the median channel's, before SmoothQuant; "
-                 "clip: the INT8 range after it)")
+                 f"clip: the {label} range after it)")
     return "\n".join(lines)
+
+
+def readiness_lines(report: dict[str, Any]) -> list[str]:
+    """What TensorRT will run the graph in (``onnx.readiness``): GEMMs, float ops, attention blocks."""
+    from ..onnx.readiness import summary_line
+
+    lines = [f"  tensorrt  {summary_line(report)}"]
+    for op, types in report["float_ops"].items():
+        lines.append(f"            {op:<20}" + ", ".join(f"{n} {t.upper()}" for t, n in types.items()))
+    reasons = sorted({a["reason"] for a in report["attention"]})
+    lines += [f"  attention {reason}" for reason in reasons]
+    if report["fp32_compute_outside_policy"]:
+        lines.append(f"  FP32      {report['fp32_compute_outside_policy']} compute ops outside the float policy, e.g. "
+                     + ", ".join(report["fp32_compute_examples"][:3]))
+    return lines

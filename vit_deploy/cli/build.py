@@ -32,21 +32,30 @@ from .options import (
 
 @click.command("build-engine")
 @artifact_argument()
-@click.option("--fp16", "precision", flag_value="fp16", help="FP16 mixed precision (FP32 I/O).")
-@click.option("--int8", "precision", flag_value="int8", help="INT8 explicit Q/DQ from calibration (needs --calib).")
+@click.option("--fp16", is_flag=True, help="FP16 mixed precision (FP32 I/O).")
+@click.option("--int8", is_flag=True, help="INT8 explicit Q/DQ from calibration, FP16 float parts (needs --calib).")
+@click.option("--fp8", is_flag=True, help="FP8 (E4M3) explicit Q/DQ from calibration, FP16 float parts (needs --calib; "
+              "the engine needs a GPU of compute capability 8.9 or newer).")
 @click.option("--calib", default=None, help="Calibration images: a folder, or a definition file (calibration/*.txt).")
 @click.option("--target", type=click.Choice(INT8_TARGETS), default="tensorrt", show_default=True,
-              help="INT8 graph for TensorRT, or for the OpenVINO CPU path (attention kept float; no engine step).")
+              help="INT8 graph for TensorRT, or for the OpenVINO CPU path (FP32 floats, float attention; no engine).")
+@click.option("--quantize-attention/--float-attention", default=None,
+              help="INT8/FP8: Q/DQ on both attention MatMuls in the pattern TensorRT fuses (skipped, and said, where "
+                   "it cannot fuse); default: float attention for both (measured on a real ViT: docs/precision.md).")
 @calib_method_option
 @click.option("--calib-count", type=Count, default=256, show_default=True,
               help="Use at most N calibration images (a seeded sample).")
 @alias("--calib-images", "calib_count", type=Count)
 @click.option("--accuracy-budget", type=FiniteFloat(0, 100), default=None,
-              help="INT8: also check top-1 agreement: the points (vs FP32, on the calibration images) the graph may "
-                   "lose before its most sensitive weight layers are left in float. Always checked: mean cosine "
-                   ">= 0.998 on those images.")
+              help="INT8/FP8: also check top-1 agreement: the points (vs FP32, on the calibration images) the graph "
+                   "may lose before its most sensitive weight layers are left in float. Always checked: the mean "
+                   "cosine of --budget-cosine.")
+@click.option("--budget-cosine", type=FiniteFloat(0, 1), default=None,
+              help="INT8/FP8: the mean cosine (vs FP32, on the calibration images) below which the most sensitive "
+                   "weight layers are left in float (default 0.998).")
 @click.option("--max-float-layers", type=NonNegative, default=None,
-              help="INT8: at most N weight layers may be left in float to meet the budget (default: 10%; 0: none).")
+              help="INT8/FP8: at most N weight layers may be left in float to meet the budget (default: 10%; 0: no "
+                   "fallback, validation alone judges the graph).")
 @click.option("--calib-batch", type=BatchSize, default=8, show_default=True, help="Calibration batch size.")
 @click.option("--val", default=None,
               help="Images to validate on (a folder with labels.csv adds accuracy); default: the calibration set.")
@@ -71,29 +80,38 @@ from .options import (
 @json_option
 @click.pass_context
 def build_engine(
-    ctx: click.Context, artifact: Path | None, precision: str | None, calib: str | None, target: str,
-    calib_method: str, calib_count: int, accuracy_budget: float | None, max_float_layers: int | None, calib_batch: int,
-    val: str | None, out: Path | None, min_batch: int,
+    ctx: click.Context, artifact: Path | None, fp16: bool, int8: bool, fp8: bool, calib: str | None, target: str,
+    quantize_attention: bool | None, calib_method: str | None, calib_count: int, accuracy_budget: float | None,
+    budget_cosine: float | None, max_float_layers: int | None, calib_batch: int, val: str | None, out: Path | None,
+    min_batch: int,
     opt_batch: int, max_batch: int, workspace_mib: int | None, optimization_level: int, timing_cache: Path | None,
     hardware_compatible: bool, version_compatible: bool, force: bool, seed: int, as_json: bool,
 ) -> None:
-    """Make the FP16/INT8 graph of ARTIFACT (validated on the CPU), then build and validate the TensorRT engine.
+    """Make the FP16/INT8/FP8 graph of ARTIFACT (validated on the CPU), then build and validate the TensorRT engine.
 
-    ARTIFACT: an FP32 export, or an FP16/INT8 graph folder (default: the newest export in ./artifacts).
-    Exit 3 when the graph is ready but this machine cannot build the engine (no TensorRT or GPU).
+    ARTIFACT: an FP32 export, or an FP16/INT8/FP8 graph folder (default: the newest export in ./artifacts).
+    Exit 3 when the graph is ready but this machine cannot build the engine (no TensorRT or GPU, or a GPU
+    without the precision's tensor cores).
     """
+    from ..errors import UsageError
     from ..steps.engine import EngineOptions
     from ..steps.pipeline import build
     from ..steps.precision import PrecisionOptions
     from ..steps.validate import raise_if_failed
 
+    chosen = [name for name, on in (("fp16", fp16), ("int8", int8), ("fp8", fp8)) if on]
+    if len(chosen) > 1:
+        raise UsageError(f"--{' --'.join(chosen)}: one build makes one precision graph; run build-engine once for "
+                         "each (they share the export, and the calibration cache between INT8 and FP8 runs)")
+    precision = chosen[0] if chosen else None
     out = aliased(ctx, "out", out)
     engine_out = aliased(ctx, "engine_out", None)
     graph = PrecisionOptions(
         precision=precision, artifact=artifact_of(ctx, artifact, required=False), out_dir=out if precision else None,
         force=force, calib=calib, calib_method=calib_method, calib_images=aliased(ctx, "calib_count", calib_count, 256),
         calib_batch=calib_batch, val_images=aliased(ctx, "val", val), seed=seed, target=target,
-        accuracy_budget=accuracy_budget, max_float_layers=max_float_layers,
+        accuracy_budget=accuracy_budget, budget_cosine=budget_cosine, max_float_layers=max_float_layers,
+        quantize_attention=quantize_attention,
     )
     engine = EngineOptions(
         out_dir=engine_out or (None if precision else out), force=force,
@@ -145,6 +163,8 @@ def precision_text(s: dict[str, Any]) -> str:
         f"  file      {s['model_file']} ({s['bytes'] / 1e6:.1f} MB)",
         f"  policy    {policy_text(art.section('precision_policy'))}",
     ]
+    if art.section("tensorrt_readiness"):
+        lines.append(f"  tensorrt  {art.section('tensorrt_readiness')['summary']}")
     if art.section("calibration"):
         c = art.section("calibration")
         lines.append(f"  calib     {c['images']} images ({c['skipped']} skipped), {c['method']}, batch {c['batch']}")
@@ -171,8 +191,11 @@ def precision_text(s: dict[str, Any]) -> str:
 
 
 def policy_text(policy: dict[str, Any]) -> str:
-    if "keep_fp32_ops" in policy:
+    if "format" not in policy and "keep_fp32_ops" in policy:
         return f"FP16, kept in FP32: {', '.join(policy['keep_fp32_ops']) or 'nothing'}; FP32 inputs/outputs"
     kept = policy.get("float_layer_names") or []
-    return (f"INT8 Q/DQ on {policy.get('int8_weight_layers')} of {policy.get('int8_weight_layers', 0) + len(kept)} "
-            f"weight layers{' (float: ' + ', '.join(kept) + ')' if kept else ''}; attention {policy['attention']}")
+    quantized = policy.get("quantized_weight_layers", policy.get("int8_weight_layers", 0))
+    label = policy.get("format", "int8").upper()
+    return (f"{label} Q/DQ on {quantized} of {quantized + len(kept)} weight layers"
+            f"{' (float: ' + ', '.join(kept) + ')' if kept else ''}; float parts {policy.get('float_parts', 'fp32')}; "
+            f"attention {policy['attention']}")

@@ -65,8 +65,9 @@ provider_option = click.option(
     help="ONNX Runtime execution provider for ONNX artifacts.",
 )
 calib_method_option = click.option(
-    "--calib-method", type=click.Choice(CALIBRATION_METHODS), default=CALIBRATION_METHODS[0], show_default=True,
-    help="How each INT8 activation range is chosen from its histogram.",
+    "--calib-method", type=click.Choice(CALIBRATION_METHODS), default=None,
+    help="How each activation range is chosen from its histogram (default: mse for INT8, minmax for FP8; "
+         "entropy is INT8 only).",
 )
 
 

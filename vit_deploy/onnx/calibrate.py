@@ -14,9 +14,10 @@ Both passes read one ONNX Runtime session (``Tap``).
    so the result does not depend on the batch size or the image order (unlike a calibrator that
    widens its range as batches arrive).
 
-From a histogram, ``choose_amax`` picks the clipping range of a symmetric INT8 scale:
-``minmax`` (no clipping), ``percentile``, ``entropy`` (TensorRT's KL-divergence rule) or ``mse``
-(the range that minimises the expected squared error: clipping plus rounding noise).
+From a histogram, ``choose_amax`` picks the clipping range of a symmetric scale for a quantized
+format (``formats.py``): ``minmax`` (no clipping), ``percentile``, ``entropy`` (TensorRT's INT8
+KL-divergence rule) or ``mse`` (the range that minimises the expected squared error: clipping plus
+the format's own rounding noise, uniform for INT8, relative to the value for FP8).
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ import numpy as np
 import onnx
 
 from ..batching import batches
-from ..specs import CALIBRATION_METHODS
 from .export import INPUT_NAME
+from .formats import INT8, QuantFormat
 
 HISTOGRAM_BINS = 2048
 RUN_TOKENS = 1200  # tokens per calibration run (16 px patches): batch 6 at 224 px, 2 at 384
-INT8_LEVELS = 127  # symmetric INT8: -127..127 (TensorRT's range; -128 is not used)
 PERCENTILE = 99.999
 ENTROPY_STRIDE = 4  # candidate clips every 4 bins: 480 KL evaluations per tensor instead of 1,920
+MSE_FLOAT_STRIDE = 4  # FP8's rounding error is computed at every 4th candidate clip (it is smooth in the clip)
 SAMPLE_IMAGES = 32  # rows kept per tensor for choosing SmoothQuant strengths: 32 images x (4 + 64) tokens
 SAMPLE_ROWS = 64
 SAMPLE_TOP_ROWS = 4
@@ -150,10 +151,10 @@ def histograms(
     return counts
 
 
-def choose_amax(hist: np.ndarray, amax: float, method: str) -> float:
-    """The clipping range (the value mapped to 127) for a |x| histogram over [0, amax]."""
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(f"unknown calibration method {method!r}")
+def choose_amax(hist: np.ndarray, amax: float, method: str, fmt: QuantFormat = INT8) -> float:
+    """The clipping range (the value mapped to ``fmt.max_value``) for a |x| histogram over [0, amax]."""
+    if method not in fmt.methods:
+        raise ValueError(f"calibration method {method!r} is not one of {fmt.label}'s: {', '.join(fmt.methods)}")
     total = hist.sum()
     if amax <= 0 or total == 0 or method == "minmax":
         return float(amax)
@@ -162,25 +163,37 @@ def choose_amax(hist: np.ndarray, amax: float, method: str) -> float:
         cdf = np.cumsum(hist) / total
         return float(min(amax, (np.searchsorted(cdf, PERCENTILE / 100) + 1) * width))
     if method == "mse":
-        return _mse_amax(hist, width)
+        return _mse_amax(hist, width, fmt)
     return _entropy_amax(hist, width)
 
 
-def _mse_amax(hist: np.ndarray, width: float) -> float:
-    """Clip that minimises E[(x - q(x))^2]: (x - c)^2 above the clip, step^2 / 12 below it."""
+def _mse_amax(hist: np.ndarray, width: float, fmt: QuantFormat = INT8) -> float:
+    """Clip that minimises E[(x - q(x))^2]: (x - c)^2 above the clip, the format's rounding error below it
+    (step^2 / 12 for INT8; for FP8 the step of each bin's own exponent at that clip's scale)."""
     centers = (np.arange(len(hist)) + 0.5) * width
-    candidates = np.arange(len(hist) // 16, len(hist) + 1) * width  # never clip more than 15/16
-    below = np.cumsum(hist)  # count of values under each candidate's bin edge
-    errors = []
-    for i, c in enumerate(candidates, len(hist) // 16):
-        over = np.maximum(centers[i:] - c, 0.0)
-        clip_error = float(np.dot(hist[i:], over * over))
-        rounding = below[i - 1] * (c / INT8_LEVELS) ** 2 / 12
-        errors.append(clip_error + rounding)
-    return float(candidates[int(np.argmin(errors))])
+    first = len(hist) // 16  # never clip more than 15/16
+    candidates = np.arange(first, len(hist) + 1) * width
+    scales = candidates / fmt.max_value
+    if fmt.integer:  # uniform: every value below the clip has the same expected error
+        rounding = np.cumsum(hist)[first - 1:] * scales**2 / 12
+    else:  # candidates x bins at once, only the bins below each clip; every 4th candidate, interpolated
+        every = np.arange(0, len(candidates) + MSE_FLOAT_STRIDE - 1, MSE_FLOAT_STRIDE).clip(max=len(candidates) - 1)
+        below = np.arange(len(hist))[None, :] < (first + every)[:, None]
+        coarse = (fmt.rounding_mse(centers[None, :] / scales[every, None]) * below) @ hist * scales[every] ** 2
+        rounding = np.interp(np.arange(len(candidates)), every, coarse)
+    # clipping error sum_{j >= i} hist_j (center_j - c_i)^2 for every candidate at once, from suffix sums
+    # (every bin at or above a candidate's edge has its center above it)
+    def suffix(values: np.ndarray) -> np.ndarray:
+        return np.cumsum(values[::-1])[::-1][first:]
+
+    h = hist.astype(np.float64)
+    s0, s1, s2 = suffix(h), suffix(h * centers), suffix(h * centers * centers)
+    s0, s1, s2 = (np.append(v, 0.0) for v in (s0, s1, s2))  # the last candidate clips nothing
+    clip_error = np.maximum(s2 - 2 * candidates * s1 + candidates**2 * s0, 0.0)
+    return float(candidates[int(np.argmin(clip_error + rounding))])
 
 
-def _entropy_amax(hist: np.ndarray, width: float, levels: int = INT8_LEVELS + 1) -> float:
+def _entropy_amax(hist: np.ndarray, width: float, levels: int = int(INT8.max_value) + 1) -> float:
     """TensorRT's entropy calibration: the clip whose 128-level quantized distribution has the least
     KL divergence from the clipped reference distribution (outliers folded into the last bin)."""
     hist = hist.astype(np.float64)

@@ -1,6 +1,10 @@
 """FP16 mixed precision in the graph, with FP32 inputs and outputs (TensorRT 11 is strongly typed:
 the types written here are the types the engine computes in).
 
+One pass types the float parts of every TensorRT graph: the FP16 graph (``convert_fp16``) and every
+quantized graph (``float_parts_fp16``: the same conversion after its Q/DQ are written, so scales,
+dequantized weights and every op between the quantized GEMMs are FP16 under the same policy).
+
 The converter is ONNX Runtime's ``onnxruntime.transformers.float16`` (shipped inside the
 onnxruntime package we already depend on), not ModelOpt AutoCast, the vendor's documented tool:
 AutoCast needs ``nvidia-modelopt[onnx]``, which pins onnx 1.21, onnxruntime-gpu 1.24 and CUDA's
@@ -32,6 +36,22 @@ def convert_fp16(model: onnx.ModelProto, keep_fp32_ops: tuple[str, ...] = DEFAUL
         model, keep_io_types=True, op_block_list=list(keep_fp32_ops), disable_shape_infer=False
     )
     return topologically_sorted(converted)  # the converter appends its input Casts at the end
+
+
+def float_parts_fp16(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """A Q/DQ graph with its float parts in FP16 under the FP16 policy (``convert_fp16``), at ``opset``.
+
+    The converter types QuantizeLinear inputs and DequantizeLinear outputs FP16 and turns the scale
+    initializers FP16 (the Q/DQ writer made them exact in FP16), so every DequantizeLinear feeds its
+    FP16 GEMM directly. FP16 scales need opset 19 or later: the graph is converted to ``opset``
+    first (onnx's version converter; every op of an exported ViT keeps its meaning).
+    """
+    from onnx import version_converter
+
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if current < opset:
+        model = version_converter.convert_version(model, opset)
+    return convert_fp16(model)
 
 
 def fp16_policy(keep_fp32_ops: tuple[str, ...]) -> dict[str, Any]:

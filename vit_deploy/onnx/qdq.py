@@ -1,14 +1,18 @@
-"""Explicit INT8 quantization written into an ONNX graph: the layers that can be quantized, and the
-QuantizeLinear/DequantizeLinear pairs that quantize them.
+"""Explicit quantization written into an ONNX graph: the layers that can be quantized, and the
+QuantizeLinear/DequantizeLinear pairs that quantize them, in a quantized format (``formats.py``:
+INT8 or FP8 E4M3).
 
 The form is the one TensorRT 11 consumes and fuses (TensorRT docs, "Working with Quantized Types"):
-- weights stored as INT8 initializers with a per-output-channel FP32 scale and a DequantizeLinear,
+- weights stored in the quantized type with a per-output-channel scale and a DequantizeLinear,
   symmetric (zero point 0);
 - each quantized activation gets one QuantizeLinear -> DequantizeLinear pair with a per-tensor
   scale, shared by every quantized op that reads it; ops that are not quantized (the residual
   Add, LayerNorm, GELU, Softmax) keep reading the float tensor;
 - biases stay float (TensorRT has no INT32 Q/DQ and fuses float biases itself), and no Q/DQ goes
-  on a GEMM's output (it would only add a rounding step before a float op).
+  on a GEMM's output (it would only add a rounding step before a float op);
+- every scale is a value the graph's float type holds exactly (``scale_dtype``: float16 where the
+  float parts are FP16, so each DequantizeLinear feeds its FP16 GEMM with no Cast between), rounded
+  up so the range is never narrowed, and the weights are quantized with that very scale.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .calibrate import INT8_LEVELS
+from .formats import INT8, QuantFormat
 
 
 @dataclass(frozen=True)
@@ -82,15 +86,27 @@ def activation_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.op_type == "MatMul" and not any(i in constants for i in n.input)]
 
 
-def quantize_weight(weight: np.ndarray, out_axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel INT8: (int8 weight, float32 scale per channel)."""
+def representable_scale(amax: np.ndarray | float, fmt: QuantFormat, dtype: type = np.float32) -> np.ndarray:
+    """``amax / fmt.max_value`` as a float32 array whose values ``dtype`` holds exactly, rounded up (a
+    scale rounded down would clip the largest values), kept within ``dtype``'s finite positive range."""
+    scale = np.maximum(np.asarray(amax, dtype=np.float64), 1e-12) / fmt.max_value
+    info = np.finfo(dtype)
+    stored = np.clip(scale, info.smallest_subnormal, info.max).astype(dtype)
+    short = stored.astype(np.float64) < np.minimum(scale, float(info.max))
+    with np.errstate(over="ignore"):  # only the short values are stepped up, never the largest one
+        stored = np.where(short, np.nextafter(stored, dtype(np.inf)), stored)
+    return stored.astype(np.float32)
+
+
+def quantize_weight(
+    weight: np.ndarray, out_axis: int, fmt: QuantFormat = INT8, scale_dtype: type = np.float32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel quantization: (weight in ``fmt``'s type, float32 scale per channel)."""
     other = tuple(a for a in range(weight.ndim) if a != out_axis)
-    amax = np.abs(weight).max(axis=other)
-    scale = (np.maximum(amax, 1e-12) / INT8_LEVELS).astype(np.float32)
+    scale = representable_scale(np.abs(weight).max(axis=other), fmt, scale_dtype)
     shape = [1] * weight.ndim
     shape[out_axis] = -1
-    q = np.clip(np.rint(weight / scale.reshape(shape)), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
-    return q, scale
+    return fmt.store(weight / scale.reshape(shape)), scale
 
 
 def insert_qdq(
@@ -98,11 +114,13 @@ def insert_qdq(
     layers: Iterable[WeightLayer],
     activation_amax: dict[str, float],
     quantized_inputs: Iterable[tuple[str, int]],
+    fmt: QuantFormat = INT8,
+    scale_dtype: type = np.float32,
 ) -> onnx.ModelProto:
-    """``model``, changed in place and returned, with INT8 weights for ``layers`` and a Q/DQ pair on
+    """``model``, changed in place and returned, with ``fmt`` weights for ``layers`` and a Q/DQ pair on
     every tensor in ``activation_amax``, read through the DequantizeLinear by each (node name, input
-    index) in ``quantized_inputs``. In place because a b16 graph is 350 MB: the caller hands over its
-    own copy (the folded graph) rather than paying for one more."""
+    index) in ``quantized_inputs``; every scale exact in ``scale_dtype``. In place because a b16 graph
+    is 350 MB: the caller hands over its own copy (the folded graph) rather than paying for one more."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     nodes = {n.name: n for n in graph.node}
@@ -113,11 +131,11 @@ def insert_qdq(
         node = nodes[layer.node]
         weight = node.input[1]  # the current name: folding may have given the node its own copy
         if weight not in dequantized_weights:
-            q, scale = quantize_weight(numpy_helper.to_array(inits[weight]), layer.out_axis)
+            q, scale = quantize_weight(numpy_helper.to_array(inits[weight]), layer.out_axis, fmt, scale_dtype)
             new_inits += [
                 numpy_helper.from_array(q, f"{weight}_quantized"),
                 numpy_helper.from_array(scale, f"{weight}_scale"),
-                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{weight}_zero_point"),
+                numpy_helper.from_array(fmt.zero_point(scale.shape), f"{weight}_zero_point"),
             ]
             new_nodes.append(helper.make_node(
                 "DequantizeLinear", [f"{weight}_quantized", f"{weight}_scale", f"{weight}_zero_point"],
@@ -130,10 +148,10 @@ def insert_qdq(
     after: dict[str, list[onnx.NodeProto]] = {}  # Q/DQ nodes go right after the producer of their tensor
     for tensor, amax in activation_amax.items():
         base = tensor.strip("/").replace("/", "_") if tensor.startswith("/") else tensor
-        scale = np.array(max(float(amax), 1e-12) / INT8_LEVELS, dtype=np.float32)
+        scale = representable_scale(float(amax), fmt, scale_dtype)
         new_inits += [
             numpy_helper.from_array(scale, f"{base}_scale"),
-            numpy_helper.from_array(np.array(0, dtype=np.int8), f"{base}_zero_point"),
+            numpy_helper.from_array(fmt.zero_point(), f"{base}_zero_point"),
         ]
         after[tensor] = [
             helper.make_node("QuantizeLinear", [tensor, f"{base}_scale", f"{base}_zero_point"],

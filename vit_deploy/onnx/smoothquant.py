@@ -52,7 +52,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from . import calibrate
-from .calibrate import INT8_LEVELS
+from .formats import INT8, QuantFormat
 from .qdq import WeightLayer, quantize_weight
 
 ALPHAS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
@@ -159,24 +159,24 @@ def with_headroom(x_absmax: np.ndarray) -> np.ndarray:
 
 def _quantized_gemm_error(
     x: np.ndarray, row_weights: np.ndarray, weights: list[np.ndarray], s: np.ndarray, clip: float | None = None,
-    exact: list[np.ndarray] | None = None,
+    exact: list[np.ndarray] | None = None, fmt: QuantFormat = INT8,
 ) -> float:
-    """Mean per-token relative squared error of the INT8 GEMM(s) on sample rows ``x`` (each standing
+    """Mean per-token relative squared error of the quantized GEMM(s) on sample rows ``x`` (each standing
     for ``row_weights`` rows) after scaling by ``s``: per-channel weight scales, and a per-tensor
-    activation range ``clip`` (default: ``calibrate``'s MSE rule on the sample). ``exact``: the float
+    activation range ``clip`` (default: the format's default range rule on the sample). ``exact``: the float
     products ``x @ w``, when the caller has them (they do not depend on the candidate)."""
     xs = x / s
     if clip is None:
         top = float(np.abs(xs).max())
         hist = np.histogram(np.abs(xs), bins=calibrate.HISTOGRAM_BINS, range=(0.0, max(top, 1e-12)),
                             weights=np.broadcast_to(row_weights[:, None], xs.shape))[0]
-        clip = calibrate.choose_amax(hist, top, "mse")
-    step = max(clip, 1e-12) / INT8_LEVELS
-    xq = np.clip(np.rint(xs / step), -INT8_LEVELS, INT8_LEVELS) * step
+        clip = calibrate.choose_amax(hist, top, fmt.methods[0], fmt)  # the format's default range rule
+    step = max(clip, 1e-12) / fmt.max_value
+    xq = fmt.fake(xs / step) * step
     err = np.zeros(len(x))
     ref = np.zeros(len(x))
     for w, product in zip(weights, exact or [x @ w for w in weights], strict=True):
-        q, scale = quantize_weight(w * s[:, None], 1)
+        q, scale = quantize_weight(w * s[:, None], 1, fmt)
         err += np.square(xq @ (q.astype(np.float32) * scale) - product).sum(axis=1)
         ref += np.square(product).sum(axis=1)
     # per token, relative: the next LayerNorm rescales every token, so a token's error counts
@@ -186,7 +186,7 @@ def _quantized_gemm_error(
 
 def choose_scales(
     model: onnx.ModelProto, group: SmoothGroup, x_absmax: np.ndarray,
-    sample: tuple[np.ndarray, np.ndarray] | None, alphas: tuple[float, ...] = ALPHAS,
+    sample: tuple[np.ndarray, np.ndarray] | None, alphas: tuple[float, ...] = ALPHAS, fmt: QuantFormat = INT8,
 ) -> None:
     """Set ``group.alpha`` and ``group.scales``: the alpha of the grid with the least quantized-GEMM
     error on ``sample`` (rows and their weights), or no scaling where that is at least as good;
@@ -200,15 +200,17 @@ def choose_scales(
     candidates: dict[float | None, np.ndarray] = {a: smoothing_scales(x_absmax, w_absmax, a) for a in alphas}
     candidates[None] = np.ones_like(x_absmax, dtype=np.float32)  # no scaling
     exact = [sample[0] @ w for w in weights]
-    errors = {a: _quantized_gemm_error(*sample, weights, scales, exact=exact) for a, scales in candidates.items()}
+    errors = {a: _quantized_gemm_error(*sample, weights, scales, exact=exact, fmt=fmt)
+              for a, scales in candidates.items()}
     group.alpha = min(errors, key=lambda a: errors[a])
     group.scales, group.error = candidates[group.alpha], errors[group.alpha]
 
 
 def best_clip(
     model: onnx.ModelProto, group: SmoothGroup, sample: tuple[np.ndarray, np.ndarray], candidates: list[float],
+    fmt: QuantFormat = INT8,
 ) -> float:
-    """The activation range among ``candidates`` with the least error of the group's INT8 GEMM(s).
+    """The activation range among ``candidates`` with the least error of the group's quantized GEMM(s).
 
     A histogram of the scaled tensor treats every value alike, but a channel that carried an
     outlier multiplies a weight row scaled up by the same factor: the GEMM's own error on the
@@ -217,7 +219,8 @@ def best_clip(
     assert group.scales is not None, "choose_scales first"
     weights = _weights(model, group, len(group.scales))
     exact = [sample[0] @ w for w in weights]
-    errors = {c: _quantized_gemm_error(*sample, weights, group.scales, clip=c, exact=exact) for c in candidates}
+    errors = {c: _quantized_gemm_error(*sample, weights, group.scales, clip=c, exact=exact, fmt=fmt)
+              for c in candidates}
     best = min(errors, key=errors.__getitem__)
     group.error = errors[best]
     return best

@@ -49,6 +49,7 @@ def open(  # noqa: A001 - the documented name: vit_deploy.runtime.open(artifact)
     threads: int | None = None,
     max_batch: int | None = None,
     verify: bool = True,
+    exact_qdq: bool = False,
 ) -> Runner:
     """A runner for ``artifact``: ``runner.infer(images) -> logits``.
 
@@ -65,6 +66,9 @@ def open(  # noqa: A001 - the documented name: vit_deploy.runtime.open(artifact)
         max_batch: split larger batches into chunks of at most this many images (engines: capped at the
             profile maximum).
         verify: check the files against the sha256 in the manifest first; False skips it (e.g. a hot reload loop).
+        exact_qdq: ONNX Runtime only: run Q/DQ as the graph writes them, not fused into ORT's integer kernels
+            (which on CPUs without VNNI saturate and lose accuracy): what validation and ``compare`` measure, the
+            arithmetic TensorRT performs. Slower; the default keeps ORT's fast path.
     """
     if not isinstance(artifact, Artifact):
         artifact = artifact_view.open(artifact, verify=False)
@@ -91,7 +95,8 @@ def open(  # noqa: A001 - the documented name: vit_deploy.runtime.open(artifact)
     if backend == "onnxruntime":
         from .onnxruntime_runner import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(artifact, provider=provider, threads=threads, max_batch=max_batch)
+        return OnnxRuntimeRunner(artifact, provider=provider, threads=threads, max_batch=max_batch,
+                                 exact_qdq=exact_qdq)
     if backend == "openvino":
         from .openvino_runner import OpenVinoRunner
 

@@ -1,4 +1,4 @@
-"""ONNX graphs (FP32, FP16, INT8) on ONNX Runtime: CPU, CUDA or TensorRT execution provider.
+"""ONNX graphs (FP32, FP16, INT8, FP8) on ONNX Runtime: CPU, CUDA or TensorRT execution provider.
 
 ``InferenceSession.run`` is thread-safe (ONNX Runtime's documented guarantee), so one session
 serves every thread.
@@ -21,12 +21,19 @@ PROVIDERS = {  # the keys are specs.ORT_PROVIDERS
 }
 
 
+# ONNX Runtime fuses DequantizeLinear -> MatMul -> ... into its integer kernels (MatMulIntegerToFloat,
+# QLinear*); on x86 CPUs without VNNI those use 16-bit saturating multiply-adds and lose accuracy (the real
+# ViT-Ti's INT8 mean cosine read 0.9917 fused vs 0.9934 as written, on an AVX2-only machine). This session
+# option keeps Q/DQ as written: the arithmetic TensorRT performs (exact integer products), for any CPU.
+EXACT_QDQ_OPTION = "session.disable_quant_qdq"
+
+
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(
         self, artifact: Artifact, *, provider: str = "cpu", threads: int | None = None,
-        max_batch: int | None = None,
+        max_batch: int | None = None, exact_qdq: bool = False,
     ) -> None:
         super().__init__(artifact, max_batch)
         import onnxruntime as ort
@@ -43,6 +50,8 @@ class OnnxRuntimeRunner(Runner):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if exact_qdq:
+            options.add_session_config_entry(EXACT_QDQ_OPTION, "1")
         self.provider = provider
         path = artifact.model_file
         try:

@@ -93,6 +93,21 @@ def plan_name(precision: str) -> str:
     return f"model.{precision}.plan"
 
 
+def missing_tensor_cores(precision: str, facts: dict[str, str]) -> str | None:
+    """Why this GPU cannot run ``precision``'s quantized GEMMs natively (None: it can, or nothing is quantized)."""
+    from ..onnx.formats import FORMATS
+
+    fmt = FORMATS.get(precision)
+    if fmt is None:
+        return None
+    have = tuple(int(p) for p in facts["compute_capability"].split("."))
+    need = fmt.min_compute_capability
+    if have >= need:
+        return None
+    return (f"{facts['gpu']} (compute capability {facts['compute_capability']}) has no {fmt.label} tensor cores; "
+            f"{fmt.label} engines need compute capability {need[0]}.{need[1]} or newer")
+
+
 def validation_batches(min_batch: int, opt_batch: int, max_batch: int) -> list[int]:
     """Batch sizes the engine is validated at: the profile's corners plus an odd size inside it."""
     sizes = {min_batch, opt_batch, max_batch, min(max_batch, max(min_batch, ODD_BATCH))}
@@ -170,6 +185,12 @@ def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None)
 
     trt_version = str(tensorrt_version())
     facts = device_facts()
+    missing = missing_tensor_cores(precision, facts)
+    if missing is not None:  # TensorRT would fail the build (no kernels), or run it emulated: say so first
+        raise EngineUnavailable(
+            f"engine not built: {missing}. The validated {precision} graph is kept at {parent_dir}; build it on a "
+            f"GPU that runs {precision.upper()} (vit-deploy doctor lists this GPU's precisions), or use --fp16 here"
+        )
     cache = opts.timing_cache or default_timing_cache(trt_version, facts["compute_capability"])
     graph_path = parent.model_file  # ArtifactError if the manifest lists no model file
     name = plan_name(precision)

@@ -1,10 +1,11 @@
-"""The precision step: an exported FP32 artifact -> a validated FP16 or INT8 graph artifact.
+"""The precision step: an exported FP32 artifact -> a validated FP16, INT8 or FP8 graph artifact.
 
-One library call behind ``vit-deploy build-engine --fp16 / --int8``. TensorRT 11 builds
+One library call behind ``vit-deploy build-engine --fp16 / --int8 / --fp8``. TensorRT 11 builds
 strongly typed networks only, so precision is decided here, in the ONNX graph, on the CPU:
-``model.fp16.onnx`` (mixed precision, FP32 I/O) or ``model.int8.onnx`` (explicit Q/DQ from
-calibration on real images). Each lands in its own artifact folder whose manifest names its
-parent (path and sha256), the precision policy, the calibration set and the validation numbers.
+``model.fp16.onnx`` (mixed precision, FP32 I/O), ``model.int8.onnx`` or ``model.fp8.onnx`` (explicit
+Q/DQ from calibration on real images, float parts FP16 for TensorRT). Each lands in its own
+artifact folder whose manifest names its parent (path and sha256), the precision policy, the
+calibration set, what TensorRT will run each op in (the readiness report) and the validation numbers.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from ..artifact import Artifact, file_entry, latest_export, new_manifest, packag
 from ..errors import ArtifactError, UsageError
 from ..fileio import check_can_write, staged_directory
 from ..progress import Progress
-from ..specs import CALIBRATION_METHODS, INT8_TARGETS, PRECISIONS, tolerance
+from ..specs import INT8_TARGETS, PRECISIONS, QUANTIZED_PRECISIONS, tolerance
 from .validate import checked
 
 if TYPE_CHECKING:
-    from ..onnx.int8 import Budget
+    from ..onnx.quantize import Budget
 
 DEFAULT_CALIB_IMAGES = 256
 DEFAULT_CALIB_BATCH = 8
@@ -36,7 +37,7 @@ VALIDATION_BATCH = 8  # the graph is proven batch-dynamic at export; one batch s
 # default fail on one half of the real photos (96.9% < 98.5% with 5 layers in float) while the
 # other half read 99.2%. --accuracy-budget POINTS adds the agreement gate for who wants it.
 DEFAULT_ACCURACY_BUDGET = None  # points of top-1 agreement; None: not checked by the fallback
-BUDGET_MIN_MEAN_COSINE = 0.998
+BUDGET_MIN_MEAN_COSINE = {"int8": 0.998, "fp8": 0.998}  # --budget-cosine's default, per precision
 
 
 @dataclass(frozen=True)
@@ -44,22 +45,27 @@ class PrecisionOptions:
     """What precision graph to make.
 
     Args:
-        precision: ``"fp16"`` or ``"int8"``.
+        precision: ``"fp16"``, ``"int8"`` or ``"fp8"``.
         artifact: the FP32 export folder (None: the newest under ./artifacts).
         out_dir: the new artifact folder (None: ``<artifact>-<precision>[-<target>]`` beside it).
         force: replace an existing folder.
-        calib: INT8 calibration images: a folder or a definition file.
-        calib_method: how activation ranges are chosen: ``"mse"`` (default), ``"entropy"``, ``"percentile"``
-            or ``"minmax"``.
+        calib: INT8/FP8 calibration images: a folder or a definition file.
+        calib_method: how activation ranges are chosen: ``"mse"``, ``"entropy"`` (INT8 only), ``"percentile"``
+            or ``"minmax"`` (None: the format's default, ``formats.QuantFormat.methods``).
         calib_images: use at most this many calibration images (a seeded sample; None: all).
         calib_batch: calibration batch size (memory only: the statistics do not depend on it).
         val_images: images to validate on (labels.csv adds accuracy); None: the calibration images, else random.
         seed: seeds the samples and random images.
         target: INT8 only: ``"tensorrt"`` or ``"cpu"`` (the OpenVINO CPU path).
-        accuracy_budget: INT8 only: top-1 agreement points (vs FP32, on the calibration images) the
+        accuracy_budget: INT8/FP8: top-1 agreement points (vs FP32, on the calibration images) the
             graph may lose before its most sensitive weight layers are left in float (None: only the
-            mean cosine, >= ``BUDGET_MIN_MEAN_COSINE``, is checked).
-        max_float_layers: INT8 only: how many weight layers the budget may leave in float (None: 10%).
+            mean cosine, >= ``budget_cosine``, is checked).
+        budget_cosine: INT8/FP8: the mean cosine the fallback asks of the graph on the calibration
+            images (None: ``BUDGET_MIN_MEAN_COSINE`` of the precision).
+        max_float_layers: INT8/FP8: how many weight layers the budget may leave in float (None: 10%;
+            0: no fallback at all, validation alone judges the graph).
+        quantize_attention: INT8/FP8: Q/DQ on the attention MatMuls where TensorRT can fuse them (None:
+            the precision's default, ``quantize.ATTENTION_DEFAULT``).
     """
 
     precision: str | None
@@ -67,23 +73,29 @@ class PrecisionOptions:
     out_dir: Path | None = None
     force: bool = False
     calib: str | None = None
-    calib_method: str = CALIBRATION_METHODS[0]
+    calib_method: str | None = None
     calib_images: int | None = DEFAULT_CALIB_IMAGES
     calib_batch: int = DEFAULT_CALIB_BATCH
     val_images: str | None = None
     seed: int = 0
     target: str = "tensorrt"  # INT8 only: "cpu" keeps attention float for the OpenVINO CPU path
     accuracy_budget: float | None = DEFAULT_ACCURACY_BUDGET
+    budget_cosine: float | None = None
     max_float_layers: int | None = None
+    quantize_attention: bool | None = None
 
 
-def int8_budget(accuracy_budget: float | None, max_float_layers: int | None, pretrained: bool) -> Budget:
-    """The fallback's budget for ``build-engine --int8`` (also what tools/compare_quantizers_real.py runs)."""
-    from ..onnx.int8 import Budget  # here, not at the top: the CLI's --help loads no numerical library
+def quantization_budget(
+    accuracy_budget: float | None, max_float_layers: int | None, pretrained: bool, precision: str = "int8",
+    budget_cosine: float | None = None,
+) -> Budget:
+    """The fallback's budget for ``build-engine --int8/--fp8`` (also what tools/compare_quantizers_real.py runs)."""
+    from ..onnx.quantize import Budget  # here, not at the top: the CLI's --help loads no numerical library
 
     return Budget(
         min_top1_agreement=0.0 if accuracy_budget is None else 1 - accuracy_budget / 100,
-        min_mean_cosine=BUDGET_MIN_MEAN_COSINE, max_float_layers=max_float_layers,
+        min_mean_cosine=BUDGET_MIN_MEAN_COSINE[precision] if budget_cosine is None else budget_cosine,
+        max_float_layers=max_float_layers,
         # random weights' near-tied logits make agreement noise: gated only for trained models, when asked
         gate_top1=pretrained and accuracy_budget is not None,
     )
@@ -110,21 +122,28 @@ def preflight(opts: PrecisionOptions, parent: Artifact) -> Path:
         )
     if not parent.passed:
         raise ArtifactError(f"{parent_dir} failed its export validation; fix and re-export it first")
-    if opts.precision == "int8" and not opts.calib:
+    if opts.precision in QUANTIZED_PRECISIONS and not opts.calib:
         raise UsageError(
-            "--int8 needs calibration images: pass --calib FOLDER or a definition file "
+            f"--{opts.precision} needs calibration images: pass --calib FOLDER or a definition file "
             "(calibration/README.md; calibration/photos.txt lists photographs shipped with scikit-image)"
         )
     if opts.calib_batch < 1 or (opts.calib_images is not None and opts.calib_images < 1):
         raise UsageError("--calib-batch and --calib-count must be positive")
     if opts.accuracy_budget is not None and not 0 <= opts.accuracy_budget <= 100:
         raise UsageError(f"--accuracy-budget {opts.accuracy_budget} is not a number of points between 0 and 100")
+    if opts.budget_cosine is not None and not 0 <= opts.budget_cosine <= 1:
+        raise UsageError(f"--budget-cosine {opts.budget_cosine} is not a cosine between 0 and 1")
     if opts.max_float_layers is not None and opts.max_float_layers < 0:
-        raise UsageError("--max-float-layers must be 0 (never leave a layer in float) or more")
+        raise UsageError("--max-float-layers must be 0 (no fallback: validation alone judges the graph) or more")
     if opts.target not in INT8_TARGETS:
         raise UsageError(f"--target {opts.target!r} is unknown; choose one of {', '.join(INT8_TARGETS)}")
     if opts.target != "tensorrt" and opts.precision != "int8":
-        raise UsageError("--target cpu applies to --int8 (the FP16 graph is the same for every target)")
+        raise UsageError(f"--target cpu makes INT8 graphs only (OpenVINO's CPU path); --{opts.precision} graphs are "
+                         "for TensorRT: drop --target cpu, or use --int8 --target cpu")
+    if opts.precision in QUANTIZED_PRECISIONS:
+        from ..onnx.formats import quant_format
+
+        quant_format(opts.precision).method(opts.calib_method)  # a rule the format has no use for: said now
     return check_can_write((opts.out_dir or default_out_dir(parent_dir, opts.precision, opts.target)).absolute(),
                            opts.force)
 
@@ -143,7 +162,9 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
     from ..images.sets import cache_dir, load_image_set
     from ..onnx.fp16 import DEFAULT_KEEP_FP32, convert_fp16, fp16_policy
     from ..onnx.graph import io_signature, op_histogram, save_model
-    from ..onnx.int8 import CACHE_VERSION, quantize_int8
+    from ..onnx.quantize import CACHE_VERSION, quantize
+    from ..onnx.readiness import failures as readiness_failures
+    from ..onnx.readiness import readiness
     from ..onnx.validate import check_graph
 
     progress = progress or Progress(enabled=False)
@@ -152,12 +173,13 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
     parent_dir = parent.directory.absolute()
     cfg = parent.model_config
     parent_file = parent.model_file
-    progress.total = 4 + (opts.precision == "int8")
+    quantized = opts.precision in QUANTIZED_PRECISIONS
+    progress.total = 4 + quantized
 
     name = f"model.{opts.precision}.onnx"
     with staged_directory(out_dir, opts.force) as stage:  # takes the writer's lock: before any slow step
         calib = None
-        if opts.precision == "int8":
+        if quantized:
             with progress.step(f"Loading calibration images from {opts.calib}"):
                 calib = load_image_set(
                     opts.calib, cfg.preprocessing, opts.calib_images, opts.calib_batch, opts.seed, progress
@@ -170,24 +192,32 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
             policy = fp16_policy(DEFAULT_KEEP_FP32)
         else:
             assert calib is not None
+            from ..onnx.formats import quant_format
+
+            method = quant_format(opts.precision).method(opts.calib_method)
             # the statistics do not depend on the batch size, so it is not in the key
             cache = cache_dir() / "calibration" / (
-                f"{parent.model_sha256[:16]}-{calib.digest[:16]}-{opts.calib_method}"
+                f"{parent.model_sha256[:16]}-{calib.digest[:16]}-{opts.precision}-{method}"
                 f"-v{CACHE_VERSION}.json"  # no target: its settings (the watched tensors) are checked inside
             )
             cached = cache.is_file()
-            label = f"Calibrating ({opts.calib_method}, {len(calib.files)} images) and quantizing"
-            budget = int8_budget(opts.accuracy_budget, opts.max_float_layers, bool(parent.checkpoint.get("pretrained")))
+            label = f"Calibrating ({method}, {len(calib.files)} images) and quantizing to {opts.precision.upper()}"
+            budget = quantization_budget(opts.accuracy_budget, opts.max_float_layers,
+                                         bool(parent.checkpoint.get("pretrained")), opts.precision, opts.budget_cosine)
             with progress.step(label + (" [cached ranges]" if cached else "")), \
                     progress.counter(0 if cached else 2 * len(calib.files), "images through 2 calibration passes"):
-                policy = quantize_int8(
-                    parent_file, stage / name, calib.images, method=opts.calib_method, num_tokens=cfg.num_tokens,
-                    batch=opts.calib_batch, cache_path=cache, progress=progress, target=opts.target, budget=budget,
+                policy = quantize(
+                    parent_file, stage / name, calib.images, precision=opts.precision, method=method,
+                    num_tokens=cfg.num_tokens, head_size=cfg.dim // cfg.heads, batch=opts.calib_batch,
+                    cache_path=cache, progress=progress, target=opts.target, budget=budget,
+                    quantize_attention=opts.quantize_attention,
                 )
             names = [p.name for p in sorted(stage.iterdir())]
-        with progress.step("Checking the graph"):
+        with progress.step("Checking the graph and what TensorRT will run it in"):
             checker_error = check_graph(stage / name)
             graph = onnx.load(str(stage / name), load_external_data=False)
+            report = readiness(graph)
+        for_tensorrt = opts.target == "tensorrt"
         files = [file_entry(stage, name, "model")]
         files += [file_entry(stage, n, "external_data") for n in names if n != name]
         manifest = new_manifest(
@@ -198,13 +228,16 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
             parent=parent_ref(parent),
             onnx={**parent.section("onnx"), "nodes": len(graph.graph.node), "ops": op_histogram(graph)},
             precision_policy=policy,
-            calibration=calib and calib.summary() | {"method": opts.calib_method, "batch": opts.calib_batch},
+            tensorrt_readiness=_readiness_record(report, for_tensorrt),
+            calibration=calib and calib.summary() | {"method": policy["calibration_method"], "batch": opts.calib_batch},
             # the backend it was made for: runtime.open, compare and predict use it when it is installed
-            **({"runtime": {"backend": "openvino"}} if opts.precision == "int8" and opts.target == "cpu" else {}),
+            **({"runtime": {"backend": "openvino"}} if not for_tensorrt else {}),
             versions=package_versions("torch", "onnx", "onnxruntime", "onnxsim", "numpy"),
         )
         with progress.step("Validating on ONNX Runtime against the FP32 reference"):
             verdict = validate_precision(opts, Artifact(stage, manifest), calib, progress)
+        if for_tensorrt:  # an op left FP32 would run FP32 on the GPU: the graph misses its purpose
+            verdict["failures"] += readiness_failures(report)
         validation = checked(verdict, checker_error)
         manifest.update(validation=validation)
 
@@ -219,6 +252,16 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
         "validation": validation,
         "manifest": manifest,
     }
+
+
+def _readiness_record(report: dict[str, Any], for_tensorrt: bool) -> dict[str, Any]:
+    """The manifest's readiness section: the report without its per-GEMM list (``vit-deploy inspect`` has it)."""
+    from ..onnx.readiness import summary_line
+
+    return {"summary": summary_line(report), "gated": for_tensorrt,
+            **{k: v for k, v in report.items() if k not in ("gemms", "attention")},
+            "attention": [{k: a.get(k) for k in ("bmm1", "pattern", "reason", "tokens", "head_size")}
+                          for a in report["attention"]]}
 
 
 def parent_ref(parent: Artifact) -> dict[str, Any]:
@@ -245,5 +288,5 @@ def validate_precision(opts: PrecisionOptions, staged: Artifact, calib: Any, pro
     else:
         images = image_source(None, staged, RANDOM_VALIDATION_IMAGES, opts.seed)
     reference = fp32_reference(staged)
-    with runtime.open(staged, "onnxruntime", verify=False) as runner, reference.runner:
+    with runtime.open(staged, "onnxruntime", verify=False, exact_qdq=True) as runner, reference.runner:
         return validate(runner, reference, images, (VALIDATION_BATCH,), tolerance(opts.precision)).to_dict()
