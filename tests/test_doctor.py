@@ -62,3 +62,22 @@ def test_doctor_command(run_cli):
     assert set(json.loads(out)) == {"gpu", "tensorrt", "onnxruntime", "openvino", "triton"}
     code, out, err = run_cli("doctor")
     assert code == 0 and out.startswith("GPU"), err
+
+
+def test_native_precisions_follow_the_tensor_core_generations(monkeypatch):
+    """Per GPU: FP16 from Volta, INT8 from Turing, FP8 only from Ada/Hopper (8.9); the text says what FP8 needs."""
+    assert doctor.native_precisions("6.1") == []
+    assert doctor.native_precisions("7.5") == ["fp16", "int8"]  # T4
+    assert doctor.native_precisions("8.6") == ["fp16", "int8"]  # A10: no FP8
+    assert doctor.native_precisions("8.9") == ["fp16", "int8", "fp8"]  # L4
+    assert doctor.native_precisions("9.0") == ["fp16", "int8", "fp8"]  # H100
+    assert doctor.native_precisions("10.0") == ["fp16", "int8", "fp8"]  # B200: 10 > 9 as numbers, not strings
+    assert doctor.native_precisions("n/a") is None
+    gpus = [{"name": "NVIDIA A10", "compute_capability": "8.6", "memory": "23028 MiB"},
+            {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "memory": "81559 MiB"}]
+    monkeypatch.setattr(doctor, "probe_gpu", lambda: {"ok": True, "gpus": [dict(g) for g in gpus], "driver": "580",
+                                                       "cuda": "13.0", "torch": "2.13", "torch_cuda": "13.0",
+                                                       "reason": None, "install": None})
+    text = format_report(doctor.report())
+    assert "runs natively: FP16, INT8; FP8 needs compute capability 8.9+" in text
+    assert "runs natively: FP16, INT8, FP8\n" in text

@@ -7,7 +7,8 @@ own "can I run here", which ``vit_deploy.trt.probe.unavailable_reason()`` reads)
 
 - ``probe_onnxruntime``: the installed ONNX Runtime package and its execution providers.
 - ``probe_openvino``: OpenVINO's devices.
-- ``probe_triton``: a ``tritonserver`` binary and the backends it can load.
+- ``probe_triton``: a ``tritonserver`` binary and the backends it can load;
+- ``native_precisions``: which engine precisions each GPU runs on tensor cores (FP16, INT8, FP8).
 
 Nothing here needs a GPU or a network, and nothing raises: a probe that fails says why.
 """
@@ -97,10 +98,31 @@ def probe_triton() -> dict[str, Any]:
     return info
 
 
+# Tensor-core generations by compute capability: FP16 from Volta (7.0); the quantized formats' own
+# minimum is in onnx/formats.py (INT8 7.5 Turing, FP8 8.9 Ada/Hopper)
+FP16_TENSOR_CORES = (7, 0)
+
+
+def native_precisions(compute_capability: str) -> list[str] | None:
+    """The precisions of vit-deploy's engines that a GPU of ``compute_capability`` ("9.0") runs on tensor
+    cores (None when the capability is unreadable): what ``build-engine --fp16/--int8/--fp8`` can use there."""
+    from .onnx.formats import FORMATS
+
+    try:
+        have = tuple(int(part) for part in compute_capability.split(".")[:2])
+    except (AttributeError, ValueError):
+        return None
+    found = ["fp16"] if have >= FP16_TENSOR_CORES else []
+    return found + [f.name for f in FORMATS.values() if have >= f.min_compute_capability]
+
+
 def report() -> dict[str, Any]:
     """Every probe, keyed by topic: what ``vit-deploy doctor --json`` prints."""
+    gpu = probe_gpu()
+    for entry in gpu["gpus"]:
+        entry["precisions"] = native_precisions(entry.get("compute_capability", ""))
     return {
-        "gpu": probe_gpu(),
+        "gpu": gpu,
         "tensorrt": probe_tensorrt(),
         "onnxruntime": probe_onnxruntime(),
         "openvino": probe_openvino(),

@@ -56,12 +56,13 @@ def sensitivity_report(
     method: str | None = None,
     target: str = "tensorrt",
     batch: int = 8,
-    smooth: bool = True,
+    smooth: bool | None = None,
     tick: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """Per-layer and per-tensor sensitivity of the FP32 graph at ``fp32_path`` in ``precision`` (see the module doc)."""
     fmt = quant_format(precision)
     method = fmt.method(method)
+    smooth = fmt.smoothquant if smooth is None else smooth
     model = onnx.load(str(fp32_path))
     plan = plan_quantization(model, fmt, target, num_tokens)
     ranges = calibrate_ranges(model, plan, calib_images, batch, method, smooth, tick)

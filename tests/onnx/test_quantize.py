@@ -353,6 +353,7 @@ def test_the_finished_tensorrt_graph_feeds_every_gemm_from_fp16_dequantizers(fp3
         g = _Graph(model)
         fmt = {"int8": INT8, "fp8": FP8}[precision]
         dequantizers = [n for n in g.nodes if n.op_type == "DequantizeLinear"]
+        assert len([n for n in dequantizers if n.input[0] in g.initializers]) == 10 - (not fmt.quantizes_image)
         assert dequantizers and all(g.types[n.input[1]] == onnx.TensorProto.FLOAT16 for n in dequantizers)
         assert all(g.types[n.input[0]] == fmt.onnx_type for n in dequantizers)
         for n in dequantizers:

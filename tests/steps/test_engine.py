@@ -234,6 +234,27 @@ def test_int8_qdq_engine_reports_int8_layers_and_meets_the_int8_tolerance(tiny_a
 
 
 @pytest.mark.gpu
+def test_fp8_engine_runs_fp8_where_the_gpu_has_it_and_is_exit_3_elsewhere(fp32, tmp_path):
+    """An FP8 graph becomes an engine with FP8 layers that meets the FP8 tolerance on Ada/Hopper and newer;
+    on an older GPU the graph is kept and the build stops with exit 3, naming the GPU and its capability."""
+    from vit_deploy.steps.precision import PrecisionOptions, build_precision_artifact
+    from vit_deploy.trt import device_facts
+
+    graph = tmp_path / "fp8"
+    build_precision_artifact(PrecisionOptions("fp8", fp32, graph, calib=str(ROOT / "calibration" / "photos.txt")))
+    opts = EngineOptions(graph, tmp_path / "fp8-trt", min_batch=1, opt_batch=2, max_batch=4)
+    facts = device_facts()
+    if tuple(int(p) for p in facts["compute_capability"].split(".")) < (8, 9):
+        with pytest.raises(EngineUnavailable, match=f"compute capability {facts['compute_capability']}"):
+            build_engine_artifact(opts)
+        assert read_manifest(graph)["validation"]["passed"] and not (tmp_path / "fp8-trt").exists()
+        return
+    s = build_engine_artifact(opts)
+    assert s["validation"]["passed"], s["validation"]["failures"]
+    assert read_manifest(s["artifact"])["tensorrt"]["inspector"]["precision_counts"].get("fp8", 0) > 0
+
+
+@pytest.mark.gpu
 def test_fp16_engine_reports_fp16_layers(fp16_engine):
     """Audit point 1 on a real plan: the inspector's type field is read, so FP16 layers count as fp16."""
     from vit_deploy.trt.inspector import engine_summary
@@ -301,6 +322,31 @@ def test_build_engine_stops_with_exit_3_before_writing_anything(fp32, tmp_path, 
 
 
 @pytest.mark.skipif(GPU_REASON is None, reason="TensorRT and a GPU are present: the real no-TensorRT path cannot run")
+def test_an_fp8_engine_on_a_gpu_without_fp8_is_exit_3_naming_the_gpu(tiny_artifacts, tmp_path, monkeypatch):
+    """TensorRT present (simulated) on an A10 (8.6): the FP8 graph is kept and nothing is written."""
+    import vit_deploy.trt
+    import vit_deploy.trt.probe
+    from vit_deploy.steps.engine import missing_tensor_cores
+    from vit_deploy.steps.precision import PrecisionOptions, build_precision_artifact
+
+    a10 = {"gpu": "NVIDIA A10", "compute_capability": "8.6"}
+    assert missing_tensor_cores("fp16", a10) is None and missing_tensor_cores("int8", a10) is None
+    assert missing_tensor_cores("fp8", {"gpu": "NVIDIA H100", "compute_capability": "9.0"}) is None
+    graph = tmp_path / "fp8"
+    build_precision_artifact(PrecisionOptions("fp8", tiny_artifacts["fp32"], graph,
+                                              calib=str(ROOT / "calibration" / "photos.txt"), calib_batch=4))
+    monkeypatch.setattr(vit_deploy.trt.probe, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(vit_deploy.trt, "tensorrt_version", lambda: "11.4.0")
+    monkeypatch.setattr(vit_deploy.trt, "device_facts", lambda device=None: a10)
+    out = tmp_path / "fp8-trt"
+    with pytest.raises(EngineUnavailable) as e:
+        build_engine_artifact(EngineOptions(graph, out))
+    message = str(e.value)
+    assert e.value.exit_code == 3 and "\n" not in message
+    assert "NVIDIA A10 (compute capability 8.6) has no FP8 tensor cores" in message and "8.9 or newer" in message
+    assert f"graph is kept at {graph}" in message and not out.exists()
+
+
 def test_real_unavailable_reason_says_what_is_missing(fp32, tmp_path):
     assert GPU_REASON and ("TensorRT" in GPU_REASON or "CUDA" in GPU_REASON)
     with pytest.raises(EngineUnavailable, match="on a GPU host with TensorRT run"):

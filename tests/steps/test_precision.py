@@ -260,13 +260,15 @@ def test_fp8_graph_end_to_end_on_onnx_runtime(fp32, tmp_path):
     assert m["validation"]["metrics"]["mean_cosine"] >= 0.997
     policy = m["precision_policy"]
     assert policy["format"] == "fp8" and policy["calibration_method"] == "minmax"
-    assert policy["quantized_weight_layers"] == 10
+    # every weight layer but the patch embedding, which reads the image (E4M3 loses 7% at its top)
+    assert policy["quantized_weight_layers"] == 9 and policy["float_by_format"] == ["patch_embed"]
+    assert policy["smoothquant"]["enabled"] is False
     assert "-fp8-minmax-" in policy["calibration_cache"]["path"]
     g = onnx.load(s["model_file"]).graph
     fp8 = [t for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT8E4M3FN]
-    assert len([t for t in fp8 if t.name.endswith("_quantized")]) == 10  # the weights
+    assert len([t for t in fp8 if t.name.endswith("_quantized")]) == 9  # the weights
     readiness = m["tensorrt_readiness"]
-    assert readiness["gemm_precisions"] == {"fp16": 4, "fp8": 10} and readiness["fp32_compute_outside_policy"] == 0
+    assert readiness["gemm_precisions"] == {"fp16": 5, "fp8": 9} and readiness["fp32_compute_outside_policy"] == 0
     assert readiness["gated"] is True
     with runtime.open(s["artifact"]) as runner:  # it runs like any graph, at any batch
         assert runner.infer(np.zeros((3, 3, 32, 32), np.float32)).shape == (3, 5)

@@ -202,6 +202,25 @@ def test_summary_reads_io_tensors_of_either_version():
     assert layer_precision_counts(s["layers"]) == layer_precision_counts([LAYER_11_INT8_GEMM, LAYER_11_FP32_LN])
 
 
+def test_fused_attention_is_read_from_layer_and_tactic_names():
+    """Layer shapes as reported for TensorRT 10/11 engines (NVIDIA/TensorRT #4397: a Myelin "kgen" layer
+    "_gemm_mha_v2_myl0_3" with tactic "_gemm_mha_v2_0x..."; #4516: an FP8 MHA that reads Half)."""
+    from vit_deploy.trt.inspector import fused_attention
+
+    fused_fp8 = {"Name": "_gemm_mha_v2_myl0_3", "LayerType": "kgen", "TacticName": "_gemm_mha_v2_0x5e1f",
+                 "Inputs": [{"Datatype": "FP8"}, {"Datatype": "FP8"}], "Outputs": [{"Datatype": "Half"}]}
+    fused_half = {"Name": "{ForeignNode[/blocks.0/attn/MatMul...]}", "TacticName": "sm90_fmha_fwd_kernel",
+                  "Inputs": [{"Datatype": "Half"}], "Outputs": [{"Datatype": "Half"}]}
+    unfused = {"Name": "/blocks.0/attn/MatMul", "LayerType": "gemm", "TacticName": "sm90_xmma_gemm_f16f16_f16f32",
+               "Inputs": [{"Datatype": "Half"}], "Outputs": [{"Datatype": "Half"}]}
+    softmax = {"Name": "/blocks.0/attn/Softmax", "LayerType": "kgen", "TacticName": "", "Inputs": [], "Outputs": []}
+    assert [f["precision"] for f in fused_attention([fused_fp8, fused_half, unfused, softmax, LAYER_11_FP32_LN])] \
+        == ["fp8", "fp16"]
+    assert fused_attention([unfused, softmax, "schema"]) == []  # a name like "schema" is not an MHA kernel
+    s = summarize(ENGINE_INFO_11, [fused_fp8, unfused])
+    assert s["fused_attention"] == {"layers": 1, "precisions": {"fp8": 1}, "names": ["_gemm_mha_v2_myl0_3"]}
+
+
 # --- build helpers ---------------------------------------------------------------------------
 
 

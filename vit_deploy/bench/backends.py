@@ -29,9 +29,9 @@ INSTALL_HINTS = {"tensorrt": "pip install tensorrt-cu12 on a CUDA GPU host"}
 class Row:
     """One benchmark row.
 
-    ``artifact``: which artifact it runs: "fp32" (the export), "fp16" / "int8" / "int8-cpu" (ONNX
+    ``artifact``: which artifact it runs: "fp32" (the export), "fp16" / "int8" / "fp8" / "int8-cpu" (ONNX
     precision graphs; "int8-cpu" from ``build-engine --int8 --target cpu``), "trt-fp32" / "trt-fp16" /
-    "trt-int8" (TensorRT engine folders).
+    "trt-int8" / "trt-fp8" (TensorRT engine folders).
     ``open_kwargs``: passed to ``vit_deploy.runtime.open`` (with ``threads``, ``provider`` and
     ``device`` added by the worker from the run's options).
     ``compute``: the precision its matrix products run in; picks the ceiling it is held to.
@@ -66,12 +66,16 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ort-fp32", "fp32", {"backend": "onnxruntime"}, "fp32", description="ONNX Runtime, FP32 graph"),
     Row("ort-fp16", "fp16", {"backend": "onnxruntime"}, "fp16", description="ONNX Runtime, FP16 graph"),
     Row("ort-int8", "int8", {"backend": "onnxruntime"}, "int8", description="ONNX Runtime, INT8 Q/DQ graph"),
+    # ONNX Runtime has no FP8 GEMM on a CPU: it dequantizes to the FP16 float parts (a correctness row)
+    Row("ort-fp8", "fp8", {"backend": "onnxruntime"}, "fp16", description="ONNX Runtime, FP8 Q/DQ graph"),
     Row("tensorrt-fp32", "trt-fp32", {"backend": "tensorrt"}, "fp32", devices=("cuda",), requires="tensorrt",
         description="TensorRT engine, FP32"),
     Row("tensorrt-fp16", "trt-fp16", {"backend": "tensorrt"}, "fp16", devices=("cuda",), requires="tensorrt",
         description="TensorRT engine, FP16"),
     Row("tensorrt-int8", "trt-int8", {"backend": "tensorrt"}, "int8", devices=("cuda",), requires="tensorrt",
-        description="TensorRT engine, INT8"),
+        description="TensorRT engine, INT8 (FP16 float parts)"),
+    Row("tensorrt-fp8", "trt-fp8", {"backend": "tensorrt"}, "fp8", devices=("cuda",), requires="tensorrt",
+        description="TensorRT engine, FP8 E4M3 (FP16 float parts; Ada/Hopper and newer)"),
     Row("openvino-int8", "int8-cpu", {"backend": "openvino"}, "int8", devices=("cpu",), requires="openvino",
         description="vit-deploy's fast CPU path: the CPU-target INT8 graph (attention float) on OpenVINO"),
     # compute is what OpenVINO picks by default on AMX/AVX512-BF16 CPUs; the worker reports the
@@ -124,8 +128,9 @@ def skip_reason(
 
 
 def _how_to_make(key: str, fp32: Path) -> str:
-    if key in ("fp16", "int8", "int8-cpu"):
+    if key in ("fp16", "int8", "fp8", "int8-cpu"):
         flags = {"fp16": "--fp16", "int8": "--int8 --calib calibration/photos.txt",
+                 "fp8": "--fp8 --calib calibration/photos.txt",
                  "int8-cpu": "--int8 --target cpu --calib calibration/photos.txt"}[key]
         return f"make it with vit-deploy build-engine {fp32} {flags}, or pass its folder"
     precision = key.removeprefix("trt-")
@@ -134,7 +139,7 @@ def _how_to_make(key: str, fp32: Path) -> str:
 
 
 def artifact_key(art: Artifact) -> str:
-    """"fp32" / "fp16" / "int8" / "int8-cpu" for ONNX graphs, "trt-<precision>" for engines."""
+    """"fp32" / "fp16" / "int8" / "fp8" / "int8-cpu" for ONNX graphs, "trt-<precision>" for engines."""
     if art.kind != "onnx":
         return f"trt-{art.precision}"
     target = art.section("precision_policy").get("target", "tensorrt")
@@ -174,8 +179,8 @@ def find_artifacts(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[s
         notes.append(f"FP32 export found through the parent links: {fp32}")
     fp32 = found["fp32"][0]
     siblings = {
-        "fp16": "-fp16", "int8": "-int8", "int8-cpu": "-int8-cpu",
-        "trt-fp32": "-trt", "trt-fp16": "-fp16-trt", "trt-int8": "-int8-trt",
+        "fp16": "-fp16", "int8": "-int8", "fp8": "-fp8", "int8-cpu": "-int8-cpu",
+        "trt-fp32": "-trt", "trt-fp16": "-fp16-trt", "trt-int8": "-int8-trt", "trt-fp8": "-fp8-trt",
     }
     for key, suffix in siblings.items():
         candidate = fp32.parent / f"{fp32.name}{suffix}"

@@ -148,11 +148,21 @@ def engine_text(s: dict[str, Any]) -> str:
         f"  file      {s['model_file']} ({s['bytes'] / 1e6:.1f} MB)",
         f"  profile   {t.get('profile')}",
         "  layers    " + (", ".join(f"{p} {n}" for p, n in counts.items()) or "not inspected"),
+        "  attention " + _fused_text((t.get("inspector") or {}).get("fused_attention")),
         f"  checked   on {v['inputs']} at batch {', '.join(map(str, v['batch_sizes']))} vs {v['reference']}",
         f"  parity    cosine {met['min_cosine']:.7f}, rel L2 {met['rel_l2']:.2e}, "
         f"top-1 agreement {met['top1_agreement']:.2%}",
         f"  verdict   {'PASS' if v['passed'] else 'FAIL: ' + '; '.join(v['failures'])}",
     ])
+
+
+def _fused_text(fused: dict[str, Any] | None) -> str:
+    if not fused:
+        return "not inspected"
+    if not fused["layers"]:
+        return "not fused (no MHA kernel among the layers)"
+    return f"{fused['layers']} fused MHA layer(s), reading " + ", ".join(
+        f"{p} {n}" for p, n in fused["precisions"].items())
 
 
 def precision_text(s: dict[str, Any]) -> str:

@@ -36,6 +36,10 @@ def format_report(r: dict[str, Any]) -> str:
         for gpu in g["gpus"]:
             lines.append(f"  yes  {gpu['name']} (compute capability {gpu['compute_capability']}, {gpu['memory']}), "
                          f"driver {g['driver']}, CUDA {g['cuda']}")
+            if gpu.get("precisions") is not None:
+                native = ", ".join(p.upper() for p in gpu["precisions"]) or "none (no tensor cores)"
+                lines.append(f"       runs natively: {native}"
+                             + ("" if "fp8" in gpu["precisions"] else "; FP8 needs compute capability 8.9+"))
     lines.append(f"  {'yes' if g['ok'] else 'no '}  PyTorch {g['torch']} (CUDA {g['torch_cuda']})")
     if not g["ok"]:
         cant("CUDA", g["reason"], g["install"])

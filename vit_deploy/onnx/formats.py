@@ -34,6 +34,16 @@ class QuantFormat:
             of this type on the attention inputs (None: no limit documented).
         fused_attention_head_sizes: the head sizes it takes.
         min_compute_capability: the oldest GPU (major, minor) with tensor cores for this type.
+        quantizes_image: whether the layer that reads the graph's image input (the patch embedding)
+            is quantized. Normalised pixels fill their range evenly, which suits INT8's uniform levels;
+            E4M3 has 8 values per octave, so near the top of the range a step is 7% of full scale: on
+            the real ViT-Ti that one FP8 input cost more than every other quantized tensor together
+            (mean cosine 0.9878 alone), for 0.7% of a ViT-B's FLOPs (docs/precision.md).
+        smoothquant: whether SmoothQuant migrates activation ranges into the weights by default. It is
+            what makes INT8 work on a real ViT; in E4M3 an outlier costs no resolution (the exponent
+            absorbs it) while every weight keeps a relative error, so moving range into the weights
+            only adds error (real ViT-Ti, every GEMM but the patch embedding FP8: mean cosine 0.9950
+            without, 0.9937 with).
     """
 
     name: str
@@ -44,6 +54,8 @@ class QuantFormat:
     fused_attention_max_tokens: int | None
     fused_attention_head_sizes: tuple[int, ...]
     min_compute_capability: tuple[int, int]
+    quantizes_image: bool = True
+    smoothquant: bool = True
 
     @property
     def label(self) -> str:
@@ -112,6 +124,8 @@ FP8 = QuantFormat(
     # no TensorRT 11 text on FP8 MHA limits; ModelOpt's TensorRT rules: head size above 8, at most 256
     fused_attention_max_tokens=None, fused_attention_head_sizes=tuple(range(16, 257, 8)),
     min_compute_capability=(8, 9),  # Ada and Hopper: FP8 tensor cores
+    quantizes_image=False,
+    smoothquant=False,
 )
 FORMATS: dict[str, QuantFormat] = {f.name: f for f in (INT8, FP8)}
 

@@ -4,14 +4,16 @@ nodes and runs every other tensor in the type the graph gives it).
 
 The recipe, each part chosen by measurement on a real trained ViT and real photographs
 (docs/precision.md, docs/quantizers.md); the format (``formats.py``) is a parameter of every step:
-1. **Weight layers** (patch embedding Conv, qkv, proj, fc1, fc2, head): quantized weights with
+1. **Weight layers** (patch embedding Conv, qkv, proj, fc1, fc2, head; FP8 leaves the patch
+   embedding, which reads the image, in FP16: ``QuantFormat.quantizes_image``): quantized weights with
    symmetric per-output-channel scales, quantized activations with one symmetric per-tensor scale,
    biases float, no Q/DQ on GEMM outputs (``qdq.py``).
-2. **SmoothQuant** folded into the LayerNorm affine and the V columns of qkv, and one Mul after
-   each GELU; the strength alpha chosen per layer (``smoothquant.py``) on a sample of rows in which
-   the class token, the one row the head reads, weighs half of each image. Without SmoothQuant the real
-   ViT-Ti agrees with FP32 on 89.6% of held-out photos instead of 96-97% in INT8 (mean cosine 0.943 vs
-   0.993): one GELU-output channel reaches 219 where the rest stay under 9.
+2. **SmoothQuant** (INT8; FP8 is better without it: ``QuantFormat.smoothquant``) folded into the
+   LayerNorm affine and the V columns of qkv, and one Mul after each GELU; the strength alpha chosen
+   per layer (``smoothquant.py``) on a sample of rows in which the class token, the one row the head
+   reads, weighs half of each image. Without SmoothQuant the real ViT-Ti agrees with FP32 on 89.6% of
+   held-out photos instead of 96-97% in INT8 (mean cosine 0.943 vs 0.993): one GELU-output channel
+   reaches 219 where the rest stay under 9.
 3. **Ranges** per tensor from exact, batch-independent histograms, by the chosen method
    (``calibrate.py``; the format's default first: ``mse`` for INT8, ``minmax`` for FP8).
 4. **The accuracy budget**, last resort (:func:`fit_budget`): the most sensitive weight layers
@@ -127,14 +129,15 @@ def quantize(
     cache_path: Path | None = None,
     progress: Progress | None = None,
     target: str = "tensorrt",
-    smooth: bool = True,
+    smooth: bool | None = None,
     quantize_attention: bool | None = None,
     float_layers: Sequence[str] = (),
     budget: Budget | None = None,
 ) -> dict[str, Any]:
     """Calibrate on ``calib_images`` and write the ``precision`` Q/DQ graph to ``out_path``.
 
-    ``method``: the range rule (None: the format's default). ``head_size``: the attention head size
+    ``method``: the range rule (None: the format's default). ``smooth``: SmoothQuant (None: the
+    format's default, ``QuantFormat.smoothquant``). ``head_size``: the attention head size
     (decides where TensorRT can fuse quantized attention; None: not checked). ``quantize_attention``:
     None takes :data:`ATTENTION_DEFAULT`. ``float_layers``: weight-layer node names to leave
     unquantized. ``budget``: check the graph on the calibration images and, where it misses, leave
@@ -145,6 +148,7 @@ def quantize(
     """
     fmt = quant_format(precision)
     method = fmt.method(method)
+    smooth = fmt.smoothquant if smooth is None else smooth
     if target not in INT8_TARGETS:
         raise ValueError(f"unknown target {target!r}")
     if target == "cpu" and fmt is not INT8:
@@ -318,7 +322,11 @@ def plan_quantization(
 ) -> dict[str, Any]:
     """What to quantize: weight layers, smoothing groups, activation tensors and the inputs that read them."""
     skipped = set(float_layers)
-    layers = [layer for layer in qdq.weight_layers(model) if layer.node not in skipped]
+    image = {i.name for i in model.graph.input}
+    kept_float_by_format = [] if fmt.quantizes_image else [
+        layer.node for layer in qdq.weight_layers(model) if layer.activation in image]
+    layers = [layer for layer in qdq.weight_layers(model)
+              if layer.node not in skipped and layer.node not in kept_float_by_format]
     attention = qdq.activation_matmuls(model)
     with_attention, note = attention_verdict(fmt, target, num_tokens, head_size, quantize_attention)
     inputs = [(layer.node, 0) for layer in layers]
@@ -327,10 +335,15 @@ def plan_quantization(
     nodes = {n.name: n for n in model.graph.node}
     activations = sorted({nodes[name].input[i] for name, i in inputs})
     groups = smoothquant.find_groups(model, layers)
+    # a softmax output's range is [0, 1] by definition: FP8's relative precision needs no clip below 1 (as
+    # ModelOpt's FP8 MHA), where INT8's uniform levels are better spent by calibration (docs/precision.md)
+    bounded = {} if fmt.integer else {n.output[0]: 1.0 for n in model.graph.node
+                                      if n.op_type == "Softmax" and n.output[0] in activations}
     return {
-        "format": fmt, "target": target, "layers": layers, "groups": groups, "inputs": inputs,
+        "format": fmt, "target": target, "layers": layers, "groups": groups, "inputs": inputs, "bounded": bounded,
         "activations": activations, "attention": [n.name for n in attention], "attention_quantized": with_attention,
-        "attention_note": note, "attention_requested": quantize_attention, "float_layers": sorted(skipped),
+        "attention_note": note, "attention_requested": quantize_attention,
+        "float_layers": sorted(skipped | set(kept_float_by_format)), "float_by_format": kept_float_by_format,
     }
 
 
@@ -364,6 +377,7 @@ def calibrate_ranges(
             name = group.activations[0]
             candidates = list(np.linspace(amax[name], top[name], CLIP_CANDIDATES))
             amax[name] = float(smoothquant.best_clip(model, group, sample, candidates, fmt))
+    amax.update(plan["bounded"])
     errors = {layer.node: group.error for group in groups for layer in group.layers if group.error is not None}
     return {"smoothing": smoothing, "amax": amax, "absmax": top, "layer_errors": errors,
             "channel_absmax": {name: values.tolist() for name, values in channel.items()}}
@@ -485,6 +499,7 @@ def _policy(plan: dict[str, Any], ranges: dict[str, Any], method: str, smooth: b
         "quantized_weight_layers": len(plan["layers"]),
         "float_layers": plan["float_layers"],
         "float_layer_names": [qdq.layer_label(n) for n in plan["float_layers"]],
+        "float_by_format": [qdq.layer_label(n) for n in plan["float_by_format"]],
         "weight_layers_quantized_fraction": len(plan["layers"]) / max(len(plan["layers"]) + len(plan["float_layers"]),
                                                                        1),
         "attention": plan["attention_note"],

@@ -214,6 +214,7 @@ def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None)
             trt_info["inspector"] = {
                 "layers": summary["num_layers"],
                 "precision_counts": summary["precision_counts"],
+                "fused_attention": summary["fused_attention"],
                 "layer_types": summary["layer_types"],
                 "io_tensors": summary["io_tensors"],
                 "inspected_shapes": summary["inspected_shapes"],

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -131,9 +132,30 @@ def io_tensors(engine_info: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"Name": name} for name in engine_info.get("Bindings", [])]
 
 
+# A fused attention block is one layer whose name or tactic names an MHA kernel: Myelin's
+# "_gemm_mha_v2_myl0_3" (LayerType "kgen", TacticName "_gemm_mha_v2_0x..."), or "fmha"/"mha" kernels
+# (NVIDIA/TensorRT issues #4397, #3243). Unfused attention is two GEMM layers and a softmax layer.
+ATTENTION_KERNEL = re.compile(r"(^|[^a-z])f?mha", re.IGNORECASE)
+
+
+def fused_attention(layers: Iterable[Mapping[str, Any] | str]) -> list[dict[str, Any]]:
+    """The layers that are a fused attention kernel, each with the precision it reads (an FP8 attention that
+    fused but reads FP16 runs in FP16: TensorRT issue #4516)."""
+    found = []
+    for layer in layers:
+        name = str(layer.get("Name", "")) if isinstance(layer, Mapping) else str(layer)
+        tactic = str(layer.get("TacticName", "")) if isinstance(layer, Mapping) else ""
+        if ATTENTION_KERNEL.search(name) or ATTENTION_KERNEL.search(tactic):
+            found.append({"name": name, "tactic": tactic or None, "precision": layer_precision(layer)})
+    return found
+
+
 def summarize(engine_info: Mapping[str, Any], layers: list[Mapping[str, Any] | str]) -> dict[str, Any]:
     """The inspector output as the manifest and reports use it."""
+    attention = fused_attention(layers)
     return {
+        "fused_attention": {"layers": len(attention), "precisions": dict(Counter(a["precision"] for a in attention)),
+                            "names": [a["name"] for a in attention][:4]},
         "num_layers": len(layers),
         "io_tensors": io_tensors(engine_info),
         "precision_counts": layer_precision_counts(layers),
