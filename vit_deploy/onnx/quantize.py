@@ -351,9 +351,12 @@ def calibrate_ranges(
     model: onnx.ModelProto, plan: dict[str, Any], images: np.ndarray, batch: int, method: str, smooth: bool,
     tick: Any = None,
 ) -> dict[str, Any]:
-    """Smoothing scales per group and the clipping range per activation tensor (two passes)."""
+    """Smoothing scales per group and the clipping range per activation tensor (two passes).
+
+    Without ``smooth`` every group is still sampled and its quantized GEMM's error measured unscaled:
+    that error ranks the layers the accuracy fallback tries first."""
     fmt: QuantFormat = plan["format"]
-    groups: list[smoothquant.SmoothGroup] = plan["groups"] if smooth else []
+    groups: list[smoothquant.SmoothGroup] = plan["groups"]
     sampled = [g.activations[0] for g in groups]
     tap = calibrate.Tap(model, plan["activations"])
     channel, samples = calibrate.channel_absmax(tap, images, batch, tick, sampled,
@@ -362,7 +365,8 @@ def calibrate_ranges(
     smoothing = {}
     for group in groups:
         x_absmax = np.max([channel[a] for a in group.activations], axis=0)
-        smoothquant.choose_scales(model, group, x_absmax, samples.get(group.activations[0]), fmt=fmt)
+        smoothquant.choose_scales(model, group, x_absmax, samples.get(group.activations[0]),
+                                  alphas=smoothquant.ALPHAS if smooth else (), fmt=fmt)
         smoothing[group.producer] = {"alpha": group.alpha, "scales": group.scales.tolist()}
         for a in group.activations:
             top[a] = float((channel[a] / group.scales).max())

@@ -190,12 +190,14 @@ def choose_scales(
 ) -> None:
     """Set ``group.alpha`` and ``group.scales``: the alpha of the grid with the least quantized-GEMM
     error on ``sample`` (rows and their weights), or no scaling where that is at least as good;
-    alpha 0.5 without a sample. Channels quieter than the median one are scaled as the median one."""
+    alpha 0.5 without a sample. Channels quieter than the median one are scaled as the median one.
+    With no ``alphas`` the group stays unscaled and only its error is measured (``group.error``)."""
     weights = _weights(model, group, len(x_absmax))
     w_absmax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
     x_absmax = with_headroom(x_absmax)
     if sample is None:
-        group.alpha, group.scales = 0.5, smoothing_scales(x_absmax, w_absmax, 0.5)
+        group.alpha, group.scales = (0.5, smoothing_scales(x_absmax, w_absmax, 0.5)) if alphas else (
+            None, np.ones_like(x_absmax, dtype=np.float32))
         return
     candidates: dict[float | None, np.ndarray] = {a: smoothing_scales(x_absmax, w_absmax, a) for a in alphas}
     candidates[None] = np.ones_like(x_absmax, dtype=np.float32)  # no scaling
