@@ -111,8 +111,8 @@ def client(from_session=None):
     boto = from_session or session()
     from botocore.config import Config
 
-    return boto.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 5},
-                                           connect_timeout=10, read_timeout=60))
+    # standard retries (3 attempts, or AWS_MAX_ATTEMPTS) with backoff: a dropped connection is retried per request
+    return boto.client("s3", config=Config(retries={"mode": "standard"}, connect_timeout=10, read_timeout=60))
 
 
 def endpoint_url(s3) -> str:
