@@ -218,13 +218,13 @@ class TritonServer:
             backend_dir, extra_env = _stage_pytriton(pytriton_root, self._workdir)
             env.update(extra_env)
         self._check_backends(backend_dir)
-        source = self.repository
+        self.source = str(self.repository)  # what --model-repository says
         if self._configs is not None:  # Triton reads the store itself, with the credentials boto3 found
             from .remote import triton_source
 
-            source, store_env = triton_source(self.repository)
+            self.source, store_env = triton_source(self.repository)
             env.update(store_env)
-        args = [str(binary), f"--model-repository={source}",
+        args = [str(binary), f"--model-repository={self.source}",
                 f"--http-address={HOST}", f"--grpc-address={HOST}", f"--metrics-address={HOST}",
                 *(f"{k}={v}" for k, v in self.ports.items()),
                 "--exit-timeout-secs=10", "--log-verbose=0", *self.extra_args]
