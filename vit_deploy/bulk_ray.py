@@ -14,9 +14,11 @@ images on shared storage (or images on ``s3://``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -53,31 +55,37 @@ def connect(ray, address: str) -> None:
 
 def run_on_ray(opts, artifact_dir: str, kind: str, todo: list[str], on_result: Callable[[Any], None]) -> str:
     """Predict ``todo`` on the cluster at ``opts.ray_address``; ``on_result`` gets each result table as it arrives."""
+    ray = import_ray()
+    # Ray prints worker deaths and cluster messages on stdout; stdout holds only our summary (--json)
+    with contextlib.redirect_stdout(sys.stderr):
+        connect(ray, opts.ray_address)
+        try:
+            return _run(ray, opts, artifact_dir, kind, todo, on_result)
+        finally:
+            ray.shutdown()
+
+
+def _run(ray, opts, artifact_dir: str, kind: str, todo: list[str], on_result: Callable[[Any], None]) -> str:
     from .bulk import BatchPredictor
 
-    ray = import_ray()
-    connect(ray, opts.ray_address)
-    try:
-        gpu = kind == "tensorrt"
-        resources = ray.cluster_resources()
-        slots = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 1) // opts.threads)
-        if slots < 1:
-            raise UsageError(f"the Ray cluster at {opts.ray_address} has no {'GPU' if gpu else 'CPU'} for a worker "
-                             f"({resources}); add nodes, or lower --threads")
-        workers = opts.workers or slots
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        blocks = max(1, min(len(todo), max(2 * workers, math.ceil(len(todo) / opts.batch_size))))
-        ds = ray.data.from_items([{"image": image} for image in todo], override_num_blocks=blocks)
-        slot = {"num_gpus": 1} if gpu else {"num_cpus": opts.threads}
-        ds = ds.map_batches(
-            BatchPredictor, batch_size=opts.batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            fn_constructor_kwargs={"artifact": artifact_dir, "backend": opts.backend, "top_k": opts.top_k,
-                                   "logits": opts.logits, "labels_file": opts.labels_file, "threads": opts.threads},
-            **slot)
-        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            on_result(table)
-    finally:
-        ray.shutdown()
+    gpu = kind == "tensorrt"
+    resources = ray.cluster_resources()
+    slots = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 1) // opts.threads)
+    if slots < 1:
+        raise UsageError(f"the Ray cluster at {opts.ray_address} has no {'GPU' if gpu else 'CPU'} for a worker "
+                         f"({resources}); add nodes, or lower --threads")
+    workers = opts.workers or slots
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    blocks = max(1, min(len(todo), max(2 * workers, math.ceil(len(todo) / opts.batch_size))))
+    ds = ray.data.from_items([{"image": image} for image in todo], override_num_blocks=blocks)
+    slot = {"num_gpus": 1} if gpu else {"num_cpus": opts.threads}
+    ds = ds.map_batches(
+        BatchPredictor, batch_size=opts.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        fn_constructor_kwargs={"artifact": artifact_dir, "backend": opts.backend, "top_k": opts.top_k,
+                               "logits": opts.logits, "labels_file": opts.labels_file, "threads": opts.threads},
+        **slot)
+    for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        on_result(table)
     return f"Ray at {opts.ray_address} ({workers} workers)"
