@@ -54,7 +54,7 @@ class BulkOptions:
     logits: bool = False
     backend: str | None = None
     labels_file: str | None = None
-    threads: int = 1  # runtime threads per worker slot (Ray); in-process: the runtime's default
+    threads: int | None = None  # runtime threads per runner (None: the runtime's default here, 1 per Ray worker)
     part_rows: int = PART_ROWS
 
 
@@ -263,12 +263,10 @@ def run_bulk(opts: BulkOptions) -> dict[str, Any]:
     from . import artifact as artifact_view
 
     _require_pyarrow()
-    for name in ("top_k", "batch_size", "threads", "part_rows"):
+    for name in ("top_k", "batch_size", "part_rows", "threads", "workers"):
         value = getattr(opts, name)
-        if not isinstance(value, int) or value < 1:
+        if (value is not None or name not in ("threads", "workers")) and (not isinstance(value, int) or value < 1):
             raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
-    if opts.workers is not None and opts.workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {opts.workers}")
     art = artifact_view.open(opts.artifact, verify=True)  # once here; the workers skip it
     model_sha = next(e["sha256"] for e in art.manifest["files"] if e["role"] == "model")
     images = list_images(opts.source)
@@ -279,7 +277,8 @@ def run_bulk(opts: BulkOptions) -> dict[str, Any]:
     engine = "this process"
     if todo:
         if opts.ray_address is None:
-            predictor = BatchPredictor(str(art.directory), opts.backend, opts.top_k, opts.logits, opts.labels_file)
+            predictor = BatchPredictor(str(art.directory), opts.backend, opts.top_k, opts.logits, opts.labels_file,
+                                       opts.threads)
             try:
                 for i in range(0, len(todo), opts.batch_size):
                     writer.add(predictor({"image": todo[i:i + opts.batch_size]}))

@@ -69,8 +69,9 @@ def _run(ray, opts, artifact_dir: str, kind: str, todo: list[str], on_result: Ca
     from .bulk import BatchPredictor
 
     gpu = kind == "tensorrt"
+    threads = opts.threads or 1
     resources = ray.cluster_resources()
-    slots = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 1) // opts.threads)
+    slots = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 1) // threads)
     if slots < 1:
         raise UsageError(f"the Ray cluster at {opts.ray_address} has no {'GPU' if gpu else 'CPU'} for a worker "
                          f"({resources}); add nodes, or lower --threads")
@@ -79,12 +80,12 @@ def _run(ray, opts, artifact_dir: str, kind: str, todo: list[str], on_result: Ca
     ctx.enable_progress_bars = False
     blocks = max(1, min(len(todo), max(2 * workers, math.ceil(len(todo) / opts.batch_size))))
     ds = ray.data.from_items([{"image": image} for image in todo], override_num_blocks=blocks)
-    slot = {"num_gpus": 1} if gpu else {"num_cpus": opts.threads}
+    slot = {"num_gpus": 1} if gpu else {"num_cpus": threads}
     ds = ds.map_batches(
         BatchPredictor, batch_size=opts.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_kwargs={"artifact": artifact_dir, "backend": opts.backend, "top_k": opts.top_k,
-                               "logits": opts.logits, "labels_file": opts.labels_file, "threads": opts.threads},
+                               "logits": opts.logits, "labels_file": opts.labels_file, "threads": threads},
         **slot)
     for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         on_result(table)
