@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import objectstore
-from .errors import ArtifactError, UsageError, VitDeployError
+from .errors import ArtifactError, UsageError
 
 STATE_FILE = "_bulk.json"
 STATE_SCHEMA = "vit-deploy/bulk-predictions"
@@ -100,12 +100,21 @@ def _read_list(path: Path) -> list[str]:
 
 
 def read_image(image: str, s3_client=None) -> bytes:
-    """The bytes of one image id (a path, or an s3:// URL)."""
+    """The bytes of one image id (a path, or an s3:// URL).
+
+    UsageError: this image cannot be read (recorded in its row). ArtifactError: the store failed
+    (credentials, network): that stops the run, since a rerun would then predict the image.
+    """
     if image.startswith(objectstore.SCHEME):
         bucket, _, key = image[len(objectstore.SCHEME):].partition("/")
         s3 = s3_client or objectstore.client()
-        with objectstore.s3_errors(image, "read", s3):
-            return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        try:
+            with objectstore.s3_errors(image, "read", s3):
+                return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ArtifactError as e:
+            if "NoSuchKey" in str(e):  # deleted since it was listed: this image's problem, not the store's
+                raise UsageError(f"cannot read image {image}: it no longer exists") from e
+            raise
     from .images.files import open_regular
 
     try:
@@ -146,7 +155,7 @@ class BatchPredictor:
                     self._s3 = objectstore.client()
                 arrays.append((i, preprocess(decode_rgb(read_image(image, self._s3), image),
                                              self.runner.preprocessing)))
-            except (VitDeployError, OSError, ValueError, MemoryError) as e:  # recorded; the batch goes on
+            except (UsageError, ValueError, MemoryError) as e:  # this image's fault: recorded; the batch goes on
                 errors[i] = str(e) or type(e).__name__
         classes: list[list[int] | None] = [None] * len(images)
         scores: list[list[float] | None] = [None] * len(images)

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .errors import UsageError
+from .errors import ArtifactError, UsageError
 
 
 def import_ray():
@@ -61,6 +61,10 @@ def run_on_ray(opts, artifact_dir: str, kind: str, todo: list[str], on_result: C
         connect(ray, opts.ray_address)
         try:
             return _run(ray, opts, artifact_dir, kind, todo, on_result)
+        except ray.exceptions.RayError as e:  # a batch failed for good (e.g. the store is down): one line
+            cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise ArtifactError(f"the Ray run failed ({cause}); the parts written so far are kept: fix that and "
+                                "run the same command again to predict the rest") from e
         finally:
             ray.shutdown()
 

@@ -129,7 +129,7 @@ def test_ray_missing_or_unreachable_is_one_line(tiny_artifacts, image_folder, tm
     code, _, err = run_cli(*args, str(tmp_path / "b"), "--ray", "127.0.0.1:6379")
     assert code == 1 and "pip install 'vit-deploy[scale]'" in err
     code, _, err = run_cli("predict", str(tiny_artifacts["fp32"]), "--ray", "127.0.0.1:6379")
-    assert code == 1 and "--ray runs bulk mode" in err
+    assert code == 1 and "are for bulk mode: give --source and --output" in err
 
 
 @pytest.fixture
@@ -220,3 +220,37 @@ def test_ray_cluster_matches_in_process_with_a_worker_killed(tiny_artifacts, tmp
         assert remote[image]["top_classes"] == row["top_classes"] and remote[image]["error"] == row["error"]
         if row["logits"] is not None:
             np.testing.assert_allclose(remote[image]["logits"], row["logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_store_fault_stops_the_run_and_a_rerun_finishes_it(tiny_artifacts, image_folder, bucket, tmp_path, run_cli,
+                                                            monkeypatch):
+    """A failing store is not an image's fault: no row says "failed" for it, and the rerun predicts those images."""
+    import boto3
+    from botocore.exceptions import ConnectionClosedError
+
+    from vit_deploy import objectstore
+
+    s3 = boto3.client("s3")
+    for name in ("0021_1.png", "0024_4.png"):
+        s3.upload_file(str(image_folder / name), bucket, f"photos/{name}")
+    real_client = objectstore.client
+
+    def failing_client(*args):
+        client = real_client(*args)
+
+        def drop(**kwargs):
+            raise ConnectionClosedError(endpoint_url="http://test")
+
+        client.meta.events.register("before-call.s3.GetObject", drop)
+        return client
+
+    args = ("predict", str(tiny_artifacts["fp32"]), "--source", f"s3://{bucket}/photos", "--output",
+            str(tmp_path / "out"))
+    monkeypatch.setattr(objectstore, "client", failing_client)
+    code, _, err = run_cli(*args)
+    assert code == 1 and "the S3 endpoint" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(objectstore, "client", real_client)
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    rows = _rows(tmp_path / "out")
+    assert len(rows) == 2 and all(r["error"] is None for r in rows.values())

@@ -156,8 +156,8 @@ def predict(
         return bulk_predict(artifact, source, output, ray_address=ray_address, top_k=top_k, batch_size=batch_size,
                             workers=workers, logits=logits, backend=backend, labels_file=labels_file,
                             as_json=as_json)
-    if ray_address is not None:
-        raise UsageError("--ray runs bulk mode: give --source and --output too")
+    if ray_address is not None or workers is not None or logits:
+        raise UsageError("--ray, --workers and --logits are for bulk mode: give --source and --output too")
     if not images:
         raise UsageError("give the artifact folder, then one or more images: vit-deploy predict ARTIFACT IMAGE...")
     results = run_predict(images, artifact, top_k=top_k, backend=backend, labels_file=labels_file)
