@@ -1,4 +1,5 @@
-"""Every module imports, and the CLI starts, with tensorrt, modelopt and tritonclient absent."""
+"""Every module imports, and the CLI starts, with tensorrt, modelopt, tritonclient and the scale-out packages
+(boto3, ray, pyarrow, kubernetes-validate, PyYAML) absent."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ BLOCKER = """
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"tensorrt", "tensorrt_bindings", "modelopt", "tritonclient", "pycuda", "cuda"}:
+        if name.split(".")[0] in {"tensorrt", "tensorrt_bindings", "modelopt", "tritonclient", "pycuda", "cuda",
+                                  "boto3", "botocore", "ray", "pyarrow", "kubernetes_validate", "yaml"}:
             raise ImportError(f"{name} is blocked for this test")
 sys.meta_path.insert(0, Block())
 """

@@ -41,11 +41,15 @@ from .errors import ArtifactError
 # What a writer makes, and so what its --force may replace.
 ARTIFACT = "artifact"
 REPOSITORY = "repository"
+MANIFESTS = "manifests"  # vit-deploy k8s: a folder of Kubernetes manifests
 REPOSITORY_MARKER = ".vit-deploy-repository.json"  # Triton loads only sub-folders, so it ignores this file
 REPOSITORY_SCHEMA = "vit-deploy/triton-repository"
 MANIFEST_NAME = "manifest.json"  # an artifact's marker: artifact.py reads and writes it
 SCHEMA = "vit-deploy/manifest"
-_NOUNS = {ARTIFACT: "a vit-deploy artifact", REPOSITORY: "a vit-deploy model repository"}
+_NOUNS = {ARTIFACT: "a vit-deploy artifact", REPOSITORY: "a vit-deploy model repository",
+          MANIFESTS: "a folder of vit-deploy Kubernetes manifests"}
+_MARKERS = {ARTIFACT: (MANIFEST_NAME, SCHEMA), REPOSITORY: (REPOSITORY_MARKER, REPOSITORY_SCHEMA),
+            MANIFESTS: (".vit-deploy-manifests.json", "vit-deploy/k8s-manifests")}
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
@@ -105,8 +109,15 @@ def write_output(path: Path, text: str) -> None:
 
 def mark_repository(folder: Path, models: list[str]) -> None:
     """Mark ``folder`` as a model repository vit-deploy wrote, listing its models (all --force may delete)."""
-    marker = {"schema": REPOSITORY_SCHEMA, "files": [{"path": name} for name in models]}
-    atomic_write_text(folder / REPOSITORY_MARKER, json.dumps(marker, indent=2) + "\n")
+    mark_folder(folder, REPOSITORY, models)
+
+
+def mark_folder(folder: Path, kind: str, entries: list[str]) -> None:
+    """Mark ``folder`` as one of ``kind`` that vit-deploy wrote, listing its top-level ``entries`` (what --force
+    may delete)."""
+    name, schema = _marker(kind)
+    marker = {"schema": schema, "files": [{"path": entry} for entry in entries]}
+    atomic_write_text(folder / name, json.dumps(marker, indent=2) + "\n")
 
 
 def _write_failed(target: Path, e: OSError) -> ArtifactError:
@@ -249,9 +260,7 @@ def _foreign_entries(folder: Path, kind: str, entries: list[str]) -> list[str] |
 
 def _marker(kind: str) -> tuple[str, str]:
     """The file that says vit-deploy wrote a folder of ``kind``, and the schema it names."""
-    if kind == REPOSITORY:
-        return REPOSITORY_MARKER, REPOSITORY_SCHEMA
-    return MANIFEST_NAME, SCHEMA
+    return _MARKERS[kind]
 
 
 def _some(names: list[str], shown: int = 3) -> str:

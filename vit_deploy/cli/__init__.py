@@ -43,10 +43,11 @@ def _add_commands() -> None:
     from .build import build_engine
     from .doctor import doctor
     from .export import export
+    from .scale import k8s, publish
     from .serving import serve, triton_load, triton_repo
 
     for command in (export, build_engine, compare, inspect, predict, doctor, bench, bench_build, triton_repo, serve,
-                    triton_load):
+                    triton_load, publish, k8s):
         cli.add_command(command)
 
 

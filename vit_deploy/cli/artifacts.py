@@ -12,6 +12,7 @@ from ..errors import ValidationFailed
 from ..progress import Progress
 from ..specs import INT8_TARGETS, QUANTIZED_PRECISIONS
 from .options import (
+    BatchSize,
     Count,
     artifact_argument,
     artifact_of,
@@ -122,13 +123,25 @@ def inspect(
 @click.option("--labels", "labels_file", default=None,
               help="A UTF-8 file with one class name per line, one per class (default: ImageNet names for 1000 "
                    "classes).")
+@click.option("--source", default=None,
+              help="Bulk mode: every image of a folder, a list file (one path per line) or an s3:// prefix, into "
+                   "--output (needs vit-deploy[scale]).")
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="Bulk mode: the Parquet dataset folder to write; a rerun skips the images already there.")
+@click.option("--ray", "ray_address", default=None,
+              help="Bulk mode: run on the Ray cluster at HOST:PORT (default: in this process).")
+@click.option("--batch-size", type=BatchSize, default=32, show_default=True, help="Bulk mode: images per batch.")
+@click.option("--workers", type=Count, default=None, help="Bulk mode on Ray: runners (default: one per CPU/GPU).")
+@click.option("--logits", is_flag=True, help="Bulk mode: also write each image's logits.")
 @json_option
 def predict(
     paths: tuple[str, ...], artifact: Path | None, backend: str | None, top_k: int, labels_file: str | None,
-    as_json: bool,
+    source: str | None, output: Path | None, ray_address: str | None, batch_size: int, workers: int | None,
+    logits: bool, as_json: bool,
 ) -> None:
     """Top-k classes with probabilities for each image, from ARTIFACT.
 
+    Bulk mode: predict ARTIFACT --source SRC --output DIR [--ray HOST:PORT] writes a Parquet dataset.
     The old form, IMAGES... --artifact DIR, still works.
     """
     from ..errors import UsageError
@@ -138,6 +151,17 @@ def predict(
         artifact, images = Path(paths[0]), list(paths[1:])
     else:
         images = list(paths)
+    if source is not None or output is not None:
+        if source is None or output is None or images:
+            raise UsageError("bulk mode takes the artifact, --source and --output (no image arguments): "
+                             "vit-deploy predict ARTIFACT --source IMAGES --output OUT")
+        from .scale import bulk_predict
+
+        return bulk_predict(artifact, source, output, ray_address=ray_address, top_k=top_k, batch_size=batch_size,
+                            workers=workers, logits=logits, backend=backend, labels_file=labels_file,
+                            as_json=as_json)
+    if ray_address is not None or workers is not None or logits:
+        raise UsageError("--ray, --workers and --logits are for bulk mode: give --source and --output too")
     if not images:
         raise UsageError("give the artifact folder, then one or more images: vit-deploy predict ARTIFACT IMAGE...")
     results = run_predict(images, artifact, top_k=top_k, backend=backend, labels_file=labels_file)

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ..specs import TRITON_BACKENDS
-from .options import PathType, alias, aliased, artifact_argument, artifact_of, force_option, json_option, out_option
+from .options import PathType, alias, aliased, artifact_argument, artifact_of, force_option, json_option
 
 # Counts and sizes are checked when the options are parsed, before any artifact is hashed or copied.
 AT_LEAST_1 = click.IntRange(min=1)
@@ -23,7 +23,9 @@ PORT = click.IntRange(0, 65535)
 
 @click.command("triton-repo")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
-@out_option("The model repository folder to write.", default=Path("model_repository"))
+@click.option("--out", default="model_repository", show_default=True,
+              help="The model repository to write: a folder, or s3://BUCKET/FOLDER (needs vit-deploy[s3]; "
+                   "AWS_ENDPOINT_URL for S3-compatible stores).")
 @click.option("--backend", type=click.Choice(TRITON_BACKENDS), default="auto",
               show_default=True, help="auto: tensorrt_plan for engines, onnxruntime_onnx for ONNX graphs, or python "
                                       "when the tritonserver that serve would run lacks that backend (the "
@@ -50,7 +52,8 @@ def triton_repo(ctx, artifacts, out, backend, name, version, as_versions, instan
                 preferred_batch, queue_delay_us, threads, no_cuda_graphs, force, as_json) -> None:
     """Write a Triton model repository from artifact folders (hash-checked first)."""
     from ..errors import UsageError
-    from ..serving.repository import RepoOptions, write_repository
+    from ..serving.remote import write_repository_anywhere
+    from ..serving.repository import RepoOptions
 
     preferred = None
     if preferred_batch:
@@ -58,7 +61,7 @@ def triton_repo(ctx, artifacts, out, backend, name, version, as_versions, instan
             preferred = tuple(int(b) for b in preferred_batch.split(","))
         except ValueError as e:
             raise UsageError(f"--preferred-batch takes integers separated by commas, got {preferred_batch!r}") from e
-    summary = write_repository(RepoOptions(
+    summary = write_repository_anywhere(RepoOptions(
         list(artifacts), out, backend=backend, name=name, version=version, as_versions=as_versions,
         instances=instances, instance_kind=instance_kind, max_batch=aliased(ctx, "max_batch_size", max_batch_size),
         preferred_batch=preferred,
@@ -87,7 +90,7 @@ def _raise_stop(signum: int, _frame: Any) -> None:
 
 
 @click.command("serve")
-@click.argument("repository", type=PathType)
+@click.argument("repository")
 @click.option("--http-port", type=PORT, default=8000, show_default=True, help="0: any free port.")
 @click.option("--grpc-port", type=PORT, default=8001, show_default=True, help="0: any free port.")
 @click.option("--metrics-port", type=PORT, default=8002, show_default=True, help="0: any free port.")
@@ -96,7 +99,8 @@ def _raise_stop(signum: int, _frame: Any) -> None:
 @click.option("--ready-timeout", type=click.FloatRange(min=0, min_open=True), default=180.0, show_default=True,
               help="Seconds to wait for the models.")
 def serve(repository, http_port, grpc_port, metrics_port, log_path, ready_timeout) -> None:
-    """Run tritonserver on REPOSITORY on loopback until Ctrl-C (exit 130), SIGTERM or SIGHUP (exit 0).
+    """Run tritonserver on REPOSITORY (a folder or s3://BUCKET/FOLDER) on loopback until Ctrl-C (exit 130), SIGTERM or
+    SIGHUP (exit 0).
 
     The server stops with this command, however it ends: in order on those signals, and by the
     kernel's parent-death signal if this process is killed outright (kill -KILL).

@@ -3,6 +3,9 @@
     with TritonServer("model_repository", http_port=0) as server:   # 0: any free port
         print(server.http_url, server.models)
 
+The repository is a local folder or an ``s3://bucket/folder`` location (Triton reads the store
+itself: :mod:`.remote`).
+
 Where the binary comes from, in order: ``$TRITONSERVER``; ``tritonserver`` on PATH (a Triton
 install, which brings its own backends in /opt/tritonserver/backends); the binary inside the
 ``nvidia-pytriton`` wheel. The wheel's server needs three things to run outside PyTriton:
@@ -36,6 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UsageError
+from ..objectstore import is_url
+from ..objectstore import parse as parse_location
 
 HOST = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -163,10 +168,18 @@ class TritonServer:
         self.ports = {k: check_port(v, k) or free_port() for k, v in ports.items()}
         if len(set(self.ports.values())) != 3:
             raise ServerError(f"the HTTP, gRPC and metrics ports must differ; got {self.ports}")
-        self.repository = Path(repository).absolute()
-        if not self.repository.is_dir():
-            raise ServerError(f"{self.repository} is not a folder; make one with vit-deploy triton-repo")
-        self.models = sorted(p.name for p in self.repository.iterdir() if (p / "config.pbtxt").is_file())
+        self._configs: dict[str, str] | None = None  # config.pbtxt texts, for a repository on object storage
+        if is_url(str(repository)):
+            from .remote import config_texts
+
+            self.repository = parse_location(str(repository), "REPOSITORY")
+            self._configs = config_texts(self.repository)
+            self.models = sorted(self._configs)
+        else:
+            self.repository = Path(repository).absolute()
+            if not self.repository.is_dir():
+                raise ServerError(f"{self.repository} is not a folder; make one with vit-deploy triton-repo")
+            self.models = sorted(p.name for p in self.repository.iterdir() if (p / "config.pbtxt").is_file())
         if not self.models:
             raise ServerError(f"{self.repository} holds no model (no */config.pbtxt); "
                               "make one with vit-deploy triton-repo")
@@ -187,7 +200,9 @@ class TritonServer:
         if have is None:
             return
         for model in self.models:
-            config = parse_config((self.repository / model / "config.pbtxt").read_text(errors="replace"))
+            text = self._configs[model] if self._configs is not None else \
+                (self.repository / model / "config.pbtxt").read_text(errors="replace")
+            config = parse_config(text)
             if config.backend and config.backend not in have:
                 raise ServerError(f"model {model} needs Triton's {config.backend} backend, which this tritonserver "
                                   f"lacks (it has: {', '.join(sorted(have))}); regenerate it with "
@@ -203,7 +218,13 @@ class TritonServer:
             backend_dir, extra_env = _stage_pytriton(pytriton_root, self._workdir)
             env.update(extra_env)
         self._check_backends(backend_dir)
-        args = [str(binary), f"--model-repository={self.repository}",
+        self.source = str(self.repository)  # what --model-repository says
+        if self._configs is not None:  # Triton reads the store itself, with the credentials boto3 found
+            from .remote import triton_source
+
+            self.source, store_env = triton_source(self.repository)
+            env.update(store_env)
+        args = [str(binary), f"--model-repository={self.source}",
                 f"--http-address={HOST}", f"--grpc-address={HOST}", f"--metrics-address={HOST}",
                 *(f"{k}={v}" for k, v in self.ports.items()),
                 "--exit-timeout-secs=10", "--log-verbose=0", *self.extra_args]
