@@ -217,3 +217,25 @@ def test_predict_bad_inputs(run_cli, artifacts, tmp_path):
     cat = str(Path(data.__file__).parent / "chelsea.png")
     code, _, err = run_cli("predict", cat, "--artifact", str(artifacts["fp32"]), "--labels", str(labels))
     assert code == 1 and "names 2 classes; the model has 5" in err
+
+
+@pytest.mark.parametrize("bad", ["zeros", "nan"])
+def test_all_zero_or_nan_logits_fail_compare_and_predict(run_cli, artifacts, monkeypatch, bad):
+    """An artifact whose logits are all zero or NaN (e.g. an INT8 graph built from NaN ranges) scored cosine 1.0:
+    compare said PASS and predict printed nan%. Now compare fails it and predict refuses, each in one line."""
+    from skimage import data
+
+    from vit_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    def broken(self, batch):
+        return np.full((batch.shape[0], 5), 0.0 if bad == "zeros" else np.nan, np.float32)
+
+    monkeypatch.setattr(OnnxRuntimeRunner, "_run", broken)
+    code, out, err = run_cli("compare", str(artifacts["int8"]), "--images", str(PHOTOS), "--batch-sizes", "4")
+    assert code == 2, (out, err)
+    assert "samples have all-zero or non-finite logits" in out and "verdict: FAIL" in out
+    assert "Traceback" not in err
+    cat = str(Path(data.__file__).parent / "chelsea.png")
+    code, out, err = run_cli("predict", str(artifacts["int8"]), cat)
+    assert code == 2 and out == "" and "Traceback" not in err and "nan%" not in out + err, (out, err)
+    assert err.strip().splitlines()[-1].startswith("error: ") and "all-zero or non-finite logits" in err

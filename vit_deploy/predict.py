@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from . import runtime
-from .errors import UsageError
+from .errors import UsageError, ValidationFailed
 from .images.decode import load_batch
 from .images.files import read_text
+from .parity.metrics import degenerate_rows
 
 IMAGENET_CLASSES = 1000
 
@@ -62,8 +63,15 @@ def predict(
     with runtime.open(artifact, backend) as runner:
         names = class_names(runner.num_classes, labels_file)
         batch = load_batch(images, runner.preprocessing)
-        probs = softmax(runner.infer(batch).astype(np.float64))
+        logits = runner.infer(batch).astype(np.float64)
         pretrained = runner.artifact.pretrained
+    broken = np.flatnonzero(degenerate_rows(logits))
+    if broken.size:  # softmax would print nan% (or a flat 1/classes): no prediction to show
+        raise ValidationFailed(
+            f"{artifact} gave all-zero or non-finite logits for {broken.size} of {len(images)} image(s) (e.g. "
+            f"{images[broken[0]]}): the artifact is broken; check it with vit-deploy compare {artifact} and rebuild it"
+        )
+    probs = softmax(logits)
     k = min(top_k, probs.shape[-1])
     results = []
     for path, p in zip(images, probs, strict=True):
