@@ -37,7 +37,6 @@ from ..progress import Progress
 from .workers import peak_rss_mib, reset_peak_rss
 
 PHASES = ("export", "fp16", "int8")
-DEFAULT_CALIB = Path(__file__).resolve().parents[2] / "calibration" / "photos.txt"  # in a source checkout
 EXPORT_SIMPLIFY_STEPS = ("Exporting to ONNX", "Simplifying")
 TARGET_EXPORT_S, TARGET_EXPORT_MIB = 30.0, 4096.0
 
@@ -75,9 +74,11 @@ def check_options(opts: BuildOptions) -> None:
 
 def run_build_cost(opts: BuildOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Run the phases, each in its own process; returns per-phase and per-step time and memory."""
+    from ..images.sets import BUNDLED_PHOTOS
+
     check_options(opts)
     progress = progress or Progress(enabled=False)
-    calib = opts.calib or (str(DEFAULT_CALIB) if DEFAULT_CALIB.is_file() else None)
+    calib = opts.calib or (str(BUNDLED_PHOTOS) if BUNDLED_PHOTOS.is_file() else None)
     phases = list(opts.phases)
     notes: list[str] = []
     if "int8" in phases and calib is None:

@@ -62,6 +62,11 @@ class ImageSet:
         }
 
 
+# The photographs shipped with scikit-image and scikit-learn, listed with their sha256 in a source
+# checkout (calibration/photos.txt; absent from a wheel install): the real images a step falls back to.
+BUNDLED_PHOTOS = Path(__file__).resolve().parents[2] / "calibration" / "photos.txt"
+
+
 def cache_dir() -> Path:
     """Where calibration ranges are cached: $VIT_DEPLOY_CACHE, else ~/.cache/vit-deploy."""
     return Path(os.environ.get("VIT_DEPLOY_CACHE") or Path.home() / ".cache" / "vit-deploy")

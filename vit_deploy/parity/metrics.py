@@ -69,6 +69,11 @@ BOUNDS = [
 ]
 
 
+def bound_label(field: str) -> str:
+    """What a tolerance field bounds, as reports name it: ``min_mean_cosine`` -> ``mean cosine``."""
+    return next(b[3] for b in BOUNDS if b[0] == field)
+
+
 def bound_text(field: str, bound: float) -> str:
     """A bound as reports print it, in the unit of its metric: ``top-1 agreement >= 97%``."""
     _, _, kind, label, shown = next(b for b in BOUNDS if b[0] == field)
