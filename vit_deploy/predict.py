@@ -53,11 +53,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def failed_warning(note: str) -> str:
+    """What predict says of an artifact that failed its validation: it still predicts (to look at), but warns."""
+    return f"{note}; these predictions may be wrong (vit-deploy compare says how far)"
+
+
 def predict(
     images: list[str], artifact: str | os.PathLike[str], *, top_k: int = 5, backend: str | None = None,
     labels_file: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One entry per image: its top-k classes with probabilities, most likely first."""
+    """One entry per image: its top-k classes with probabilities, most likely first.
+
+    An artifact that failed its validation still predicts (looking at it is how one finds out what
+    is wrong), and every entry carries a ``warning`` saying so.
+    """
     if not images:
         raise UsageError("give at least one image file")
     with runtime.open(artifact, backend) as runner:
@@ -65,6 +74,7 @@ def predict(
         batch = load_batch(images, runner.preprocessing)
         logits = runner.infer(batch).astype(np.float64)
         pretrained = runner.artifact.pretrained
+        failed = runner.artifact.failed_note
     broken = np.flatnonzero(degenerate_rows(logits))
     if broken.size:  # softmax would print nan% (or a flat 1/classes): no prediction to show
         raise ValidationFailed(
@@ -80,5 +90,6 @@ def predict(
             "image": str(path),
             "pretrained": pretrained,
             "top": [{"class": int(i), "label": names[i], "probability": float(p[i])} for i in order],
+            **({"warning": failed_warning(failed)} if failed else {}),
         })
     return results

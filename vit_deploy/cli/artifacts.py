@@ -142,6 +142,8 @@ def predict(
     if not images:
         raise UsageError("give the artifact folder, then one or more images: vit-deploy predict ARTIFACT IMAGE...")
     results = run_predict(images, artifact, top_k=top_k, backend=backend, labels_file=labels_file)
+    if results and results[0].get("warning"):
+        click.echo(f"warning: {results[0]['warning']}", err=True)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return

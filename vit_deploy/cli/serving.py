@@ -43,11 +43,14 @@ PORT = click.IntRange(0, 65535)
               help="Longest a request waits for others to batch with (microseconds).")
 @click.option("--threads", type=AT_LEAST_1, default=None, help="python backend: runtime threads per instance.")
 @click.option("--no-cuda-graphs", is_flag=True, help="TensorRT plans: do not use CUDA graphs.")
+@click.option("--allow-failed", is_flag=True,
+              help="Serve an artifact whose validation failed (its manifest says \"passed\": false); refused "
+                   "otherwise.")
 @force_option
 @json_option
 @click.pass_context
 def triton_repo(ctx, artifacts, out, backend, name, version, as_versions, instances, instance_kind, max_batch_size,
-                preferred_batch, queue_delay_us, threads, no_cuda_graphs, force, as_json) -> None:
+                preferred_batch, queue_delay_us, threads, no_cuda_graphs, allow_failed, force, as_json) -> None:
     """Write a Triton model repository from artifact folders (hash-checked first)."""
     from ..errors import UsageError
     from ..serving.repository import RepoOptions, write_repository
@@ -62,7 +65,8 @@ def triton_repo(ctx, artifacts, out, backend, name, version, as_versions, instan
         list(artifacts), out, backend=backend, name=name, version=version, as_versions=as_versions,
         instances=instances, instance_kind=instance_kind, max_batch=aliased(ctx, "max_batch_size", max_batch_size),
         preferred_batch=preferred,
-        queue_delay_us=queue_delay_us, threads=threads, cuda_graphs=not no_cuda_graphs, force=force))
+        queue_delay_us=queue_delay_us, threads=threads, cuda_graphs=not no_cuda_graphs, force=force,
+        allow_failed=allow_failed))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
