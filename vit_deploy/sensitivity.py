@@ -88,6 +88,20 @@ def sensitivity_report(
     return report
 
 
+REPORT_KEYS = {"fp32_graph", "method", "int8", "layers", "tensors"}  # what every report holds (no schema field)
+
+
+def is_report(path: Path) -> bool:
+    """Whether ``path`` holds a sensitivity report (JSON), which ``inspect --sensitivity --report`` may replace."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and REPORT_KEYS <= set(doc)
+
+
 def tensor_statistics(
     model: onnx.ModelProto, plan: dict[str, Any], ranges: dict[str, Any], images: np.ndarray, batch: int,
 ) -> list[dict[str, Any]]:

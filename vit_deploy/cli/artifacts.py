@@ -82,21 +82,25 @@ def compare(
 @click.option("--target", type=click.Choice(INT8_TARGETS), default=None,
               help="--sensitivity: INT8 target (default: the artifact's, else tensorrt).")
 @click.option("--report", type=click.Path(path_type=Path), default=None,
-              help="--sensitivity: also write the report as JSON to this file.")
+              help="--sensitivity: also write the report as JSON to this file (never inside an artifact folder).")
+@click.option("--force", is_flag=True, help="--report: replace an existing file that is not a sensitivity report.")
 @json_option
 @click.pass_context
 def inspect(
     ctx: click.Context, artifact: Path | None, no_verify: bool, sensitivity: bool, calib: str | None,
-    calib_count: int, val: str | None, calib_method: str, target: str | None, report: Path | None, as_json: bool,
+    calib_count: int, val: str | None, calib_method: str, target: str | None, report: Path | None, force: bool,
+    as_json: bool,
 ) -> None:
     """Show what ARTIFACT holds: ONNX opset, I/O and ops, or an engine's layers and precisions.
 
     With --sensitivity: where INT8 loses accuracy, layer by layer (each alone, each left out), on real images.
     """
     if sensitivity:
-        from ..fileio import write_output
-        from ..sensitivity import sensitivity_for_artifact
+        from ..fileio import check_output_file, write_output
+        from ..sensitivity import is_report, sensitivity_for_artifact
 
+        if report is not None:  # before the slow part: never over the artifact, or a file it did not write
+            check_output_file(report, force, is_report, "--report", "inspect --sensitivity")
         result = sensitivity_for_artifact(artifact_of(ctx, artifact), calib, val, calib_count, calib_method, target,
                                           Progress(enabled=True))
         if report is not None:

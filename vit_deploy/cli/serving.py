@@ -96,17 +96,22 @@ def _raise_stop(signum: int, _frame: Any) -> None:
 @click.option("--grpc-port", type=PORT, default=8001, show_default=True, help="0: any free port.")
 @click.option("--metrics-port", type=PORT, default=8002, show_default=True, help="0: any free port.")
 @click.option("--log", "log_path", type=PathType, default=None,
-              help="Server log file (default: a temporary file, its path printed).")
+              help="Server log file (default: a temporary file, its path printed); never inside an artifact or a "
+                   "model repository.")
 @click.option("--ready-timeout", type=click.FloatRange(min=0, min_open=True), default=180.0, show_default=True,
               help="Seconds to wait for the models.")
-def serve(repository, http_port, grpc_port, metrics_port, log_path, ready_timeout) -> None:
+@click.option("--force", is_flag=True, help="--log: replace an existing file that is not a tritonserver log.")
+def serve(repository, http_port, grpc_port, metrics_port, log_path, ready_timeout, force) -> None:
     """Run tritonserver on REPOSITORY on loopback until Ctrl-C (exit 130), SIGTERM or SIGHUP (exit 0).
 
     The server stops with this command, however it ends: in order on those signals, and by the
     kernel's parent-death signal if this process is killed outright (kill -KILL).
     """
-    from ..serving.server import ServerError, TritonServer
+    from ..fileio import check_output_file
+    from ..serving.server import ServerError, TritonServer, is_server_log
 
+    if log_path is not None:
+        check_output_file(log_path, force, is_server_log, "--log", "tritonserver")
     server = TritonServer(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                           log_path=log_path, ready_timeout=ready_timeout)
     previous = {s: signal.signal(s, _raise_stop) for s in _STOP_SIGNALS}
