@@ -31,6 +31,7 @@ from .onnx.qdq import layer_kind, layer_label
 from .parity.metrics import accuracy, compare_logits
 from .progress import Progress
 
+SENSITIVITY_BATCH = 8  # calibration batch: the fewest calibration images a report takes
 OUTLIER_FACTOR = 8.0  # a channel whose max |x| exceeds 8x the median channel's is an outlier
 
 
@@ -51,7 +52,7 @@ def sensitivity_report(
     num_tokens: int,
     method: str = DEFAULT_METHOD,
     target: str = "tensorrt",
-    batch: int = 8,
+    batch: int = SENSITIVITY_BATCH,
     smooth: bool = True,
     tick: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
@@ -175,7 +176,8 @@ def sensitivity_for_artifact(
         art = open_artifact(artifact, verify=True)
     cfg = art.model_config
     progress = progress or Progress(enabled=False)
-    calib_set = load_image_set(calib, cfg.preprocessing, calib_images, 8, 0, progress)
+    calib_set = load_image_set(calib, cfg.preprocessing, calib_images, SENSITIVITY_BATCH, 0, progress,
+                               too_few=f"add images (--sensitivity calibrates on at least {SENSITIVITY_BATCH})")
     if val_images:
         val = load_image_set(val_images, cfg.preprocessing, None, 1, 0, progress, role="validation",
                              num_classes=cfg.num_classes)

@@ -186,12 +186,15 @@ def load_image_set(
     progress: Progress | None = None,
     role: str = "calibration",
     num_classes: int | None = None,
+    too_few: str | None = None,
 ) -> ImageSet:
     """Load up to ``count`` images (a seeded sample when the set is larger), preprocessed.
 
     ``role`` names the set in messages ("calibration", "validation", ...): the same loader
     reads every image set, and the user must know which option a message is about.
     ``num_classes``: the class count of the model the labels score (None: checked by the caller).
+    ``too_few``: what to do when fewer than ``batch`` images are usable, in the caller's own options
+    (default: build-engine's, "add images or lower --calib-batch" for a calibration set).
     """
     from .decode import decode_rgb, preprocess
 
@@ -234,7 +237,7 @@ def load_image_set(
         raise UsageError(
             f"{role} set {spec}: only {len(images)} of {len(sources)} images are usable"
             f"{f' ({len(skipped)} skipped: {why})' if skipped else ''}, fewer than the batch size {batch}; "
-            + ("add images or lower --calib-batch" if role == "calibration" else "add images")
+            + (too_few or ("add images or lower --calib-batch" if role == "calibration" else "add images"))
         )
     digest = hashlib.sha256(json.dumps({"files": hashes, "prep": prep.to_dict()}, sort_keys=True).encode()).hexdigest()
     if labels is not None:
