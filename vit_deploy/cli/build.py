@@ -23,10 +23,8 @@ from .options import (
     calib_method_option,
     echo_json,
     failing_with,
-    force_option,
-    json_option,
     out_option,
-    seed_option,
+    writer_options,
 )
 
 
@@ -66,9 +64,7 @@ from .options import (
               help="Timing cache file, reused across builds (default: one per TensorRT version and GPU in the cache).")
 @click.option("--hardware-compatible", is_flag=True, help="A plan that runs on any Ampere-or-newer GPU (slower).")
 @click.option("--version-compatible", is_flag=True, help="A plan that later TensorRT versions can run (slower).")
-@force_option
-@seed_option("sampling images")
-@json_option
+@writer_options("sampling images")
 @click.pass_context
 def build_engine(
     ctx: click.Context, artifact: Path | None, precision: str | None, calib: str | None, target: str,
