@@ -133,9 +133,7 @@ def check_output_file(path: Path, force: bool, written_by: Callable[[Path], bool
         folder, noun = inside
         raise ArtifactError(f"{option} {path} is inside {folder}, {noun}: a file written there changes it; "
                             "choose a path outside it")
-    if path.is_dir():
-        raise ArtifactError(f"{option} {path} is a folder; name a file (e.g. {path / 'report.json'})")
-    if path.exists() and not force and not written_by(path):
+    if path.is_file() and not force and not written_by(path):  # a folder there: the write itself says so
         raise ArtifactError(f"{option} {path} exists and is not a file {what} wrote; pass --force to replace it, "
                             "or choose another file")
     return path
