@@ -221,3 +221,90 @@ def test_predict_bad_inputs(run_cli, artifacts, tmp_path):
     cat = str(Path(data.__file__).parent / "chelsea.png")
     code, _, err = run_cli("predict", cat, "--artifact", str(artifacts["fp32"]), "--labels", str(labels))
     assert code == 1 and "names 2 classes; the model has 5" in err
+
+
+@pytest.mark.parametrize("bad", ["zeros", "nan"])
+def test_all_zero_or_nan_logits_fail_compare_and_predict(run_cli, artifacts, monkeypatch, bad):
+    """An artifact whose logits are all zero or NaN (e.g. an INT8 graph built from NaN ranges) scored cosine 1.0:
+    compare said PASS and predict printed nan%. Now compare fails it and predict refuses, each in one line."""
+    from skimage import data
+
+    from vit_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    def broken(self, batch):
+        return np.full((batch.shape[0], 5), 0.0 if bad == "zeros" else np.nan, np.float32)
+
+    monkeypatch.setattr(OnnxRuntimeRunner, "_run", broken)
+    code, out, err = run_cli("compare", str(artifacts["int8"]), "--images", str(PHOTOS), "--batch-sizes", "4")
+    assert code == 2, (out, err)
+    assert "samples have all-zero or non-finite logits" in out and "verdict: FAIL" in out
+    assert "Traceback" not in err
+    cat = str(Path(data.__file__).parent / "chelsea.png")
+    code, out, err = run_cli("predict", str(artifacts["int8"]), cat)
+    assert code == 2 and out == "" and "Traceback" not in err and "nan%" not in out + err, (out, err)
+    assert err.strip().splitlines()[-1].startswith("error: ") and "all-zero or non-finite logits" in err
+
+
+def test_compare_defaults_to_the_set_the_artifact_was_validated_on(artifacts, run_cli):
+    """The tiny INT8 graph was validated on its calibration photos: compare reruns on those, not on noise."""
+    code, out, err = run_cli("compare", str(artifacts["int8"]), "--batch-sizes", "4", "--json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["inputs"] == f"20 images from {PHOTOS} (the set this artifact was validated on)", s["inputs"]
+    assert "not_gated" not in s and "seeded random" not in out
+
+
+def test_compare_falls_back_to_the_bundled_photos_and_says_why(artifacts, run_cli, tmp_path):
+    """The FP32 export was validated on seeded random inputs, so the manifest names no image set."""
+    code, out, err = run_cli("compare", str(artifacts["fp32"]), "--batch-sizes", "4", "--json")
+    assert code == 0, err
+    assert json.loads(out)["inputs"] == (f"20 images from {PHOTOS} (the bundled photo list: its manifest names no "
+                                         "image set it was validated on)")
+    copy = tmp_path / "moved"
+    shutil.copytree(artifacts["int8"], copy)
+    manifest = read_manifest(copy)
+    manifest["validation"]["image_set"] = str(tmp_path / "gone")
+    write_manifest(copy, manifest)
+    code, out, err = run_cli("compare", str(copy), "--batch-sizes", "4", "--json")
+    assert code == 0, err
+    assert f"the set this artifact was validated on, {tmp_path / 'gone'}, is not here" in json.loads(out)["inputs"]
+
+
+@pytest.fixture(scope="module")
+def trained_int8(tmp_path_factory) -> Path:
+    """The trained digits model (pretrained weights) and its INT8 graph, calibrated on its training images."""
+    from vit_deploy.steps.precision import PrecisionOptions, build_precision_artifact
+
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VIT_DEPLOY_CACHE", str(root / "cache"))
+        export_artifact(ExportOptions("mini", 32, num_classes=10, weights=str(DIGITS / "vit-mini-digits.safetensors"),
+                                      out_dir=root / "mini"))
+        build_precision_artifact(PrecisionOptions("int8", root / "mini", root / "mini-int8", calib_batch=4,
+                                                  calib=str(ROOT / "calibration" / "digits.txt")))
+    return root / "mini-int8"
+
+
+def test_random_inputs_only_when_asked_and_then_not_gating_what_noise_cannot_measure(trained_int8, run_cli):
+    code, out, err = run_cli("compare", str(trained_int8), "--random-inputs", "--batch-sizes", "4", "--json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["inputs"].startswith("16 seeded random images (seed 0)") and s["inputs"].endswith("(--random-inputs)")
+    assert set(s["not_gated"]) == {"min_mean_cosine", "min_top1_agreement"} and not s["top1_agreement_gated"]
+    code, out, err = run_cli("compare", str(trained_int8), "--random-inputs", "--batch-sizes", "4")
+    assert "mean cosine >= 0.995 (not gated)" in out and "top-1 agreement >= 97% (not gated)" in out
+    assert "not gated mean cosine: random inputs leave the ranges the INT8 graph was calibrated for" in out
+    assert "not gated top-1 agreement: random inputs have no class" in out
+    # what noise can measure stays gated: the FP32 export's numerics
+    code, out, err = run_cli("compare", str(trained_int8.parent / "mini"), "--random-inputs", "--batch-sizes", "4",
+                             "--json")
+    assert code == 0 and "not_gated" not in json.loads(out) and json.loads(out)["tolerance"]["max_rel_l2"] == 1e-5
+    code, _, err = run_cli("compare", str(trained_int8), "--random-inputs", "--images", str(PHOTOS))
+    assert code == 1 and "not both" in err
+
+
+def test_compare_prints_bounds_in_the_unit_of_their_values(trained_int8, run_cli):
+    code, out, err = run_cli("compare", str(trained_int8), "--batch-sizes", "4")
+    assert code == 0, err
+    assert "bounds: mean cosine >= 0.995, top-1 agreement >= 97%, top-1 accuracy drop <= 1.0 points" in out
+    assert "digits.txt (the set this artifact was validated on)" in out

@@ -1,8 +1,10 @@
 """examples/cpp, compiled with the TensorRT 11 headers and linked against stub libraries, on its error paths.
 
 The TensorRT headers come from ``../shared/third_party/tensorrt-include`` (never copied here),
-the CUDA headers and ``libcudart`` from NVIDIA's CUDA 13 wheels, nlohmann/json from the system or
-its PyPI wheel (``tests/trt/trt_stubs.py`` fetches the wheels once). The stub ``libnvinfer.so.11``
+the CUDA headers and ``libcudart`` from NVIDIA's CUDA 13 wheels, nlohmann/json from the system
+(where the compiler finds it by itself: no flag) or its PyPI wheel (``tests/trt/trt_stubs.py``
+fetches the wheels once); the example is compiled against both copies, the system one emulated in
+a private mount namespace where the package is not installed. The stub ``libnvinfer.so.11``
 is built from the symbols the compiled example needs and returns NULL for everything, so no
 engine can run: what is tested is every refusal before that point (manifest, version, sha256,
 batch) and the null runtime. Each must be one clear line on stderr and exit code 1, never a
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -43,8 +46,16 @@ def toolchain() -> dict:
     if not (trt_stubs.TRT_INCLUDE / "NvInfer.h").is_file():
         pytest.skip(f"no TensorRT headers at {trt_stubs.TRT_INCLUDE} (../shared/third_party/tensorrt-include)")
     cuda, crt = _need(trt_stubs.cuda_runtime_dir()), _need(trt_stubs.cuda_crt_dir())
-    includes = [trt_stubs.TRT_INCLUDE, cuda / "include", crt / "include", _need(trt_stubs.json_include_dir())]
-    return {"cxx": cxx, "cuda": cuda, "isystem": [a for p in includes for a in ("-isystem", str(p))]}
+    includes = [trt_stubs.TRT_INCLUDE, cuda / "include", crt / "include"]
+    flags = [a for p in includes for a in ("-isystem", str(p))]
+    return {"cxx": cxx, "cuda": cuda, "headers": flags,
+            "isystem": flags + _need_flags(trt_stubs.json_include_flags([cxx]))}
+
+
+def _need_flags(found: list[str] | str) -> list[str]:
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
 
 
 def compile_source(toolchain: dict, source: Path, out: Path) -> Path:
@@ -52,6 +63,51 @@ def compile_source(toolchain: dict, source: Path, out: Path) -> Path:
                         "-o", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"{source.name} does not compile cleanly with {' '.join(FLAGS)}:\n{r.stderr[-4000:]}"
     return out
+
+
+# Where nlohmann-json3-dev is not installed, the "system" case is made real in a private mount
+# namespace: /usr/include is overlaid with the wheel's nlohmann/ folder, exactly where the Debian
+# package puts it, for the compiler's process alone (nothing outside it sees the change).
+OVERLAY = ('mount -t overlay overlay -o "lowerdir=/usr/include,upperdir=$0,workdir=$1" /usr/include '
+           '&& shift && exec "$@"')
+
+
+def _system_json_compiler(cxx: str, tmp_path: Path) -> list[str]:
+    """A compiler argv that finds nlohmann/json.hpp in /usr/include, as on a machine with nlohmann-json3-dev."""
+    if trt_stubs.compiler_finds([cxx], "nlohmann/json.hpp"):
+        return [cxx]  # the package (or another system copy) is installed here
+    why = "nlohmann-json3-dev is not installed (apt-get install nlohmann-json3-dev covers this case)"
+    if trt_stubs.tool("unshare") is None or os.geteuid() != 0:
+        pytest.skip(f"{why}, and emulating it needs root and unshare")
+    wheel = _need_flags(trt_stubs.json_include_flags([cxx], source="wheel"))[1]
+    upper, work = tmp_path / "overlay-upper", tmp_path / "overlay-work"
+    shutil.copytree(Path(wheel) / "nlohmann", upper / "nlohmann")
+    work.mkdir()
+    compiler = ["unshare", "--mount", "--propagation", "private", "sh", "-c", OVERLAY, str(upper), str(work), cxx]
+    r = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        pytest.skip(f"{why}, and /usr/include cannot be overlaid here: {r.stderr.strip()[:200]}")
+    return compiler
+
+
+@pytest.mark.parametrize("json_source", ["system", "wheel"])
+def test_example_compiles_with_the_system_or_the_wheel_json_header(toolchain, tmp_path, json_source):
+    """Both machines CI may be: with nlohmann-json3-dev (header in /usr/include) and without (the wheel's copy).
+
+    No folder the compiler searches by itself is ever passed to it (a fresh machine with the
+    package failed with "stdlib.h: No such file or directory" when /usr/include was).
+    """
+    compiler = _system_json_compiler(toolchain["cxx"], tmp_path) if json_source == "system" else [toolchain["cxx"]]
+    json_flags = _need_flags(trt_stubs.json_include_flags(compiler, source=json_source))
+    assert (json_flags == []) == (json_source == "system"), json_flags
+    flags = toolchain["headers"] + json_flags
+    defaults = set(trt_stubs.default_include_dirs(compiler))
+    assert defaults, "the compiler listed no include folders of its own"
+    passed = {Path(flags[i + 1]).resolve() for i, flag in enumerate(flags) if flag == "-isystem"}
+    assert not passed & defaults, f"system include folders passed to the compiler: {sorted(passed & defaults)}"
+    r = subprocess.run([*compiler, *FLAGS, *flags, f"-I{EXAMPLE}", "-fsyntax-only", str(EXAMPLE / "main.cpp")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -81,3 +81,24 @@ def test_native_precisions_follow_the_tensor_core_generations(monkeypatch):
     text = format_report(doctor.report())
     assert "runs natively: FP16, INT8; FP8 needs compute capability 8.9+" in text
     assert "runs natively: FP16, INT8, FP8\n" in text
+
+
+def test_non_utf8_output_of_nvidia_smi_is_a_finding_not_a_traceback(tmp_path):
+    """doctor --json died with UnicodeDecodeError when nvidia-smi printed bytes that are not UTF-8."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_bytes(b'#!/bin/sh\nif [ -n "$1" ]; then printf "NVIDIA \\377\\376 GPU, 550.54, 9.0, 81559 MiB\\n"; '
+                    b'else printf "Treiber \\344 CUDA Version: 12.4 \\377\\n"; fi\n')
+    smi.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "vit_deploy.cli", "doctor", "--json"], capture_output=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")
+    gpu = json.loads(r.stdout)["gpu"]
+    assert gpu["gpus"] == [{"name": "NVIDIA \ufffd\ufffd GPU", "compute_capability": "9.0", "memory": "81559 MiB"}]
+    assert gpu["driver"] == "550.54" and gpu["cuda"] == "12.4"

@@ -66,3 +66,68 @@ def test_report_is_written_even_when_steps_failed_or_left_nothing(tmp_path):
     assert report["compare"] == [{"engine": "ti16-fp32", "passed": True, "min_cosine": 0.99998, "rel_l2": 2e-6,
                                   "top1_agreement": 1.0, "accuracy": 0.8, "reference_accuracy": 0.8}]
     assert "NOT PASSED" in (out / "gpu-report.md").read_text()
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for python: the step that must be interrupted sleeps (recording its pid); the rest is real python.
+case "$*" in
+  *"vit_deploy.cli {slow}"*) echo $$ >> "{pids}"; exec sleep 600 ;;
+esac
+exec "{python}" "$@"
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = next(line for line in open(f"/proc/{pid}/status") if line.startswith("State:"))
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return " Z " not in state and "zombie" not in state  # a zombie has stopped: only its exit status is left
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None or not os.path.isdir("/proc"),
+                    reason="needs bash, timeout and /proc")
+@pytest.mark.parametrize(("slow", "signal_name"), [("export", "SIGINT"), ("doctor", "SIGTERM")])
+def test_an_interrupt_stops_every_step_at_once_and_still_writes_the_report(tmp_path, slow, signal_name):
+    """Ctrl-C (SIGINT to the whole foreground group) or the time limit (SIGTERM to the script) left the
+    background prepare jobs running after exit 130, and waited for a foreground step to finish first."""
+    import signal
+
+    pids = tmp_path / "pids"
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(slow=slow, pids=pids, python=sys.executable))
+    fake.chmod(0o755)
+    out = tmp_path / "acc"
+    env = dict(os.environ, OUT=str(out), PYTHON=str(fake), REALDATA=str(tmp_path / "no-realdata"), BUDGET="450")
+    script = subprocess.Popen(["bash", str(SCRIPT), "--skip-install"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not started and time.monotonic() < deadline and script.poll() is None:
+            time.sleep(0.2)
+            started = [int(p) for p in pids.read_text().split()] if pids.exists() else []
+        assert started, f"the {slow} step never started: {script.communicate(timeout=30)[0].decode()[-2000:]}"
+        time.sleep(0.5)
+        sent = time.monotonic()
+        if signal_name == "SIGINT":
+            os.killpg(script.pid, signal.SIGINT)  # what Ctrl-C does: the terminal signals its foreground group
+        else:
+            script.send_signal(signal.SIGTERM)
+        code = script.wait(timeout=20)
+        seconds = time.monotonic() - sent
+        assert code == 130, script.stdout.read().decode()[-2000:]
+        assert seconds < 10, f"the script took {seconds:.1f}s to stop"
+        assert not [p for p in started if _alive(p)], "a step's process outlived the script"
+        report = json.loads((out / "gpu-report.json").read_text())
+        steps = {s["name"]: s for s in report["steps"]}
+        interrupted = "prepare-b16" if slow == "export" else "doctor"
+        assert steps[interrupted]["status"] == "fail" and "interrupted" in steps[interrupted]["reason"], steps
+        assert steps["interrupted"]["status"] == "fail" and (out / "gpu-report.md").is_file()
+    finally:
+        for pid in started:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
+            script.wait()

@@ -55,7 +55,42 @@ write_report() {
   "$PY" tools/gpu_report.py "$OUT" --dry-run "$DRY_RUN" --budget "$BUDGET" --seconds "$(elapsed)" \
     || echo "error: could not write the reports in $OUT" >&2
 }
-trap 'record interrupted fail 0 "interrupted" ""; write_report; exit 130' INT TERM
+
+# Every step runs as `timeout ... &`, which leads its own process group (timeout's setpgid), and is
+# listed in $RUNNING (a file named by its pid, holding the step's name) until it ends. On Ctrl-C,
+# TERM or the time limit the trap stops them all at once, background prepare jobs included, and
+# still writes the report: GPU minutes are too scarce to wait for a step, or to leave a b16 export
+# running after the script has gone.
+RUNNING="$OUT/.running"
+rm -rf "$RUNNING"; mkdir -p "$RUNNING"
+PREP_PIDS=""
+
+stop_all() {
+  local pid groups="" left i
+  for pid in $PREP_PIDS; do kill -TERM "$pid" 2>/dev/null; done  # their step functions: no record after this
+  for pid in $(ls "$RUNNING" 2>/dev/null); do
+    groups="$groups $pid"
+    record "$(cat "$RUNNING/$pid" 2>/dev/null)" fail 0 "interrupted: stopped with the run" ""
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+  done
+  for i in 1 2 3 4 5 6 7 8 9 10; do  # up to 2 s for a clean exit, then KILL what is left
+    left=""
+    for pid in $groups; do kill -0 -- "-$pid" 2>/dev/null && left="$left $pid"; done
+    [ -z "$left" ] && break
+    sleep 0.2
+  done
+  for pid in $left; do kill -KILL -- "-$pid" 2>/dev/null; done
+  rm -rf "$RUNNING"
+}
+
+on_interrupt() {
+  trap '' INT TERM  # a second Ctrl-C must not cut the clean-up or the report short
+  stop_all
+  record interrupted fail 0 "interrupted" ""
+  write_report
+  exit 130
+}
+trap on_interrupt INT TERM
 
 # Why there is no usable GPU (empty when TensorRT and CUDA work): the doctor's own probe.
 GPU_REASON=$("$PY" -c "from vit_deploy.trt.probe import unavailable_reason as r; print(r() or '')" 2>&1 | tail -1)
@@ -74,8 +109,13 @@ step() {
   [ "$limit" -gt "$left" ] && limit=$left
   t0=$(date +%s)
   { echo "\$ $cmd"; echo "# limit ${limit}s"; } > "$log"
-  timeout --kill-after=10 "$limit" bash -c "$cmd" >> "$log" 2>&1
+  # in the background and waited for: `wait` returns at once when the script is signalled
+  timeout --kill-after=10 "$limit" bash -c "$cmd" >> "$log" 2>&1 &
+  local pid=$!
+  echo "$name" > "$RUNNING/$pid"
+  wait "$pid"
   rc=$?
+  rm -f "$RUNNING/$pid"
   local secs=$(( $(date +%s) - t0 ))
   if [ "$rc" = 0 ]; then
     record "$name" pass "$secs" "" "$cmd"
@@ -117,7 +157,6 @@ $PY -m vit_deploy.cli build-engine $B16 --int8 --calib calibration/photos.txt --
 PREP_TI="export CUDA_VISIBLE_DEVICES=; $PY -m vit_deploy.cli export --model ti16 --res 224 --weights $TI_WEIGHTS --out $TI --force && \
 $PY -m vit_deploy.cli build-engine $TI --fp16 --out $TI-fp16 --force; \
 $PY -m vit_deploy.cli build-engine $TI --int8 --calib $PHOTOS --calib-count 256 --out $TI-int8 --force; true"
-PREP_PIDS=""
 if [ "$DRY_RUN" = 1 ]; then
   record prepare-b16 skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_B16"
   record prepare-ti16 skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_TI"
@@ -172,4 +211,5 @@ fi
 
 write_report
 trap - INT TERM
+rm -rf "$RUNNING"
 echo "reports: $OUT/gpu-report.json $OUT/gpu-report.md ($(elapsed)s)"

@@ -382,6 +382,15 @@ class Artifact:
         return self.validation.get("passed")
 
     @property
+    def failed_note(self) -> str | None:
+        """One line when the artifact's own validation failed (``"passed": false``), naming the first failure."""
+        if self.passed is not False:
+            return None
+        failures = [str(f) for f in self.validation.get("failures") or []]
+        why = f" ({failures[0]}{'; and more' if len(failures) > 1 else ''})" if failures else ""
+        return f"{self.directory} failed its validation{why}: its manifest records \"passed\": false"
+
+    @property
     def engine_profile(self) -> dict[str, Any]:
         """An engine's optimization profile ``{input: {min, opt, max}}``; {} for a graph."""
         return dict(self.section("tensorrt").get("profile") or {})

@@ -18,6 +18,10 @@ Every writer of a folder goes through :func:`staged_directory`, which enforces:
   for a new folder, ``RENAME_EXCHANGE`` to swap in a replacement (the old one is whole until the
   swap, which is atomic). Where the kernel or filesystem lacks it, ``rename`` (which can replace
   only an empty folder) and a two-rename swap that is undone if its second half fails.
+- **Nothing writes inside what vit-deploy wrote.** No folder is staged, and no output file
+  (report, results, log, timing cache) is written, inside an artifact or a model repository; an
+  output file replaces an existing file only when its command wrote it, or with ``force``
+  (:func:`check_output_file`).
 - **Failures are one line.** Any OSError while staging, writing or publishing (disk full, file
   size limit, read-only or immutable target) becomes an ArtifactError naming the folder, the
   cause and what to do; the staging folder is removed and the old artifact, if any, is untouched.
@@ -33,7 +37,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import ArtifactError
@@ -107,6 +111,78 @@ def write_output(path: Path, text: str) -> None:
         raise _write_failed(path, e) from e
 
 
+def managed_folder(path: Path) -> tuple[Path, str] | None:
+    """The folder at or above ``path`` that vit-deploy wrote (an artifact or a model repository) and its noun.
+
+    Such a folder is whole as written: a file added to it breaks an artifact's hashes or a
+    repository's model list, and --force would no longer replace it. So nothing else writes there.
+    """
+    real = _real(path)
+    for folder in (real, *real.parents):
+        for kind in (ARTIFACT, REPOSITORY):
+            if _read_marker(folder, kind) is not None:
+                return folder, _NOUNS[kind]
+    return None
+
+
+def check_output_file(path: Path, force: bool, written_by: Callable[[Path], bool], option: str, what: str) -> Path:
+    """Refuse (ArtifactError) an output file that would land inside an artifact or model repository, or
+    replace a file that ``what`` did not write (``written_by(path)`` says whether it did) without ``force``.
+
+    Checked before the command's work starts, so a refused path costs nothing; returns ``path``.
+    """
+    path = Path(path)
+    inside = managed_folder(path.parent)
+    if inside is not None:
+        folder, noun = inside
+        raise ArtifactError(f"{option} {path} is inside {folder}, {noun}: a file written there changes it; "
+                            "choose a path outside it")
+    if path.is_file() and not force and not written_by(path):  # a folder there: the write itself says so
+        raise ArtifactError(f"{option} {path} exists and is not a file {what} wrote; pass --force to replace it, "
+                            "or choose another file")
+    return path
+
+
+def check_output_folder(folder: Path, option: str) -> Path:
+    """Refuse (ArtifactError) an output folder that is, or is inside, an artifact or a model repository."""
+    inside = managed_folder(folder)
+    if inside is not None:
+        where, noun = inside
+        at = "is" if where == _real(folder) else f"is inside {where},"
+        raise ArtifactError(f"{option} {folder} {at} {noun}: files written there change it; choose a folder "
+                            "outside it")
+    return Path(folder)
+
+
+def check_output_set(folder: Path, stem: str, suffixes: tuple[str, ...], schema: str, force: bool,
+                     what: str) -> Path:
+    """:func:`check_output_folder`, then :func:`check_output_file` for ``stem`` + each suffix in ``folder``.
+
+    The first suffix is JSON naming ``schema``; the others are written with it in the same run, so
+    they count as ours when that JSON is ours.
+    """
+    check_output_folder(folder, "--out")
+    main = Path(folder) / f"{stem}{suffixes[0]}"
+    ours = written_json(schema)
+    check_output_file(main, force, ours, "--out", what)
+    for suffix in suffixes[1:]:
+        check_output_file(Path(folder) / f"{stem}{suffix}", force, lambda _: ours(main), "--out", what)
+    return Path(folder)
+
+
+def written_json(schema: str) -> Callable[[Path], bool]:
+    """``written_by`` for :func:`check_output_file`: the file is JSON naming ``schema`` (what we write)."""
+
+    def check(path: Path) -> bool:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return False
+        return isinstance(doc, dict) and doc.get("schema") == schema
+
+    return check
+
+
 def mark_repository(folder: Path, models: list[str]) -> None:
     """Mark ``folder`` as a model repository vit-deploy wrote, listing its models (all --force may delete)."""
     mark_folder(folder, REPOSITORY, models)
@@ -134,6 +210,7 @@ def check_can_write(out_dir: Path, force: bool, kind: str = ARTIFACT) -> Path:
     """
     real = _real(out_dir)
     _refuse_protected(out_dir, real)
+    _refuse_nested(out_dir, real)
     try:
         fd = os.open(_lock_path(real), os.O_RDWR | os.O_CLOEXEC)
     except OSError:
@@ -162,6 +239,7 @@ def staged_directory(out_dir: Path, force: bool, kind: str = ARTIFACT) -> Iterat
     out_dir = Path(out_dir).absolute()
     real = _real(out_dir)
     _refuse_protected(out_dir, real)
+    _refuse_nested(out_dir, real)
     try:
         real.parent.mkdir(parents=True, exist_ok=True)
         lock = _locked(real, out_dir)
@@ -214,6 +292,15 @@ def _refuse_protected(out_dir: Path, real: Path) -> None:
                 )
 
 
+def _refuse_nested(out_dir: Path, real: Path) -> None:
+    """Never stage or publish inside an artifact or a model repository: that would change the one around it."""
+    inside = managed_folder(real.parent)
+    if inside is not None:
+        folder, noun = inside
+        raise ArtifactError(f"{out_dir} is inside {folder}, {noun}: a folder written there changes it; "
+                            f"choose a folder outside it, e.g. --out {folder.parent / real.name}")
+
+
 def _refuse_existing(out_dir: Path, real: Path, force: bool, kind: str) -> None:
     """Refuse unless ``real`` is absent, an empty folder, or (with ``force``) a folder of ``kind`` we wrote."""
     if not real.exists():
@@ -240,14 +327,21 @@ def _refuse_existing(out_dir: Path, real: Path, force: bool, kind: str) -> None:
         )
 
 
-def _foreign_entries(folder: Path, kind: str, entries: list[str]) -> list[str] | None:
-    """None if ``folder`` has no valid marker of ``kind``; else its top-level entries the marker does not list."""
+def _read_marker(folder: Path, kind: str) -> dict | None:
+    """The marker of ``kind`` in ``folder`` (our manifest, or the repository marker), or None if it has none."""
     marker, schema = _marker(kind)
     try:
         doc = json.loads((folder / marker).read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    if not isinstance(doc, dict) or doc.get("schema") != schema:
+    return doc if isinstance(doc, dict) and doc.get("schema") == schema else None
+
+
+def _foreign_entries(folder: Path, kind: str, entries: list[str]) -> list[str] | None:
+    """None if ``folder`` has no valid marker of ``kind``; else its top-level entries the marker does not list."""
+    marker, _ = _marker(kind)
+    doc = _read_marker(folder, kind)
+    if doc is None:
         return None
     files = doc.get("files")
     listed = {marker}

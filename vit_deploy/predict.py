@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from . import runtime
-from .errors import UsageError
+from .errors import UsageError, ValidationFailed
 from .images.decode import load_batch
 from .images.files import read_text
+from .parity.metrics import degenerate_rows
 
 IMAGENET_CLASSES = 1000
 
@@ -52,18 +53,35 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def failed_warning(note: str) -> str:
+    """What predict says of an artifact that failed its validation: it still predicts (to look at), but warns."""
+    return f"{note}; these predictions may be wrong (vit-deploy compare says how far)"
+
+
 def predict(
     images: list[str], artifact: str | os.PathLike[str], *, top_k: int = 5, backend: str | None = None,
     labels_file: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One entry per image: its top-k classes with probabilities, most likely first."""
+    """One entry per image: its top-k classes with probabilities, most likely first.
+
+    An artifact that failed its validation still predicts (looking at it is how one finds out what
+    is wrong), and every entry carries a ``warning`` saying so.
+    """
     if not images:
         raise UsageError("give at least one image file")
     with runtime.open(artifact, backend) as runner:
         names = class_names(runner.num_classes, labels_file)
         batch = load_batch(images, runner.preprocessing)
-        probs = softmax(runner.infer(batch).astype(np.float64))
+        logits = runner.infer(batch).astype(np.float64)
         pretrained = runner.artifact.pretrained
+        failed = runner.artifact.failed_note
+    broken = np.flatnonzero(degenerate_rows(logits))
+    if broken.size:  # softmax would print nan% (or a flat 1/classes): no prediction to show
+        raise ValidationFailed(
+            f"{artifact} gave all-zero or non-finite logits for {broken.size} of {len(images)} image(s) (e.g. "
+            f"{images[broken[0]]}): the artifact is broken; check it with vit-deploy compare {artifact} and rebuild it"
+        )
+    probs = softmax(logits)
     k = min(top_k, probs.shape[-1])
     results = []
     for path, p in zip(images, probs, strict=True):
@@ -72,5 +90,6 @@ def predict(
             "image": str(path),
             "pretrained": pretrained,
             "top": [{"class": int(i), "label": names[i], "probability": float(p[i])} for i in order],
+            **({"warning": failed_warning(failed)} if failed else {}),
         })
     return results

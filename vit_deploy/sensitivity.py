@@ -34,6 +34,7 @@ from .parity.metrics import accuracy, compare_logits
 from .progress import Progress
 from .specs import QUANTIZED_PRECISIONS
 
+SENSITIVITY_BATCH = 8  # calibration batch: the fewest calibration images a report takes
 OUTLIER_FACTOR = 8.0  # a channel whose max |x| exceeds 8x the median channel's is an outlier
 
 
@@ -55,7 +56,7 @@ def sensitivity_report(
     precision: str = "int8",
     method: str | None = None,
     target: str = "tensorrt",
-    batch: int = 8,
+    batch: int = SENSITIVITY_BATCH,
     smooth: bool | None = None,
     tick: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
@@ -94,6 +95,21 @@ def sensitivity_report(
         "tensors": tensor_statistics(model, plan, ranges, calib_images, batch),
     }
     return report
+
+
+REPORT_KEYS = {"fp32_graph", "method", "layers", "tensors"}  # what every report holds (no schema field)
+WHOLE_GRAPH_KEYS = ("quantized", "int8")  # the whole graph's metrics: "int8" in reports before FP8
+
+
+def is_report(path: Path) -> bool:
+    """Whether ``path`` holds a sensitivity report (JSON), which ``inspect --sensitivity --report`` may replace."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and REPORT_KEYS <= set(doc) and any(k in doc for k in WHOLE_GRAPH_KEYS)
 
 
 def tensor_statistics(
@@ -177,7 +193,8 @@ def sensitivity_for_artifact(
         raise UsageError(f"--target cpu applies to INT8 only; {fmt.label} graphs are for TensorRT")
     cfg = art.model_config
     progress = progress or Progress(enabled=False)
-    calib_set = load_image_set(calib, cfg.preprocessing, calib_images, 8, 0, progress)
+    calib_set = load_image_set(calib, cfg.preprocessing, calib_images, SENSITIVITY_BATCH, 0, progress,
+                               too_few=f"add images (--sensitivity calibrates on at least {SENSITIVITY_BATCH})")
     if val_images:
         val = load_image_set(val_images, cfg.preprocessing, None, 1, 0, progress, role="validation",
                              num_classes=cfg.num_classes)

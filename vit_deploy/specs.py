@@ -231,7 +231,8 @@ class Preprocessing:
 
 
 def default_preprocessing(img_size: int) -> Preprocessing:
-    # The augreg/timm convention: mean = std = 0.5, bicubic; crop_pct 0.875 at 224 only.
+    # timm's defaults: mean = std = 0.5 (augreg), bicubic, crop_pct 0.875 at 224 only. timm's augreg ViTs
+    # were trained at crop_pct 0.9 (resize 248): a bare checkpoint says neither, so --crop-pct 0.9 sets it.
     resize = round(img_size / 0.875) if img_size == 224 else img_size
     return Preprocessing(resize=resize, crop=img_size)
 

@@ -236,3 +236,49 @@ def test_nncf_peer_is_built_cached_and_close_to_fp32(tiny_artifacts, private_cac
     cos = np.sum(ref * got, -1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1))
     assert cos.min() > 0.99, cos
     assert "FakeQuantize" in Path(e["built"]["model"]).read_text()
+
+
+@pytest.mark.skipif(NNCF_MISSING is not None, reason=f"{NNCF_MISSING} is not installed (pip install 'vit-deploy[cpu]')")
+def test_nncf_peer_rebuilds_a_damaged_cache_entry_and_builds_aside_when_the_cache_is_unwritable(
+        tiny_artifacts, tmp_path, monkeypatch):
+    """A corrupt model.xml/.bin or build.json failed the row forever ("could not open"); a cache that cannot
+    be written failed it with OSError. Now a bad entry is a miss (rebuilt, replaced) and an unwritable
+    cache builds in a temporary folder, removed after the run."""
+    import shutil
+
+    from vit_deploy.bench.peers import _cached
+
+    monkeypatch.setenv("VIT_DEPLOY_CACHE", str(tmp_path / "cache"))
+    fp32 = tiny_artifacts["fp32"]
+    opts = _nncf_opts(fp32, calib=str(PHOTOS), calib_images=4)
+    first = run_bench(opts)["rows"][0]
+    assert first["status"] == "ok" and not first["built"]["cached"], first["reason"]
+    folder, key = Path(first["built"]["model"]).parent, first["built"]["key"]
+    assert _cached(folder, key) == (json.loads((folder / "build.json").read_text()), None)
+    damages = {
+        "model.xml": lambda p: p.write_text(p.read_text()[:200]),  # truncated
+        "model.bin": lambda p: p.write_bytes(b"\0" * p.stat().st_size),  # same size, other bytes
+        "build.json": lambda p: p.write_text("{not json"),
+    }
+    for name, damage in damages.items():
+        copy = tmp_path / f"damaged-{name}" / folder.name
+        shutil.copytree(folder, copy)
+        damage(copy / name)
+        record, why = _cached(copy, key)
+        assert record is None and why.startswith(name), why
+
+    (folder / "model.xml").write_text((folder / "model.xml").read_text()[:200])
+    result = run_bench(opts)
+    row = result["rows"][0]
+    assert row["status"] == "ok" and row["built"]["cached"] is False and row["results"][0]["status"] == "ok"
+    assert any(f"the cached model in {folder} was unusable (model.xml" in n for n in result["notes"]), result["notes"]
+    assert _cached(folder, key)[0] is not None  # replaced whole: the next run reuses it
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("VIT_DEPLOY_CACHE", str(blocker / "cache"))  # nothing can be made under a file
+    result = run_bench(opts)
+    row = result["rows"][0]
+    assert row["status"] == "ok" and row["results"][0]["status"] == "ok", row["reason"]
+    assert any("cannot write the cache" in n and "temporary folder" in n for n in result["notes"]), result["notes"]
+    assert not Path(row["built"]["temporary"]).exists()  # removed after the run

@@ -158,3 +158,24 @@ def test_a_step_of_an_uncounted_run_shows_its_number_only():
     with progress.step("Measuring"):
         pass
     assert re.fullmatch(r"\[1\] Measuring \.\.\. \d+\.\ds\n", stream.getvalue()), stream.getvalue()
+
+
+def test_too_few_sensitivity_images_name_an_option_inspect_has(run_cli, tiny_artifacts, tmp_path):
+    """inspect --sensitivity told the user to lower --calib-batch, which inspect does not take."""
+    import shutil
+
+    from helpers import PHOTOS
+
+    from vit_deploy.images.sets import list_sources
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for path, _ in list_sources(PHOTOS)[:3]:
+        shutil.copy(path, few / path.name)
+    code, out, err = run_cli("inspect", str(tiny_artifacts["fp32"]), "--sensitivity", "--calib", str(few))
+    assert code == 1 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "only 3 of 3 images are usable" in line, line
+    assert "--calib-batch" not in line and "add images (--sensitivity calibrates on at least 8)" in line
+    _, help_text, _ = run_cli("inspect", "--help")
+    assert "--calib-batch" not in help_text  # the option the old message named

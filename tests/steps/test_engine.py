@@ -8,6 +8,7 @@ CUDA GPU is missing (``pytest -rs`` shows it). The rest runs on the CPU: option 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -171,6 +172,19 @@ def test_second_build_reuses_the_timing_cache(fp16, fp16_engine, tmp_path):
     second = build_engine_artifact(opts)
     state = second["tensorrt"]["timing_cache"]
     assert state["loaded"] and not state["rebuilt"]
+
+
+@pytest.mark.gpu
+def test_a_timing_cache_file_that_is_not_one_is_replaced_only_with_force(fp16, tmp_path):
+    """--timing-cache names a file the user chose: one TensorRT cannot read is theirs, not a damaged cache of ours."""
+    mine = tmp_path / "notes.txt"
+    mine.write_text("not a timing cache\n")
+    opts = EngineOptions(fp16, tmp_path / "engine", min_batch=1, opt_batch=2, max_batch=4, timing_cache=mine)
+    with pytest.raises(UsageError, match="is not a TensorRT timing cache .* pass --force"):
+        build_engine_artifact(opts)
+    assert mine.read_text() == "not a timing cache\n" and not (tmp_path / "engine").exists()
+    s = build_engine_artifact(dataclasses.replace(opts, force=True))
+    assert s["tensorrt"]["timing_cache"]["rebuilt"] and s["tensorrt"]["timing_cache"]["saved"]
 
 
 @pytest.mark.gpu

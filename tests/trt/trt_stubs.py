@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # run as a script too: no helpers import
@@ -129,15 +130,37 @@ def cuda_crt_dir() -> Path | str:
     return _cuda_wheel_dir(CUDA_CRT, "crt/host_defines.h")
 
 
-def json_include_dir() -> Path | str:
-    """Where ``nlohmann/json.hpp`` is: the system (nlohmann-json3-dev), else the PyPI wheel's copy."""
-    for system in (Path("/usr/include"), Path("/usr/local/include")):
-        if (system / "nlohmann" / "json.hpp").is_file():
-            return system
+def compiler_finds(compiler: Sequence[str], header: str) -> bool:
+    """Whether ``compiler`` (an argv prefix) finds ``#include <header>`` with no include flag of ours."""
+    r = subprocess.run([*compiler, "-x", "c++", "-std=c++17", "-E", "-o", os.devnull, "-"],
+                       input=f"#include <{header}>\n", capture_output=True, text=True, timeout=120)
+    return r.returncode == 0
+
+
+def default_include_dirs(compiler: Sequence[str]) -> list[Path]:
+    """The folders ``compiler`` searches for ``#include <...>`` by itself (``-E -v``), resolved."""
+    r = subprocess.run([*compiler, "-x", "c++", "-E", "-v", "-o", os.devnull, "-"], input="", capture_output=True,
+                       text=True, timeout=120)
+    listing = r.stderr.split("#include <...> search starts here:", 1)[-1].split("End of search list.", 1)[0]
+    return [Path(line.split(" (framework directory)")[0].strip()).resolve()
+            for line in listing.splitlines() if line.strip()]
+
+
+def json_include_flags(compiler: Sequence[str], source: str = "system") -> list[str] | str:
+    """The flags that give ``compiler`` nlohmann/json.hpp; else why there are none.
+
+    ``source="system"``: where the compiler finds the header by itself (the Debian/Ubuntu package
+    nlohmann-json3-dev puts it in /usr/include), no flag at all; otherwise, and with
+    ``source="wheel"``, the PyPI wheel's copy as ``-isystem``. A folder the compiler already
+    searches is never passed: ``-isystem /usr/include`` moves it ahead of the C++ library's own
+    headers, whose ``#include_next <stdlib.h>`` then finds nothing ("stdlib.h: No such file").
+    """
+    if source == "system" and compiler_finds(compiler, "nlohmann/json.hpp"):
+        return []
     found = unpacked_wheel(NLOHMANN_JSON, "nlohmann_json")
     if isinstance(found, str):
         return found
-    return found / "nlohmann_json" / "include"
+    return ["-isystem", str(found / "nlohmann_json" / "include")]
 
 
 def _nm(binary: Path, *flags: str) -> list[tuple[str, str]]:

@@ -153,7 +153,8 @@ def find_artifacts(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[s
     a precision graph or an engine is given, it is found through the manifests' parent links.
     Siblings named as ``build-engine`` names them (``<fp32>-fp16``, ``<fp32>-int8``,
     ``<fp32>-trt``, ``<fp32>-fp16-trt``, ``<fp32>-int8-trt``) are added when not given. Every
-    artifact must be of the same model (variant, resolution, classes).
+    artifact must be of the same model (variant, resolution, classes). An artifact whose manifest
+    records a failed validation is benchmarked all the same, with a warning in the notes.
     """
     if not paths:
         raise UsageError("give at least one artifact folder (the FP32 export, e.g. artifacts/b16-224)")
@@ -194,6 +195,9 @@ def find_artifacts(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[s
         if artifact_key(manifest) == key:
             found[key] = (candidate, manifest)
             notes.append(f"{key}: found beside the export: {candidate}")
+    for key, (_, manifest) in found.items():
+        if manifest.failed_note:  # measured all the same (speed is still speed), but never silently
+            notes.append(f"warning: {key}: {manifest.failed_note}; its row measures speed only")
     model = _model_identity(found["fp32"][1])
     for directory, manifest in found.values():
         if _model_identity(manifest) != model:

@@ -37,7 +37,7 @@ from ..progress import Progress
 from .workers import peak_rss_mib, reset_peak_rss
 
 PHASES = ("export", "fp16", "int8")
-DEFAULT_CALIB = Path(__file__).resolve().parents[2] / "calibration" / "photos.txt"  # in a source checkout
+SCHEMA = "vit-deploy/bench-build"
 EXPORT_SIMPLIFY_STEPS = ("Exporting to ONNX", "Simplifying")
 TARGET_EXPORT_S, TARGET_EXPORT_MIB = 30.0, 4096.0
 
@@ -65,6 +65,10 @@ def check_options(opts: BuildOptions) -> None:
         raise UsageError(f"unknown phase(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(PHASES)}")
     if "export" not in opts.phases:
         raise UsageError("the fp16 and int8 phases convert the export: include the export phase")
+    if opts.work_dir is not None:
+        from ..fileio import check_output_folder
+
+        check_output_folder(opts.work_dir, "--work-dir")
     if opts.work_dir is not None and opts.work_dir.exists() and any(opts.work_dir.iterdir()):
         raise UsageError(
             f"--work-dir {opts.work_dir} is not empty; give a new or empty folder (or none: a temporary one)"
@@ -75,9 +79,11 @@ def check_options(opts: BuildOptions) -> None:
 
 def run_build_cost(opts: BuildOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Run the phases, each in its own process; returns per-phase and per-step time and memory."""
+    from ..images.sets import BUNDLED_PHOTOS
+
     check_options(opts)
     progress = progress or Progress(enabled=False)
-    calib = opts.calib or (str(DEFAULT_CALIB) if DEFAULT_CALIB.is_file() else None)
+    calib = opts.calib or (str(BUNDLED_PHOTOS) if BUNDLED_PHOTOS.is_file() else None)
     phases = list(opts.phases)
     notes: list[str] = []
     if "int8" in phases and calib is None:
@@ -109,7 +115,7 @@ def run_build_cost(opts: BuildOptions, progress: Progress | None = None) -> dict
         if temporary:
             shutil.rmtree(work, ignore_errors=True)
     summary = {
-        "schema": "vit-deploy/bench-build",
+        "schema": SCHEMA,
         "schema_version": 1,
         "created_at": started.isoformat(timespec="seconds"),
         "model": {"variant": opts.variant, "img_size": opts.img_size, "num_classes": opts.num_classes or 1000},

@@ -24,6 +24,7 @@ from typing import Any
 from ..fileio import write_output
 from .run import plural
 
+OUTPUT_SUFFIXES = (".json", ".md", ".png")  # what write_outputs writes, the JSON first
 PLOT_MISSING = "plot skipped: matplotlib is not installed (pip install 'vit-deploy[bench]')"
 
 

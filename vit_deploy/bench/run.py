@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import platform
+import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -120,12 +121,12 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict[str,
     if opts.ceiling and runnable:
         ceilings = _measure_ceilings(opts, cfg, threads, {row.compute for row, _ in runnable}, progress)
 
-    built = _build_peers(to_build, fp32, opts, threads, progress)
-    runnable = [(row, e) for row, e in runnable if e["status"] == "pending"]
-
     ctx = multiprocessing.get_context("spawn")
     workers: dict[str, Worker] = {}
+    built: dict[str, dict[str, Any]] = {}
     try:
+        _build_peers(to_build, fp32, opts, threads, progress, built, notes)
+        runnable = [(row, e) for row, e in runnable if e["status"] == "pending"]
         with progress.step(f"Loading {len(runnable)} row(s) in their own processes ({plural(threads, 'thread')} each)"):
             for row, _ in runnable:
                 workers[row.name] = Worker(_spec(row, artifacts, threads, opts, built.get(row.name)), ctx)
@@ -147,6 +148,9 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict[str,
     finally:
         for w in workers.values():
             w.close()
+        for record in built.values():  # a model built outside the cache (it could not be written) lives one run
+            if record.get("temporary"):
+                shutil.rmtree(record["temporary"], ignore_errors=True)
 
     result = {
         "schema": SCHEMA,
@@ -181,18 +185,20 @@ def _spec(row: Row, artifacts: dict[str, Path], threads: int, opts: BenchOptions
 
 def _build_peers(
     to_build: list[tuple[Row, dict[str, Any]]], fp32: Path, opts: BenchOptions, threads: int, progress: Progress,
-) -> dict[str, dict[str, Any]]:
+    built: dict[str, dict[str, Any]], notes: list[str],
+) -> None:
     """Build (or take from the cache) the model of every row that bench builds itself, each in a fresh process.
 
-    A calibration set that cannot be used is the user's error (raised); a quantizer that fails
-    marks its row failed with the reason, and the run goes on.
+    Fills ``built`` (row name -> record) as each finishes, so the caller can remove temporary
+    models whatever happens next; what the builder had to say goes to ``notes``. A calibration
+    set that cannot be used is the user's error (raised); a quantizer that fails marks its row
+    failed with the reason, and the run goes on.
     """
     from concurrent.futures import ProcessPoolExecutor
 
     from .peers import build_peer
 
     calib = CalibrationSpec(str(opts.calib), opts.calib_images)
-    built: dict[str, dict[str, Any]] = {}
     for row, entry in to_build:
         sample = f"{opts.calib_images} seeded" if opts.calib_images else "all"
         label = f"Building {row.name} from the FP32 export and {opts.calib} ({sample} images; cached after)"
@@ -207,12 +213,14 @@ def _build_peers(
         if entry["status"] == "failed":
             progress.note(f"  {row.name}: {entry['reason']}")
             continue
+        built[row.name] = record
+        for note in record.get("notes", []):
+            progress.note(f"  {row.name}: {note}")
+            notes.append(f"{row.name}: {note}")
         progress.note(f"  {row.name}: {'cached' if record['cached'] else 'built'} {record['model']}"
                       + ("" if record["cached"] else f" ({record['seconds']:.0f} s)"))
-        keep = ("model", "cached", "seconds", "quantizer", "calibration", "key")
-        entry.update(artifact=record["model"], built={k: record[k] for k in keep})
-        built[row.name] = record
-    return built
+        keep = ("model", "cached", "seconds", "quantizer", "calibration", "key", "temporary")
+        entry.update(artifact=record["model"], built={k: record[k] for k in keep if k in record})
 
 
 def _measure_ceilings(

@@ -32,7 +32,11 @@ from .options import (
 @click.option("--reference", default="pytorch", show_default=True,
               help="'pytorch' (the model rebuilt from the manifest) or another artifact folder, e.g. the FP32 export.")
 @click.option("--images", default=None,
-              help="Real images: a folder (labels.csv adds accuracy) or a definition file; default: seeded random.")
+              help="Real images: a folder (labels.csv adds accuracy) or a definition file; default: the set the "
+                   "artifact was validated on when it is here, else the bundled photo list (calibration/photos.txt).")
+@click.option("--random-inputs", is_flag=True,
+              help="Compare on seeded random inputs instead (for trained weights, what noise cannot measure is "
+                   "reported, not judged: top-1 agreement, and INT8's cosine bounds).")
 @click.option("--max-images", type=Count, default=None, help="Use at most N images (seeded sample).")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to run the artifact at.")
 @click.option("--weights", default=None,
@@ -43,14 +47,15 @@ from .options import (
 @json_option
 @click.pass_context
 def compare(
-    ctx: click.Context, artifact: Path | None, reference: str, images: str | None, max_images: int | None,
-    batch_sizes: str, weights: str | None, backend: str | None, provider: str, seed: int, as_json: bool,
+    ctx: click.Context, artifact: Path | None, reference: str, images: str | None, random_inputs: bool,
+    max_images: int | None, batch_sizes: str, weights: str | None, backend: str | None, provider: str, seed: int,
+    as_json: bool,
 ) -> None:
     """Run ARTIFACT and its reference on the same inputs; exit 2 when outside the precision's bounds."""
     from ..compare import CompareOptions, compare_artifact
 
     artifact = artifact_of(ctx, artifact)
-    opts = CompareOptions(artifact=artifact, reference=reference, images=images,
+    opts = CompareOptions(artifact=artifact, reference=reference, images=images, random_inputs=random_inputs,
                           batch_sizes=parse_batch_sizes(batch_sizes), max_images=max_images, seed=seed,
                           provider=provider, backend=backend, weights=weights)
     summary = compare_artifact(opts, Progress(enabled=True))
@@ -80,13 +85,14 @@ def compare(
 @click.option("--target", type=click.Choice(INT8_TARGETS), default=None,
               help="--sensitivity: INT8 target (default: the artifact's, else tensorrt).")
 @click.option("--report", type=click.Path(path_type=Path), default=None,
-              help="--sensitivity: also write the report as JSON to this file.")
+              help="--sensitivity: also write the report as JSON to this file (never inside an artifact folder).")
+@click.option("--force", is_flag=True, help="--report: replace an existing file that is not a sensitivity report.")
 @json_option
 @click.pass_context
 def inspect(
     ctx: click.Context, artifact: Path | None, no_verify: bool, sensitivity: bool,
     sensitivity_precision: str | None, calib: str | None, calib_count: int, val: str | None,
-    calib_method: str | None, target: str | None, report: Path | None, as_json: bool,
+    calib_method: str | None, target: str | None, report: Path | None, force: bool, as_json: bool,
 ) -> None:
     """Show what ARTIFACT holds: ONNX opset, I/O and ops, what TensorRT will run each op in, or an engine's
     layers and precisions.
@@ -94,9 +100,11 @@ def inspect(
     With --sensitivity: where INT8/FP8 loses accuracy, layer by layer (each alone, each left out), on real images.
     """
     if sensitivity:
-        from ..fileio import write_output
-        from ..sensitivity import sensitivity_for_artifact
+        from ..fileio import check_output_file, write_output
+        from ..sensitivity import is_report, sensitivity_for_artifact
 
+        if report is not None:  # before the slow part: never over the artifact, or a file it did not write
+            check_output_file(report, force, is_report, "--report", "inspect --sensitivity")
         result = sensitivity_for_artifact(artifact_of(ctx, artifact), calib, val, calib_count, calib_method, target,
                                           Progress(enabled=True), sensitivity_precision)
         if report is not None:
@@ -165,6 +173,8 @@ def predict(
     if not images:
         raise UsageError("give the artifact folder, then one or more images: vit-deploy predict ARTIFACT IMAGE...")
     results = run_predict(images, artifact, top_k=top_k, backend=backend, labels_file=labels_file)
+    if results and results[0].get("warning"):
+        click.echo(f"warning: {results[0]['warning']}", err=True)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -176,9 +186,12 @@ def predict(
 
 def compare_text(summary: dict[str, Any]) -> str:
     """The human-readable report of :func:`~vit_deploy.compare.compare_artifact`."""
-    tol = summary["tolerance"]
-    bounds = ", ".join(f"{k} {v}" for k, v in tol.items())
-    gate = "" if summary["top1_agreement_gated"] else " (top-1 not gated: random weights)"
+    from ..parity.metrics import bound_label, bound_text
+
+    not_gated = summary.get("not_gated") or {}
+    bounds = ", ".join(bound_text(k, v) + (" (not gated)" if k in not_gated else "")
+                       for k, v in summary["tolerance"].items())
+    gate = "" if summary["top1_agreement_gated"] or not_gated else " (top-1 not gated: random weights)"
     head = ["batch", "max abs", "mean abs", "rel L2", "cosine", "top-1", "top-5"]
     has_acc = any("accuracy" in r["metrics"] for r in summary["rows"])
     if has_acc:
@@ -189,6 +202,8 @@ def compare_text(summary: dict[str, Any]) -> str:
         f"  reference {summary['reference']}",
         f"  inputs    {summary['inputs']}",
         f"  output    {summary['output']}; bounds: {bounds}{gate}",
+        *(f"  not gated {', '.join(bound_label(k) for k, w in not_gated.items() if w == why)}: {why}"
+          for why in dict.fromkeys(not_gated.values())),
         "",
     ]
     table = [head]

@@ -58,12 +58,13 @@ from .options import (
 @click.option("--calib-count", type=Count, default=DEFAULT_CALIB_IMAGES, show_default=True,
               help="Use at most N calibration images (a seeded sample, as build-engine).")
 @alias("--calib-images", "calib_count", type=Count)
+@click.option("--force", is_flag=True, help="Replace bench.json/.md/.png in --out that an earlier bench did not write.")
 @json_option
 @click.pass_context
 def bench(
     ctx: click.Context, artifacts: tuple[Path, ...], backends: str, batch_sizes: str, threads: int | None,
     repeats: int, min_time: float, warmup: int, device: str, baseline: str, out: Path, no_ceiling: bool, seed: int,
-    calib: str | None, calib_count: int, as_json: bool,
+    calib: str | None, calib_count: int, force: bool, as_json: bool,
 ) -> None:
     """Throughput, latency, memory and % of the matrix-multiply ceiling of every backend, in one run.
 
@@ -72,9 +73,12 @@ def bench(
     found automatically. With --calib, bench also builds the OpenVINO + NNCF INT8 peer from the
     export (cached in the vit-deploy cache, keyed by the model and the calibration set).
     """
-    from ..bench.report import format_table, format_targets, targets, write_outputs
-    from ..bench.run import BenchOptions, run_bench
+    from ..bench.report import OUTPUT_SUFFIXES, format_table, format_targets, targets, write_outputs
+    from ..bench.run import SCHEMA, BenchOptions, run_bench
+    from ..fileio import check_output_set
 
+    out = aliased(ctx, "out", out, Path("bench-results"))
+    check_output_set(out, "bench", OUTPUT_SUFFIXES, SCHEMA, force, "vit-deploy bench")  # before the run
     opts = BenchOptions(
         artifacts=artifacts, backends=backends, batch_sizes=parse_batch_sizes(batch_sizes), threads=threads,
         repeats=repeats, min_time=min_time, warmup=warmup, device=device, baseline=baseline, ceiling=not no_ceiling,
@@ -82,7 +86,7 @@ def bench(
         extra=_command_line("bench"),
     )
     result = run_bench(opts, Progress(enabled=True))
-    written = write_outputs(result, aliased(ctx, "out", out, Path("bench-results")))
+    written = write_outputs(result, out)
     if as_json:
         echo_json(result)
         return
@@ -106,20 +110,24 @@ def bench(
               help="A new or empty folder to keep the artifacts in (default: a temporary folder, removed after).")
 @click.option("--threads", type=Count, default=None, help="OMP/torch threads of each phase (default: theirs).")
 @out_option("Writes build-cost.json and build-cost.md.", default=Path("bench-results"), old=("--out-dir",))
+@click.option("--force", is_flag=True, help="Replace build-cost.json/.md in --out that bench-build did not write.")
 @json_option
 @click.pass_context
 def bench_build(
     ctx: click.Context, variant: str, img_size: int, num_classes: int | None, phases: str, calib: str | None,
-    work_dir: Path | None, threads: int | None, out: Path, as_json: bool,
+    work_dir: Path | None, threads: int | None, out: Path, force: bool, as_json: bool,
 ) -> None:
     """Time and peak memory of export + simplify, FP16 and INT8 conversion, each in a fresh process."""
-    from ..bench.build_cost import BuildOptions, format_build, run_build_cost, write_build_outputs
+    from ..bench.build_cost import SCHEMA, BuildOptions, format_build, run_build_cost, write_build_outputs
+    from ..fileio import check_output_set
 
+    out = aliased(ctx, "out", out, Path("bench-results"))
+    check_output_set(out, "build-cost", (".json", ".md"), SCHEMA, force, "vit-deploy bench-build")  # before the run
     opts = BuildOptions(variant=variant, img_size=img_size, num_classes=num_classes, calib=calib, work_dir=work_dir,
                         phases=tuple(p.strip() for p in phases.split(",") if p.strip()), threads=threads,
                         extra=_command_line("bench-build"))
     summary = run_build_cost(opts, Progress(enabled=True))
-    written = write_build_outputs(summary, aliased(ctx, "out", out, Path("bench-results")))
+    written = write_build_outputs(summary, out)
     if as_json:
         echo_json(summary)
     else:

@@ -23,10 +23,8 @@ from .options import (
     calib_method_option,
     echo_json,
     failing_with,
-    force_option,
-    json_option,
     out_option,
-    seed_option,
+    writer_options,
 )
 
 
@@ -60,8 +58,8 @@ from .options import (
 @click.option("--val", default=None,
               help="Images to validate on (a folder with labels.csv adds accuracy); default: the calibration set.")
 @alias("--val-images", "val")
-@out_option("Folder of the new FP16/INT8 graph (default: <artifact>-<precision>); the engine goes beside it as "
-            "<graph>-trt. Without --fp16/--int8: the engine's folder.")
+@out_option("Folder of the new FP16/INT8/FP8 graph (default: <artifact>-<precision>); the engine goes beside it "
+            "as <graph>-trt. Without --fp16/--int8/--fp8: the engine's folder.")
 @alias("--engine-out", "engine_out", type=PathType)
 @click.option("--min-batch", type=BatchSize, default=1, show_default=True,
               help="Smallest batch of the engine's profile.")
@@ -75,9 +73,7 @@ from .options import (
               help="Timing cache file, reused across builds (default: one per TensorRT version and GPU in the cache).")
 @click.option("--hardware-compatible", is_flag=True, help="A plan that runs on any Ampere-or-newer GPU (slower).")
 @click.option("--version-compatible", is_flag=True, help="A plan that later TensorRT versions can run (slower).")
-@force_option
-@seed_option("sampling images")
-@json_option
+@writer_options("sampling images")
 @click.pass_context
 def build_engine(
     ctx: click.Context, artifact: Path | None, fp16: bool, int8: bool, fp8: bool, calib: str | None, target: str,

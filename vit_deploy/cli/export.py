@@ -16,10 +16,8 @@ from .options import (
     aliased,
     echo_json,
     failing_with,
-    force_option,
-    json_option,
     out_option,
-    seed_option,
+    writer_options,
 )
 
 
@@ -45,9 +43,7 @@ from .options import (
                    "(e.g. 0.485,0.456,0.406).")
 @click.option("--std", default=None, callback=lambda ctx, param, value: _channels(param, value),
               help="Preprocessing: per-channel std on 0..1 pixels, 1 or 3 comma-separated numbers above 0.")
-@force_option
-@seed_option("random init and validation inputs")
-@json_option
+@writer_options("random init and validation inputs")
 @click.pass_context
 def export(
     ctx: click.Context, variant: str, img_size: int, weights: str | None, num_classes: int | None, opset: int,

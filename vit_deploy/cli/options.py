@@ -94,6 +94,16 @@ def seed_option(what: str) -> Callable[[Any], Any]:
     return click.option("--seed", type=Seed, default=0, show_default=True, help=f"Seed for {what}.")
 
 
+def writer_options(seed_what: str) -> Callable[[Any], Any]:
+    """``--force``, ``--seed`` and ``--json``, in that order: the options every command that writes an artifact
+    ends with (export, build-engine)."""
+
+    def decorate(f: Any) -> Any:
+        return force_option(seed_option(seed_what)(json_option(f)))
+
+    return decorate
+
+
 def out_option(help: str, default: Path | None = None, old: tuple[str, ...] = ()) -> Callable[[Any], Any]:
     """``--out DIR`` (with ``old`` spellings as hidden aliases)."""
 

@@ -45,11 +45,14 @@ PORT = click.IntRange(0, 65535)
               help="Longest a request waits for others to batch with (microseconds).")
 @click.option("--threads", type=AT_LEAST_1, default=None, help="python backend: runtime threads per instance.")
 @click.option("--no-cuda-graphs", is_flag=True, help="TensorRT plans: do not use CUDA graphs.")
+@click.option("--allow-failed", is_flag=True,
+              help="Serve an artifact whose validation failed (its manifest says \"passed\": false); refused "
+                   "otherwise.")
 @force_option
 @json_option
 @click.pass_context
 def triton_repo(ctx, artifacts, out, backend, name, version, as_versions, instances, instance_kind, max_batch_size,
-                preferred_batch, queue_delay_us, threads, no_cuda_graphs, force, as_json) -> None:
+                preferred_batch, queue_delay_us, threads, no_cuda_graphs, allow_failed, force, as_json) -> None:
     """Write a Triton model repository from artifact folders (hash-checked first)."""
     from ..errors import UsageError
     from ..serving.remote import write_repository_anywhere
@@ -65,7 +68,8 @@ def triton_repo(ctx, artifacts, out, backend, name, version, as_versions, instan
         list(artifacts), out, backend=backend, name=name, version=version, as_versions=as_versions,
         instances=instances, instance_kind=instance_kind, max_batch=aliased(ctx, "max_batch_size", max_batch_size),
         preferred_batch=preferred,
-        queue_delay_us=queue_delay_us, threads=threads, cuda_graphs=not no_cuda_graphs, force=force))
+        queue_delay_us=queue_delay_us, threads=threads, cuda_graphs=not no_cuda_graphs, force=force,
+        allow_failed=allow_failed))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -95,18 +99,23 @@ def _raise_stop(signum: int, _frame: Any) -> None:
 @click.option("--grpc-port", type=PORT, default=8001, show_default=True, help="0: any free port.")
 @click.option("--metrics-port", type=PORT, default=8002, show_default=True, help="0: any free port.")
 @click.option("--log", "log_path", type=PathType, default=None,
-              help="Server log file (default: a temporary file, its path printed).")
+              help="Server log file (default: a temporary file, its path printed); never inside an artifact or a "
+                   "model repository.")
 @click.option("--ready-timeout", type=click.FloatRange(min=0, min_open=True), default=180.0, show_default=True,
               help="Seconds to wait for the models.")
-def serve(repository, http_port, grpc_port, metrics_port, log_path, ready_timeout) -> None:
+@click.option("--force", is_flag=True, help="--log: replace an existing file that is not a tritonserver log.")
+def serve(repository, http_port, grpc_port, metrics_port, log_path, ready_timeout, force) -> None:
     """Run tritonserver on REPOSITORY (a folder or s3://BUCKET/FOLDER) on loopback until Ctrl-C (exit 130), SIGTERM or
     SIGHUP (exit 0).
 
     The server stops with this command, however it ends: in order on those signals, and by the
     kernel's parent-death signal if this process is killed outright (kill -KILL).
     """
-    from ..serving.server import ServerError, TritonServer
+    from ..fileio import check_output_file
+    from ..serving.server import ServerError, TritonServer, is_server_log
 
+    if log_path is not None:
+        check_output_file(log_path, force, is_server_log, "--log", "tritonserver")
     server = TritonServer(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                           log_path=log_path, ready_timeout=ready_timeout)
     previous = {s: signal.signal(s, _raise_stop) for s in _STOP_SIGNALS}

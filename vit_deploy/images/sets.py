@@ -62,6 +62,11 @@ class ImageSet:
         }
 
 
+# The photographs shipped with scikit-image and scikit-learn, listed with their sha256 in a source
+# checkout (calibration/photos.txt; absent from a wheel install): the real images a step falls back to.
+BUNDLED_PHOTOS = Path(__file__).resolve().parents[2] / "calibration" / "photos.txt"
+
+
 def cache_dir() -> Path:
     """Where calibration ranges are cached: $VIT_DEPLOY_CACHE, else ~/.cache/vit-deploy."""
     return Path(os.environ.get("VIT_DEPLOY_CACHE") or Path.home() / ".cache" / "vit-deploy")
@@ -181,12 +186,15 @@ def load_image_set(
     progress: Progress | None = None,
     role: str = "calibration",
     num_classes: int | None = None,
+    too_few: str | None = None,
 ) -> ImageSet:
     """Load up to ``count`` images (a seeded sample when the set is larger), preprocessed.
 
     ``role`` names the set in messages ("calibration", "validation", ...): the same loader
     reads every image set, and the user must know which option a message is about.
     ``num_classes``: the class count of the model the labels score (None: checked by the caller).
+    ``too_few``: what to do when fewer than ``batch`` images are usable, in the caller's own options
+    (default: build-engine's, "add images or lower --calib-batch" for a calibration set).
     """
     from .decode import decode_rgb, preprocess
 
@@ -229,7 +237,7 @@ def load_image_set(
         raise UsageError(
             f"{role} set {spec}: only {len(images)} of {len(sources)} images are usable"
             f"{f' ({len(skipped)} skipped: {why})' if skipped else ''}, fewer than the batch size {batch}; "
-            + ("add images or lower --calib-batch" if role == "calibration" else "add images")
+            + (too_few or ("add images or lower --calib-batch" if role == "calibration" else "add images"))
         )
     digest = hashlib.sha256(json.dumps({"files": hashes, "prep": prep.to_dict()}, sort_keys=True).encode()).hexdigest()
     if labels is not None:

@@ -65,6 +65,7 @@ class RepoOptions:
     threads: int | None = None  # python backend: threads of the runtime in each instance
     cuda_graphs: bool = True  # plans only
     force: bool = False
+    allow_failed: bool = False  # serve an artifact whose validation failed (refused otherwise)
 
 
 def _io(art: Artifact, directory: Path) -> tuple[dict, dict]:
@@ -232,6 +233,11 @@ def write_repository(opts: RepoOptions) -> dict[str, Any]:
     for i, artifact in enumerate(opts.artifacts):
         art = artifact_view.open(artifact, verify=True)  # a changed artifact is refused here, not at serving time
         directory = art.directory
+        if art.failed_note and not opts.allow_failed:
+            raise UsageError(f"{art.failed_note}; serving it would hand its answers to clients: rebuild it, or "
+                             "pass --allow-failed to serve it anyway")
+        if art.failed_note:
+            notes.append(f"serving it anyway (--allow-failed): {art.failed_note}")
         backend, note = resolve_backend(opts.backend, art.kind, directory, have)
         if note and note not in notes:
             notes.append(note)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
@@ -156,6 +157,21 @@ def available_backends(backend_dir: Path | None) -> set[str] | None:
     if backend_dir is None:
         return None
     return {p.name for p in backend_dir.iterdir() if p.is_dir()}
+
+
+# tritonserver logs in glog's form: "I1206 11:28:37.315435 13164 cuda_memory_manager.cc:117] ..."
+_LOG_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
+
+
+def is_server_log(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is empty or a tritonserver log (what ``serve --log`` may replace without --force)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode(errors="replace")
+    except OSError:
+        return False
+    first = next((line for line in head.splitlines() if line.strip()), None)
+    return first is None or bool(_LOG_LINE.match(first))
 
 
 class TritonServer:

@@ -25,7 +25,7 @@ from typing import Any
 from .. import artifact as artifact_view
 from ..artifact import Artifact, file_entry, new_manifest, package_versions, write_manifest
 from ..errors import ArtifactError, EngineUnavailable, UsageError
-from ..fileio import atomic_write_bytes, check_can_write, staged_directory
+from ..fileio import atomic_write_bytes, check_can_write, check_output_file, staged_directory
 from ..progress import Progress
 from ..specs import TOLERANCES, tolerance
 from .validate import fp32_reference, image_source, validate
@@ -133,6 +133,8 @@ def check_options(opts: EngineOptions) -> None:
         raise UsageError(f"--optimization-level {opts.optimization_level} is out of range; TensorRT accepts 0 to 5")
     if opts.workspace_mib is not None and opts.workspace_mib < 1:
         raise UsageError(f"--workspace-mib {opts.workspace_mib} must be a positive number of MiB (or left unset)")
+    if opts.timing_cache is not None:  # whether an existing file is a timing cache only TensorRT can tell (build)
+        check_output_file(opts.timing_cache, opts.force, lambda _: True, "--timing-cache", "TensorRT")
 
 
 def preflight(opts: EngineOptions, parent: Artifact) -> Path:
@@ -205,6 +207,7 @@ def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None)
                 workspace_mib=opts.workspace_mib, optimization_level=opts.optimization_level,
                 timing_cache=Path(cache), hardware_compatible=opts.hardware_compatible,
                 version_compatible=opts.version_compatible, progress=progress,
+                replace_unreadable_cache=opts.force or opts.timing_cache is None,  # the default cache is ours
             )
             atomic_write_bytes(stage / name, plan)
         if (trt_info.get("timing_cache") or {}).get("loaded"):

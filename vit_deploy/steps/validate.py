@@ -11,6 +11,7 @@ Top-1 agreement is gated only for pretrained weights (a random model's logits ar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,8 @@ class ImageSource:
     images: np.ndarray
     description: str
     labels: np.ndarray | None = None
+    source: str | None = None  # the image set's path (absolute), when the images came from one
+    random: bool = False  # seeded random inputs: nothing a trained model learned shows on them
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class Verdict:
     tolerance: Tolerance
     gated_top1: bool
     rows: list[dict[str, Any]] = field(default_factory=list)  # one per batch size: batch, metrics, failures, passed
+    not_gated: dict[str, str] = field(default_factory=dict)  # tolerance field -> why it is reported, not judged
+    image_set: str | None = None  # ImageSource.source: compare reruns on it by default
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -61,7 +66,7 @@ class Verdict:
 
     @property
     def failures(self) -> list[str]:
-        return failures(self.metrics, self.tolerance, gate_top1=self.gated_top1)
+        return failures(self.metrics, self.tolerance, gate_top1=self.gated_top1, ungated=tuple(self.not_gated))
 
     @property
     def passed(self) -> bool:
@@ -79,6 +84,9 @@ class Verdict:
             "metrics": self.metrics,
             "failures": self.failures,
             "passed": self.passed,
+            # only when there is something to say, so every other record stays as it was
+            **({"not_gated": self.not_gated} if self.not_gated else {}),
+            **({"image_set": self.image_set} if self.image_set else {}),
         }
 
 
@@ -89,6 +97,7 @@ def validate(
     batch_sizes: tuple[int, ...] | list[int],
     tolerances: Tolerance,
     progress: Progress | None = None,
+    not_gated: dict[str, str] | None = None,
 ) -> Verdict:
     """Run ``runner`` at each batch size and ``reference`` once on the same images; judge every row.
 
@@ -99,6 +108,7 @@ def validate(
         batch_sizes: the candidate runs over all images in chunks of each size in turn.
         tolerances: the bounds (``specs.tolerance(precision)``).
         progress: shows one step per batch size when given.
+        not_gated: tolerance fields to report but not judge, with the reason (what these inputs cannot measure).
 
     Returns:
         The :class:`Verdict`: a row per batch size and the worst metrics over them against the bounds.
@@ -106,12 +116,15 @@ def validate(
     progress = progress or Progress(enabled=False)
     images, labels = image_source.images, image_source.labels
     expected = reference.runner.infer(images)
-    gate = runner.artifact.pretrained
-    verdict = Verdict(runner.label, reference.name, image_source.description, tolerances, gate)
+    not_gated = dict(not_gated or {})
+    gate = runner.artifact.pretrained and "min_top1_agreement" not in not_gated
+    verdict = Verdict(runner.label, reference.name, image_source.description, tolerances, gate,
+                      not_gated=not_gated, image_set=image_source.source)
     for size in batch_sizes:
         with progress.step(f"Running {runner.backend} at batch {size}"):
             logits = np.concatenate([np.asarray(runner.infer(b)) for b in batches(images, size)])
-        metrics, found = evaluate(expected, logits.astype(np.float32), labels, tolerances, gate)
+        metrics, _ = evaluate(expected, logits.astype(np.float32), labels, tolerances, gate)
+        found = failures(metrics, tolerances, gate_top1=gate, ungated=tuple(not_gated))
         verdict.rows.append({"batch": size, "metrics": metrics, "failures": found, "passed": not found})
     return verdict
 
@@ -145,13 +158,14 @@ def image_source(
         data = load_image_set(spec, artifact.preprocessing, max_images, 1, seed, progress, role=role,
                               num_classes=artifact.num_classes)
         skipped = f" ({len(data.skipped)} skipped)" if data.skipped else ""
-        return ImageSource(data.images, f"{len(data.files)} images from {spec}{skipped}", data.labels)
+        return ImageSource(data.images, f"{len(data.files)} images from {spec}{skipped}", data.labels,
+                           source=str(Path(spec).absolute()))
     from ..images.synthetic import random_images
 
     c, h, _ = artifact.chw
     images = random_images(count, h, artifact.preprocessing, seed=seed, channels=c)
     hint = f"; pass {option} for real ones" if option else ""
-    return ImageSource(images, f"{count} seeded random images (seed {seed}){hint}")
+    return ImageSource(images, f"{count} seeded random images (seed {seed}){hint}", random=True)
 
 
 def fp32_reference(artifact: Artifact, model: Any = None) -> Reference:

@@ -127,8 +127,13 @@ def build_serialized_engine(
     hardware_compatible: bool,
     version_compatible: bool,
     progress: Progress | None = None,
+    replace_unreadable_cache: bool = True,
 ) -> tuple[bytes, dict[str, Any]]:
     """Parse ``onnx_path`` and build a plan; returns (plan bytes, the manifest's "tensorrt" section).
+
+    ``replace_unreadable_cache=False``: a ``timing_cache`` file TensorRT cannot read as a timing cache
+    (not one, or damaged) is refused (UsageError) rather than replaced: the user named it, and it
+    may be something else entirely.
 
     Needs TensorRT and a CUDA GPU (check ``vit_deploy.trt.probe.unavailable_reason()`` first).
     Raises EngineBuildError with every parser error, or with TensorRT's logged errors when the
@@ -187,7 +192,8 @@ def build_serialized_engine(
     if version_compatible:
         # Embeds the lean runtime in the plan; loading it then needs Runtime.engine_host_code_allowed.
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    cache_state = _attach_timing_cache(config, timing_cache, progress) if timing_cache else None
+    cache_state = (_attach_timing_cache(config, timing_cache, progress, replace_unreadable_cache)
+                   if timing_cache else None)
 
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -245,8 +251,14 @@ def _disable_tf32(trt: Any, config: trt.IBuilderConfig) -> str:
     return "disabled"
 
 
-def _attach_timing_cache(config: trt.IBuilderConfig, path: Path, progress: Progress) -> dict[str, Any]:
-    """Load ``path`` into the config if it exists and matches this GPU/TensorRT; else start an empty cache."""
+def _attach_timing_cache(
+    config: trt.IBuilderConfig, path: Path, progress: Progress, replace_unreadable: bool = True,
+) -> dict[str, Any]:
+    """Load ``path`` into the config if it exists and matches this GPU/TensorRT; else start an empty cache.
+
+    A cache of another GPU or TensorRT version is replaced; a file TensorRT cannot read as a timing
+    cache only with ``replace_unreadable`` (else UsageError, before the build).
+    """
     path = Path(path)
     state: dict[str, Any] = {"path": str(path), "loaded": False, "rebuilt": False}
     data = b""
@@ -261,6 +273,9 @@ def _attach_timing_cache(config: trt.IBuilderConfig, path: Path, progress: Progr
             cache = config.create_timing_cache(data)
         except (RuntimeError, TypeError, ValueError):
             cache = None
+        if cache is None and not replace_unreadable:
+            raise UsageError(f"--timing-cache {path} is not a TensorRT timing cache (TensorRT cannot read it); "
+                             "pass --force to replace it, or name another file")
         # A cache timed on another GPU or TensorRT would pick wrong tactics, so a mismatch is refused.
         if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
             state["loaded"] = True

@@ -35,8 +35,9 @@ def one_line(text: object) -> str:
 
 
 def _run(cmd: list[str], timeout: float = 20.0) -> tuple[int, str]:
+    """(exit code, stdout + stderr); bytes that are not UTF-8 (a driver's localised message) become U+FFFD."""
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
         return -1, one_line(e)
     return r.returncode, (r.stdout + r.stderr).strip()
