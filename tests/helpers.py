@@ -13,6 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "calibration" / "photos.txt"
 
 
+def cpu_int8_floor(exact: float, saturating: float) -> float:
+    """The bound a CPU INT8 kernel (OpenVINO, a peer's IR) is held to on this machine: ``exact`` where the CPU
+    has VNNI/AMX, ``saturating`` where oneDNN falls back to 16-bit saturating multiply-adds and 7-bit weights
+    (an AVX2-only CPU: ``vit_deploy.doctor.probe_cpu``; the graph itself is not less accurate there)."""
+    from vit_deploy.doctor import probe_cpu
+
+    return saturating if probe_cpu()["int8_exact"] is False else exact
+
+
 def hf_vit(image_size: int = 32, num_labels: int = 5, seed: int = 0, **shape):
     """A randomly initialised Hugging Face ViTForImageClassification: the independent reference.
 

@@ -11,7 +11,7 @@ from vit_deploy.trt import probe as trt_probe
 
 def test_report_has_every_topic_and_every_cant_has_reason_and_install():
     r = doctor.report()
-    assert set(r) == {"gpu", "tensorrt", "onnxruntime", "openvino", "triton"}
+    assert set(r) == {"gpu", "tensorrt", "onnxruntime", "openvino", "triton", "cpu"}
     for topic, probe in r.items():
         assert isinstance(probe["ok"], bool), topic
         if not probe["ok"]:
@@ -59,7 +59,7 @@ def test_no_driver_is_a_reason_not_a_crash(monkeypatch):
 def test_doctor_command(run_cli):
     code, out, err = run_cli("doctor", "--json")
     assert code == 0, err
-    assert set(json.loads(out)) == {"gpu", "tensorrt", "onnxruntime", "openvino", "triton"}
+    assert set(json.loads(out)) == {"gpu", "tensorrt", "onnxruntime", "openvino", "triton", "cpu"}
     code, out, err = run_cli("doctor")
     assert code == 0 and out.startswith("GPU"), err
 
@@ -100,5 +100,21 @@ def test_non_utf8_output_of_nvidia_smi_is_a_finding_not_a_traceback(tmp_path):
                        timeout=300)
     assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")
     gpu = json.loads(r.stdout)["gpu"]
-    assert gpu["gpus"] == [{"name": "NVIDIA \ufffd\ufffd GPU", "compute_capability": "9.0", "memory": "81559 MiB"}]
+    assert gpu["gpus"] == [{"name": "NVIDIA \ufffd\ufffd GPU", "compute_capability": "9.0", "memory": "81559 MiB",
+                            "precisions": ["fp16", "int8", "fp8"]}]
     assert gpu["driver"] == "550.54" and gpu["cuda"] == "12.4"
+
+
+def test_cpu_int8_exactness_is_read_from_the_flags(tmp_path):
+    """VNNI or AMX: exact INT8 dot products; without them the CPU INT8 kernels saturate (said, with why)."""
+    def probe(flags: str) -> dict:
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
+        return doctor.probe_cpu(str(info))
+
+    assert probe("avx2 avx512f avx512_vnni")["int8_exact"] is True
+    assert probe("avx2 amx_int8 amx_bf16")["int8_flags"] == ["amx_int8"]
+    epyc = probe("avx2 fma")
+    assert epyc["int8_exact"] is False and "saturate" in epyc["int8_note"]
+    assert doctor.probe_cpu(str(tmp_path / "absent"))["int8_exact"] is None
+    assert "warn no VNNI/AMX" in format_report({**doctor.report(), "cpu": epyc})

