@@ -13,10 +13,9 @@ import pytest
 from helpers import ROOT
 
 SCRIPT = ROOT / "tools" / "gpu_acceptance.sh"
-GPU_STEPS = {"pytest-gpu", "bench-b16", "triton"} | {
-    f"{kind}-{model}-{precision}"
-    for kind in ("engine", "compare") for model in ("ti16", "b16") for precision in ("fp32", "fp16", "int8")
-}
+GPU_STEPS = {"pytest-gpu", "bench-b16-224", "bench-b16-384", "triton"} | {
+    f"engine-{model}-{precision}" for model in ("ti16", "b16-224", "b16-384") for precision in ("fp16", "int8", "fp8")
+} | {f"compare-ti16-{precision}" for precision in ("fp16", "int8", "fp8")}
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
@@ -121,7 +120,7 @@ def test_an_interrupt_stops_every_step_at_once_and_still_writes_the_report(tmp_p
         assert not [p for p in started if _alive(p)], "a step's process outlived the script"
         report = json.loads((out / "gpu-report.json").read_text())
         steps = {s["name"]: s for s in report["steps"]}
-        interrupted = "prepare-b16" if slow == "export" else "doctor"
+        interrupted = "prepare-b16-224" if slow == "export" else "doctor"
         assert steps[interrupted]["status"] == "fail" and "interrupted" in steps[interrupted]["reason"], steps
         assert steps["interrupted"]["status"] == "fail" and (out / "gpu-report.md").is_file()
     finally:
@@ -131,3 +130,44 @@ def test_an_interrupt_stops_every_step_at_once_and_still_writes_the_report(tmp_p
         if script.poll() is None:
             os.killpg(script.pid, signal.SIGKILL)
             script.wait()
+
+
+def test_report_reads_speedups_peaks_layers_and_fused_attention(tmp_path):
+    """The figures the acceptance run is read by, computed by hand from made-up results: img/s per engine, the
+    speed-up over FP16 at the same batch, the share of the H100's dense peak, layer precisions, fused attention."""
+    out = tmp_path / "acc"
+    (out / "results").mkdir(parents=True)
+    (out / "steps.tsv").write_text("doctor\tpass\t2\t\tvit-deploy doctor\n")
+    (out / "results" / "doctor.json").write_text(json.dumps({"gpu": {"gpus": [
+        {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "memory": "81559 MiB"}]}, "tensorrt": {}}))
+
+    def bench(gflop, speeds):
+        return {"model": {"flops": {"gflop": gflop}}, "rows": [
+            {"name": f"tensorrt-{p}", "status": "ok",
+             "results": [{"batch": b, "status": "ok", "img_per_s": v} for b, v in by_batch.items()]}
+            for p, by_batch in speeds.items()] + [{"name": "pytorch-fp32", "status": "ok", "results": []}]}
+
+    (out / "results" / "bench-b16-224.json").write_text(json.dumps(bench(35.0, {
+        "fp16": {1: 900.0, 64: 10000.0}, "int8": {64: 14000.0}, "fp8": {64: 14500.0}})))
+    (out / "results" / "bench-b16-384.json").write_text(json.dumps(bench(111.0, {"fp16": {64: 5000.0}})))
+    (out / "results" / "engine-b16-224-fp8.json").write_text(json.dumps({"engine": {
+        "built": True, "validation": {"passed": True}, "tensorrt": {"inspector": {
+            "precision_counts": {"fp8": 61, "fp16": 40, "fp32": 25},
+            "fused_attention": {"layers": 12, "precisions": {"fp16": 12}, "names": []}}}}}))
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_report.py"), str(out)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "gpu-report.json").read_text())
+    rows = {(x["model"], x["engine"], x["batch"]): x for x in report["bench"]}
+    assert rows[("b16-224", "int8", 64)]["vs_fp16"] == 1.4 and rows[("b16-224", "fp8", 64)]["vs_fp16"] == 1.45
+    assert rows[("b16-224", "fp16", 1)]["vs_fp16"] == 1.0
+    # 5000 img/s x 111 GFLOP = 555 TFLOP/s of the H100 SXM's 989.4 dense FP16
+    assert rows[("b16-384", "fp16", 64)]["peak_fraction"] == round(555 / 989.4, 4)
+    met = {t["target"].split(",")[0]: t["met"] for t in report["targets"]}
+    assert met == {"INT8 engine vs FP16": True, "FP8 engine vs FP16": False,
+                   "FP16 b16@384 share of the dense FP16 peak": False}
+    (engine,) = report["engines"]
+    assert engine["engine"] == "b16-224-fp8" and engine["fused_attention_layers"] == 12
+    text = (out / "gpu-report.md").read_text()
+    assert "| b16-224-fp8 | True | True | fp8 61, fp16 40, fp32 25 | 12 (fp16 12) |" in text
+    assert "| FP8 engine vs FP16, b16@224, batch 64 | 1.45 | 1.5 | NO |" in text

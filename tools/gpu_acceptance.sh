@@ -7,16 +7,22 @@
 #   OUT=dir BUDGET=450 tools/gpu_acceptance.sh
 #
 # Steps, each time-boxed (its own limit, and never past the global BUDGET seconds), logged to
-# OUT/logs/<step>.log, and run whatever happened before (a failure never stops the run):
+# OUT/logs/<step>.log, and run whatever happened before (a failure never stops the run). The order is
+# the order of importance: what is past the budget is recorded as skipped, "out of time".
 #   install   pip install the TensorRT 11.4 wheels for this driver's CUDA and onnxruntime-gpu
 #   doctor    vit-deploy doctor --json (what this machine can do, and why not)
-#   prepare   CPU side, in the background from the start: FP32/FP16/INT8 graphs of ViT-B/16@384 and
-#             of the real ViT-Ti/16 (../shared/realdata; INT8 calibrated on its ImageNet photos)
-#   pytest    the GPU-marked tests (tests/steps/test_engine.py and the rest)
-#   engines   FP32/FP16/INT8 engines of both models, each compared with PyTorch (ViT-Ti: real top-1)
-#   bench     vit-deploy bench --device cuda on B/16@384 at batch 1/8/64
+#   prepare   CPU side, in the background from the start, one job per model: FP16, INT8 and FP8 graphs
+#             (in parallel) of ViT-B/16 at 224 and 384 (random weights: speed; fallback off) and of
+#             the real ViT-Ti/16 (../shared/realdata; INT8/FP8 calibrated on its ImageNet photos)
+#   pytest    the GPU-marked tests (tests/steps/test_engine.py and the rest), while the graphs are made
+#   engines   FP16, INT8 and FP8 engines (profile 1..128, opt 64), each validated against PyTorch at
+#             build; b16@224 first, then b16@384 FP16, the real ViT-Ti (compared on held-out photos:
+#             real top-1), then b16@384 INT8/FP8
+#   bench     vit-deploy bench --device cuda over the three engines at batch 1/8/64/128, b16@224 and
+#             b16@384: img/s, the INT8 and FP8 speed-up over FP16, % of the GPU's dense peak
 #   triton    a tensorrt_plan smoke test, when a tritonserver with the tensorrt backend is present
-# OUT/gpu-report.json and OUT/gpu-report.md are written at the end, also after a failure or Ctrl-C.
+# OUT/gpu-report.json and OUT/gpu-report.md are written at the end, also after a failure or Ctrl-C;
+# the report adds each engine's layer precisions and whether its attention ran as a fused kernel.
 set -u
 
 DRY_RUN=0
@@ -63,11 +69,11 @@ write_report() {
 # running after the script has gone.
 RUNNING="$OUT/.running"
 rm -rf "$RUNNING"; mkdir -p "$RUNNING"
-PREP_PIDS=""
+declare -A PREP_PID=()  # model -> pid of its background prepare step
 
 stop_all() {
   local pid groups="" left i
-  for pid in $PREP_PIDS; do kill -TERM "$pid" 2>/dev/null; done  # their step functions: no record after this
+  for pid in "${PREP_PID[@]}"; do kill -TERM "$pid" 2>/dev/null; done  # their step functions: no record after this
   for pid in $(ls "$RUNNING" 2>/dev/null); do
     groups="$groups $pid"
     record "$(cat "$RUNNING/$pid" 2>/dev/null)" fail 0 "interrupted: stopped with the run" ""
@@ -144,64 +150,84 @@ fi
 step doctor 60 any "$PY -m vit_deploy.cli doctor --json > $OUT/results/doctor.json"
 
 # --- 3. prepare the graphs on the CPU, in the background -------------------------------------------
-B16="$ART/b16-384"
+B224="$ART/b16-224"
+B384="$ART/b16-384"
 TI="$ART/ti16-224"
 TI_WEIGHTS="$REALDATA/vit-ti16-augreg/model.safetensors"
 PHOTOS="$REALDATA/imagenet-dev-500"
+HELDOUT="$REALDATA/imagenet-val-dev"
+PRECISIONS="fp16 int8 fp8"
+CLI="$PY -m vit_deploy.cli"
 # CUDA_VISIBLE_DEVICES= keeps these CPU-only: build-engine then stops with exit 3 after writing and
-# validating the FP16/INT8 graph, and the engines are built in step 5, one at a time on the GPU.
-PREP_B16="export CUDA_VISIBLE_DEVICES=; $PY -m vit_deploy.cli export --model b16 --res 384 --out $B16 --force && \
-$PY -m vit_deploy.cli build-engine $B16 --fp16 --out $B16-fp16 --force; \
-$PY -m vit_deploy.cli build-engine $B16 --int8 --calib calibration/photos.txt --calib-count 32 \
---out $B16-int8 --force; true"
-PREP_TI="export CUDA_VISIBLE_DEVICES=; $PY -m vit_deploy.cli export --model ti16 --res 224 --weights $TI_WEIGHTS --out $TI --force && \
-$PY -m vit_deploy.cli build-engine $TI --fp16 --out $TI-fp16 --force; \
-$PY -m vit_deploy.cli build-engine $TI --int8 --calib $PHOTOS --calib-count 256 --out $TI-int8 --force; true"
+# validating each graph, and the engines are built in step 5, one at a time on the GPU. The three
+# precision graphs of a model are made in parallel (16 cores). Random-weight b16 is for speed: 16
+# calibration photos and no accuracy fallback (--max-float-layers 0).
+prep() {  # base export_args quantize_args
+  echo "export CUDA_VISIBLE_DEVICES=; $CLI export $2 --out $1 --force && { \
+$CLI build-engine $1 --fp16 --out $1-fp16 --force & \
+$CLI build-engine $1 --int8 $3 --out $1-int8 --force & \
+$CLI build-engine $1 --fp8 $3 --out $1-fp8 --force & wait; }; true"
+}
+B16_QUANT="--calib calibration/photos.txt --calib-count 16 --max-float-layers 0"
+PREP_B224=$(prep "$B224" "--model b16 --res 224" "$B16_QUANT")
+PREP_B384=$(prep "$B384" "--model b16 --res 384" "$B16_QUANT")
+PREP_TI=$(prep "$TI" "--model ti16 --res 224 --weights $TI_WEIGHTS --crop-pct 0.9" "--calib $PHOTOS --calib-count 256")
 if [ "$DRY_RUN" = 1 ]; then
-  record prepare-b16 skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_B16"
+  record prepare-b16-224 skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_B224"
+  record prepare-b16-384 skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_B384"
   record prepare-ti16 skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_TI"
 else
-  step prepare-b16 400 any "$PREP_B16" & PREP_PIDS="$PREP_PIDS $!"
+  step prepare-b16-224 400 any "$PREP_B224" & PREP_PID[b224]=$!
+  step prepare-b16-384 400 any "$PREP_B384" & PREP_PID[b384]=$!
   if [ -f "$TI_WEIGHTS" ] && [ -d "$PHOTOS" ]; then
-    step prepare-ti16 400 any "$PREP_TI" & PREP_PIDS="$PREP_PIDS $!"
+    step prepare-ti16 400 any "$PREP_TI" & PREP_PID[ti16]=$!
   else
     record prepare-ti16 skip 0 "no real ViT-Ti at $TI_WEIGHTS or photos at $PHOTOS (set REALDATA)" "$PREP_TI"
   fi
 fi
+prepared() { [ -n "${PREP_PID[$1]:-}" ] && wait "${PREP_PID[$1]}" 2>/dev/null; PREP_PID[$1]=""; }
 
-# --- 4. the GPU-marked tests -----------------------------------------------------------------------
+# --- 4. the GPU-marked tests, while the graphs are made ----------------------------------------------
 if [ "$DRY_RUN" = 1 ]; then
   step pytest-collect 60 any "$PY -m pytest -m gpu --collect-only -q -p no:cacheprovider"
 fi
-step pytest-gpu 150 gpu "$PY -m pytest -m gpu -rs -q -p no:cacheprovider --junitxml=$OUT/results/pytest-gpu.xml"
+step pytest-gpu 120 gpu "$PY -m pytest -m gpu -rs -q -p no:cacheprovider --junitxml=$OUT/results/pytest-gpu.xml"
 
-# --- 5. engines, each compared with PyTorch ----------------------------------------------------------
-for pid in $PREP_PIDS; do wait "$pid"; done
-for model in ti16 b16; do
-  if [ "$model" = ti16 ]; then base=$TI; images="--images $PHOTOS --max-images 200"; else base=$B16; images=""; fi
-  for precision in fp32 fp16 int8; do
-    graph=$base; [ "$precision" != fp32 ] && graph="$base-$precision"
-    step "engine-$model-$precision" 90 gpu \
-      "$PY -m vit_deploy.cli build-engine $graph --out $graph-trt --force --json \
-> $OUT/results/engine-$model-$precision.json"
-    step "compare-$model-$precision" 45 gpu \
-      "$PY -m vit_deploy.cli compare $graph-trt $images --batch-sizes 1,8 --json > $OUT/results/compare-$model-$precision.json"
-  done
+# --- 5. engines (validated against PyTorch at build) and 6. bench, in order of importance --------------
+PROFILE="--min-batch 1 --opt-batch 64 --max-batch 128"
+engine() {  # model base precision [compare args]
+  step "engine-$1-$3" 120 gpu "$CLI build-engine $2-$3 --out $2-$3-trt $PROFILE --force --json \
+> $OUT/results/engine-$1-$3.json"
+  if [ -n "${4:-}" ]; then
+    step "compare-$1-$3" 60 gpu "$CLI compare $2-$3-trt $4 --batch-sizes 1,64 --json > $OUT/results/compare-$1-$3.json"
+  fi
+}
+bench() {  # model base backends
+  step "bench-$1" 100 gpu "$CLI bench $2 --device cuda --backends $3 --batch-sizes 1,8,64,128 --repeats 3 \
+--out $OUT/bench-$1 --json > $OUT/results/bench-$1.json"
+}
+TRT_ROWS="tensorrt-fp16,tensorrt-int8,tensorrt-fp8"
+prepared b224
+for precision in $PRECISIONS; do engine b16-224 "$B224" "$precision"; done
+bench b16-224 "$B224" "$TRT_ROWS"
+prepared b384
+engine b16-384 "$B384" fp16
+prepared ti16
+for precision in $PRECISIONS; do
+  engine ti16 "$TI" "$precision" "--images $HELDOUT --max-images 500"
 done
-
-# --- 6. bench on B/16@384 ----------------------------------------------------------------------------
-step bench-b16 120 gpu "$PY -m vit_deploy.cli bench $B16 --device cuda --batch-sizes 1,8,64 --repeats 3 \
---out $OUT/bench --json > $OUT/results/bench.json"
+for precision in int8 fp8; do engine b16-384 "$B384" "$precision"; done
+bench b16-384 "$B384" "$TRT_ROWS"
 
 # --- 7. Triton tensorrt_plan smoke test ----------------------------------------------------------------
 HAS_TRT_BACKEND=$("$PY" -c "from vit_deploy.doctor import probe_triton as p; print(int(p()['tensorrt_backend']))" \
   2>/dev/null || echo 0)
-TRITON_CMD="$PY -m vit_deploy.cli triton-repo $B16-fp16-trt --backend tensorrt --name b16 --out $OUT/model_repository \
+TRITON_CMD="$PY -m vit_deploy.cli triton-repo $B224-fp16-trt --backend tensorrt --name b16 --out $OUT/model_repository \
 --force && ($PY -m vit_deploy.cli serve $OUT/model_repository --log $OUT/logs/tritonserver.log & echo \$! > $OUT/serve.pid) \
 && $PY -c 'import time, urllib.request as u
 for _ in range(50):
     try: u.urlopen(\"http://127.0.0.1:8000/v2/health/ready\", timeout=1); break
-    except Exception: time.sleep(1)' && $PY -m vit_deploy.cli triton-load $B16-fp16-trt --name b16 --clients 2 --requests 10; \
+    except Exception: time.sleep(1)' && $PY -m vit_deploy.cli triton-load $B224-fp16-trt --name b16 --clients 2 --requests 10; \
 rc=\$?; kill \$(cat $OUT/serve.pid) 2>/dev/null; exit \$rc"
 if [ "$HAS_TRT_BACKEND" != 1 ] && [ -z "$GPU_REASON" ]; then
   record triton skip 0 "no tritonserver with the tensorrt backend here (vit-deploy doctor says why)" "$TRITON_CMD"

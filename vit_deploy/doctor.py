@@ -139,9 +139,9 @@ def probe_cpu(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
         info["int8_flags"] = [f for f in EXACT_INT8_FLAGS if f in flags]
         info["int8_exact"] = bool(info["int8_flags"])
     if info["int8_exact"] is False:
-        info["int8_note"] = ("no VNNI/AMX: CPU INT8 kernels (OpenVINO, ONNX Runtime's fused ones) saturate or use 7-bit "
-                             "weights here, so INT8 on this CPU is less accurate than the graph itself (build-engine "
-                             "and compare evaluate Q/DQ as written and are not affected)")
+        info["int8_note"] = ("no VNNI/AMX: CPU INT8 kernels (OpenVINO, ONNX Runtime's fused ones) saturate or use "
+                             "7-bit weights here, so INT8 on this CPU is less accurate than the graph itself "
+                             "(build-engine and compare evaluate Q/DQ as written and are not affected)")
     return info
 
 

@@ -50,7 +50,7 @@ from .options import (
                    "cosine of --budget-cosine.")
 @click.option("--budget-cosine", type=FiniteFloat(0, 1), default=None,
               help="INT8/FP8: the mean cosine (vs FP32, on the calibration images) below which the most sensitive "
-                   "weight layers are left in float (default 0.998).")
+                   "weight layers are left in float (default: 0.998 INT8, 0.994 FP8).")
 @click.option("--max-float-layers", type=NonNegative, default=None,
               help="INT8/FP8: at most N weight layers may be left in float to meet the budget (default: 10%; 0: no "
                    "fallback, validation alone judges the graph).")

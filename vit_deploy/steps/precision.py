@@ -37,7 +37,10 @@ VALIDATION_BATCH = 8  # the graph is proven batch-dynamic at export; one batch s
 # default fail on one half of the real photos (96.9% < 98.5% with 5 layers in float) while the
 # other half read 99.2%. --accuracy-budget POINTS adds the agreement gate for who wants it.
 DEFAULT_ACCURACY_BUDGET = None  # points of top-1 agreement; None: not checked by the fallback
-BUDGET_MIN_MEAN_COSINE = {"int8": 0.998, "fp8": 0.998}  # --budget-cosine's default, per precision
+# --budget-cosine's default, per precision. FP8's error is spread over every layer (E4M3's 3-bit mantissa on
+# every weight), so leaving layers in float buys little: on the real ViT-Ti 4 of them took the calibration
+# images' mean cosine from 0.9950 to 0.9955. Its fallback is there for a layer that breaks, not to chase 0.998.
+BUDGET_MIN_MEAN_COSINE = {"int8": 0.998, "fp8": 0.994}
 
 
 @dataclass(frozen=True)
