@@ -13,6 +13,8 @@ A folder may hold ``labels.csv`` (``file,label`` rows, file relative to the fold
 carries labels and validation reports top-1 accuracy. Labels are class indices, checked against
 the class count of the model they score (``num_classes``), so a label file for another model is
 an error, not an accuracy of 0%.
+For a dynamic-resolution artifact a set can be loaded at several square sizes at once (``sizes``):
+each file is decoded once and preprocessed at each size (``images.sizes.preprocessing_at``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import random
 import re
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +54,24 @@ class ImageSet:
     source: str
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     labels: np.ndarray | None = None  # int64 [N] when the folder has labels.csv
+    sized: dict[int, np.ndarray] = field(default_factory=dict)  # side -> float32 [N, 3, side, side]: other sizes
+
+    def at(self, side: int) -> np.ndarray:
+        """The images at ``side`` x ``side``: ``images`` at the preprocessing's own crop, else one of ``sized``."""
+        if side == self.images.shape[-1]:
+            return self.images
+        if side not in self.sized:
+            raise ValueError(f"this set was loaded at sizes {self.sides}, not {side}; pass sizes= to load_image_set")
+        return self.sized[side]
+
+    @property
+    def sides(self) -> list[int]:
+        """Every square size the set holds, its preprocessing's own crop first."""
+        return [int(self.images.shape[-1]), *self.sized]
+
+    def per_size(self) -> list[np.ndarray]:
+        """One float32 [N, 3, side, side] array per size in :attr:`sides` (what a multi-size calibration takes)."""
+        return [self.at(side) for side in self.sides]
 
     def summary(self) -> dict[str, object]:
         return {
@@ -59,6 +80,7 @@ class ImageSet:
             "skipped": len(self.skipped),
             "skipped_files": [f"{f}: {why}" for f, why in self.skipped[:20]],
             "digest": self.digest,
+            **({"sizes": self.sides} if self.sized else {}),
         }
 
 
@@ -181,14 +203,21 @@ def load_image_set(
     progress: Progress | None = None,
     role: str = "calibration",
     num_classes: int | None = None,
+    sizes: Sequence[int] | None = None,
 ) -> ImageSet:
     """Load up to ``count`` images (a seeded sample when the set is larger), preprocessed.
 
     ``role`` names the set in messages ("calibration", "validation", ...): the same loader
     reads every image set, and the user must know which option a message is about.
     ``num_classes``: the class count of the model the labels score (None: checked by the caller).
+    ``sizes``: square sizes to preprocess each image at as well (``ImageSet.at``); the digest
+    covers them, so ranges calibrated at other sizes are never taken from the cache.
     """
     from .decode import decode_rgb, preprocess
+    from .sizes import preprocessing_at
+
+    extra = {side: preprocessing_at(prep, side) for side in dict.fromkeys(sizes or ()) if side != prep.crop}
+    resized: dict[int, list[np.ndarray]] = {side: [] for side in extra}
 
     labels = read_labels(Path(spec), num_classes) if Path(spec).is_dir() else None  # before the slow part
     sources = list_sources(spec)
@@ -216,10 +245,13 @@ def load_image_set(
                 skipped.append((str(path), f"sha256 {actual[:12]}... differs from the definition's {expected[:12]}..."))
                 continue
             try:
-                images.append(preprocess(decode_rgb(f, str(path)), prep))
+                rgb = decode_rgb(f, str(path))
+                images.append(preprocess(rgb, prep))
             except UsageError as e:
                 skipped.append((str(path), str(e)))
                 continue
+            for side, at_side in extra.items():
+                resized[side].append(preprocess(rgb, at_side))
         used.append(str(path))
         hashes.append(actual)
 
@@ -231,7 +263,8 @@ def load_image_set(
             f"{f' ({len(skipped)} skipped: {why})' if skipped else ''}, fewer than the batch size {batch}; "
             + ("add images or lower --calib-batch" if role == "calibration" else "add images")
         )
-    digest = hashlib.sha256(json.dumps({"files": hashes, "prep": prep.to_dict()}, sort_keys=True).encode()).hexdigest()
+    keyed = {"files": hashes, "prep": prep.to_dict(), **({"sizes": sorted(extra)} if extra else {})}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
     if labels is not None:
         missing = [f for f in used if Path(f).resolve() not in labels]
         if missing:
@@ -239,4 +272,5 @@ def load_image_set(
                              "add a 'file,label' row for each image")
         label_array = np.array([labels[Path(f).resolve()] for f in used], dtype=np.int64)
     return ImageSet(np.stack(images).astype(np.float32), used, digest, str(spec), skipped,
-                    label_array if labels is not None else None)
+                    label_array if labels is not None else None,
+                    {side: np.stack(arrays).astype(np.float32) for side, arrays in resized.items()})
