@@ -10,7 +10,9 @@ importable (and linted, and tested) anywhere.
 
 The dynamic batcher hands over several clients' requests at once. Each is checked on its own
 and answered on its own (:func:`answer_each`): one client's NaN pixels get that client an error,
-and the requests batched with it still get their logits.
+and the requests batched with it still get their logits. A dynamic-resolution model's config
+declares height and width -1; each request's size is checked here against the artifact's range
+(a size outside it, or off the patch grid, is that request's error, naming the nearest valid sizes).
 """
 
 import json
@@ -19,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from vit_deploy import runtime
-from vit_deploy.runtime.base import check_images
 
 
 def answer_each(runner, arrays):
@@ -35,14 +36,15 @@ def answer_each(runner, arrays):
         if isinstance(images, Exception):
             continue
         try:
-            check_images(images, runner.chw, what="this request's images")
+            runner.check(images, what="this request's images")
             good.append(i)
         except Exception as e:  # noqa: BLE001 - the error is this request's answer
             answers[i] = e
     if not good:
         return answers
     try:
-        logits = np.asarray(runner.infer(np.concatenate([arrays[i] for i in good])), dtype=np.float32)
+        # a list: requests of different sizes (a dynamic-resolution model) run one size at a time, rows in order
+        logits = np.asarray(runner.infer([arrays[i] for i in good]), dtype=np.float32)
         parts = np.split(logits, np.cumsum([len(arrays[i]) for i in good])[:-1])  # each request's rows, in order
     except Exception:  # noqa: BLE001 - not any one request's fault yet: find out which, one by one
         parts = []
