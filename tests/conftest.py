@@ -88,3 +88,23 @@ def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
             opts = PrecisionOptions(precision, fp32, out[precision], calib=str(PHOTOS), calib_batch=4)
             build_precision_artifact(opts)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dynamic(tmp_path_factory) -> dict[str, Path]:
+    """The ``test`` variant at 32 px exported with ``--dynamic-res 16:64`` (5 classes), and its FP16/INT8 graphs
+    (read-only: copy to alter)."""
+    from vit_deploy.steps.export import ExportOptions, export_artifact
+    from vit_deploy.steps.precision import PrecisionOptions, build_precision_artifact
+
+    root = tmp_path_factory.mktemp("tiny-dynamic")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VIT_DEPLOY_CACHE", str(root / "cache"))
+        fp32 = root / "test-32-dyn"
+        export_artifact(ExportOptions("test", 32, num_classes=5, out_dir=fp32, dynamic_res="16:64"))
+        out = {"fp32": fp32}
+        for precision in ("fp16", "int8"):
+            out[precision] = root / f"test-32-dyn-{precision}"
+            opts = PrecisionOptions(precision, fp32, out[precision], calib=str(PHOTOS), calib_batch=4)
+            build_precision_artifact(opts)
+    return out
