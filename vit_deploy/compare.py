@@ -8,6 +8,8 @@ requested batch size over the same inputs, so a batch-size-dependent bug (a wron
 kernel chosen for one shape) shows up as a failing row. Thresholds are the precision's
 (specs.TOLERANCES); top-1 agreement is gated only for pretrained weights (random weights have
 near-tied logits whose argmax flips on noise), top-5 agreement is reported, not gated.
+A dynamic-resolution artifact is compared at several image sizes (``sizes``; default: its range's
+check sizes, both ends and non-square ones included), a row per size and batch size.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .errors import ArtifactError, UsageError
 from .parity.reference import REFERENCE_BATCH, reference_model
 from .progress import Progress
 from .specs import tolerance
-from .steps.validate import Reference, image_source, validate
+from .steps.validate import Reference, image_sources, sizes_to_check, validate
 
 DEFAULT_BATCH_SIZES = (1, 8)
 RANDOM_INPUTS = 16
@@ -42,6 +44,8 @@ class CompareOptions:
         backend: run the candidate on this backend (None: the artifact's own).
         weights: where the checkpoint is now, when it moved since the export (``reference="pytorch"`` only);
             its sha256 must still be the one the manifest records.
+        sizes: (height, width) pairs to compare at, each in a dynamic-resolution artifact's range (None: the
+            range's check sizes; the native size for a fixed artifact). Real images at square sizes only.
     """
 
     artifact: Path
@@ -53,6 +57,7 @@ class CompareOptions:
     provider: str = "cpu"
     backend: str | None = None
     weights: str | None = None
+    sizes: tuple[tuple[int, int], ...] | None = None
 
 
 def compare_artifact(opts: CompareOptions, progress: Progress | None = None) -> dict[str, Any]:
@@ -69,8 +74,8 @@ def compare_artifact(opts: CompareOptions, progress: Progress | None = None) -> 
     with candidate:
         art = candidate.artifact
         count = opts.max_images or max(RANDOM_INPUTS, *opts.batch_sizes)
-        images = image_source(opts.images, art, count, opts.seed, opts.max_images, role="comparison",
-                              option="--images", progress=progress)
+        images = image_sources(opts.images, art, sizes_to_check(art, opts.sizes), count, count, seed=opts.seed,
+                               max_images=opts.max_images, role="comparison", option="--images", progress=progress)
         with progress.step(f"Opening the reference ({opts.reference})"):
             reference = _reference(opts, candidate)
         with reference.runner:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..artifact import Artifact
+from ..errors import UsageError
 from ..progress import Progress
 from ..specs import INT8_TARGETS
 from .options import (
@@ -27,6 +28,7 @@ from .options import (
     force_option,
     json_option,
     out_option,
+    parse_image_sizes,
     seed_option,
 )
 
@@ -62,7 +64,7 @@ from .options import (
               help="Largest batch of the engine's profile.")
 @click.option("--min-res", type=Resolution, default=None,
               help="A --dynamic-res export: the profile's smallest image side (default: the export's MIN).")
-@click.option("--opt-res", default=None, metavar="N|HxW", callback=lambda ctx, param, value: _size(param, value),
+@click.option("--opt-res", default=None, metavar="N|HxW", callback=lambda ctx, param, value: _size(value),
               help="A --dynamic-res export: the image size TensorRT tunes its kernels for (default: the native --res).")
 @click.option("--max-res", type=Resolution, default=None,
               help="A --dynamic-res export: the profile's largest image side (default: the export's MAX).")
@@ -129,15 +131,14 @@ def build_engine(
                    f"{summary['artifact']}')` and `vit-deploy compare {summary['artifact']}` run it on OpenVINO")
 
 
-def _size(param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    """"384" -> (384, 384), "320x448" -> (320, 448); the sizes themselves are checked against the export's range."""
+def _size(value: str | None) -> tuple[int, int] | None:
+    """"384" -> (384, 384), "320x448" -> (320, 448); checked against the export's range later."""
     if value is None:
         return None
-    parts = value.lower().split("x")
-    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
-        raise click.BadParameter(f"{value!r} is not N or HxW in pixels, e.g. 384 or 320x448", param=param)
-    h, w = int(parts[0]), int(parts[-1])
-    return h, w
+    sizes = parse_image_sizes(value, "--opt-res")
+    if len(sizes) != 1:
+        raise UsageError(f"--opt-res {value!r} names {len(sizes)} sizes; give one, N or HxW")
+    return sizes[0]
 
 
 def engine_text(s: dict[str, Any]) -> str:
