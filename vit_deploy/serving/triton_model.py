@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vit_deploy import runtime
+from vit_deploy.runtime.base import check_images
 
 
 def answer_each(runner, arrays):
@@ -36,15 +37,18 @@ def answer_each(runner, arrays):
         if isinstance(images, Exception):
             continue
         try:
-            runner.check(images, what="this request's images")
+            check_images(images, runner.chw, "this request's images", getattr(runner, "size_range", None))
             good.append(i)
         except Exception as e:  # noqa: BLE001 - the error is this request's answer
             answers[i] = e
     if not good:
         return answers
     try:
-        # a list: requests of different sizes (a dynamic-resolution model) run one size at a time, rows in order
-        logits = np.asarray(runner.infer([arrays[i] for i in good]), dtype=np.float32)
+        batch = [arrays[i] for i in good]
+        # one array when every request has one size; a list (run one size at a time, rows in order) when a
+        # dynamic-resolution model got several
+        same = len({a.shape[1:] for a in batch}) == 1
+        logits = np.asarray(runner.infer(np.concatenate(batch) if same else batch), dtype=np.float32)
         parts = np.split(logits, np.cumsum([len(arrays[i]) for i in good])[:-1])  # each request's rows, in order
     except Exception:  # noqa: BLE001 - not any one request's fault yet: find out which, one by one
         parts = []
