@@ -14,6 +14,8 @@
 #             of the real ViT-Ti/16 (../shared/realdata; INT8 calibrated on its ImageNet photos)
 #   pytest    the GPU-marked tests (tests/steps/test_engine.py and the rest)
 #   engines   FP32/FP16/INT8 engines of both models, each compared with PyTorch (ViT-Ti: real top-1)
+#   dynamic   one engine of a --dynamic-res 224:512 ViT-B/16 export (profile 224..512, opt 384, batch 1..8),
+#             validated at 5 sizes at build, then compared with PyTorch at 224, 384 and 320x448
 #   bench     vit-deploy bench --device cuda on B/16@384 at batch 1/8/64
 #   triton    a tensorrt_plan smoke test, when a tritonserver with the tensorrt backend is present
 # OUT/gpu-report.json and OUT/gpu-report.md are written at the end, also after a failure or Ctrl-C.
@@ -117,12 +119,17 @@ $PY -m vit_deploy.cli build-engine $B16 --int8 --calib calibration/photos.txt --
 PREP_TI="export CUDA_VISIBLE_DEVICES=; $PY -m vit_deploy.cli export --model ti16 --res 224 --weights $TI_WEIGHTS --out $TI --force && \
 $PY -m vit_deploy.cli build-engine $TI --fp16 --out $TI-fp16 --force; \
 $PY -m vit_deploy.cli build-engine $TI --int8 --calib $PHOTOS --calib-count 256 --out $TI-int8 --force; true"
+B16D="$ART/b16-384-dyn"
+PREP_B16D="export CUDA_VISIBLE_DEVICES=; $PY -m vit_deploy.cli export --model b16 --res 384 --dynamic-res 224:512 \
+--out $B16D --force"
 PREP_PIDS=""
 if [ "$DRY_RUN" = 1 ]; then
   record prepare-b16 skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_B16"
   record prepare-ti16 skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_TI"
+  record prepare-b16-dyn skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_B16D"
 else
   step prepare-b16 400 any "$PREP_B16" & PREP_PIDS="$PREP_PIDS $!"
+  step prepare-b16-dyn 300 any "$PREP_B16D" & PREP_PIDS="$PREP_PIDS $!"
   if [ -f "$TI_WEIGHTS" ] && [ -d "$PHOTOS" ]; then
     step prepare-ti16 400 any "$PREP_TI" & PREP_PIDS="$PREP_PIDS $!"
   else
@@ -149,6 +156,14 @@ for model in ti16 b16; do
       "$PY -m vit_deploy.cli compare $graph-trt $images --batch-sizes 1,8 --json > $OUT/results/compare-$model-$precision.json"
   done
 done
+
+# --- 5b. one dynamic-resolution engine: parity at three sizes ------------------------------------------
+# FP32, so TensorRT's cubic Resize of the position embeddings is held to the export's 1e-5 (TF32 is off);
+# max batch 8 keeps the build and the CPU reference (8 images at 384, 4 at each other size) short.
+step engine-b16-dyn 120 gpu "$PY -m vit_deploy.cli build-engine $B16D --max-batch 8 --out $B16D-trt --force --json \
+> $OUT/results/engine-b16-dyn.json"
+step compare-b16-dyn 60 gpu "$PY -m vit_deploy.cli compare $B16D-trt --sizes 224,384,320x448 --batch-sizes 1,8 \
+--max-images 8 --json > $OUT/results/compare-b16-dyn.json"
 
 # --- 6. bench on B/16@384 ----------------------------------------------------------------------------
 step bench-b16 120 gpu "$PY -m vit_deploy.cli bench $B16 --device cuda --batch-sizes 1,8,64 --repeats 3 \
