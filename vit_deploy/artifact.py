@@ -162,7 +162,7 @@ MODEL_FIELDS: dict[str, tuple[Rule, bool]] = {
     "variant": (STRING, True), "img_size": (POSITIVE_INT, True), "num_classes": (POSITIVE_INT, True),
     "patch_size": (POSITIVE_INT, True), "dim": (POSITIVE_INT, True), "depth": (POSITIVE_INT, True),
     "heads": (POSITIVE_INT, True), "mlp_dim": (POSITIVE_INT, True), "layer_norm_eps": (POSITIVE, False),
-    "in_chans": (POSITIVE_INT, False),
+    "in_chans": (POSITIVE_INT, False), "pos_grid": (POSITIVE_INT, False),
 }
 PREPROCESSING_FIELDS: dict[str, tuple[Rule, bool]] = {
     "resize": (POSITIVE_INT, True), "crop": (POSITIVE_INT, True), "interpolation": (STRING, False),

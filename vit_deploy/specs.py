@@ -250,6 +250,9 @@ class ModelConfig:
     mlp_dim: int
     layer_norm_eps: float = DEFAULT_LAYER_NORM_EPS
     in_chans: int = 3
+    # The grid side the position embeddings are held at, when not ``grid``: a --dynamic-res export keeps
+    # the checkpoint's own grid and resamples from it, in the graph, to each input's grid.
+    pos_grid: int | None = None
     preprocessing: Preprocessing = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -262,7 +265,13 @@ class ModelConfig:
 
     @property
     def num_tokens(self) -> int:
+        """Tokens at ``img_size``: the class token and the patches."""
         return self.grid * self.grid + 1
+
+    @property
+    def pos_embed_grid(self) -> int:
+        """The grid side of the position-embedding parameter (``pos_grid``, else ``grid``)."""
+        return self.pos_grid or self.grid
 
     def with_(self, **changes: Any) -> ModelConfig:
         return replace(self, **changes)
@@ -270,6 +279,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["preprocessing"] = self.preprocessing.to_dict()
+        if d["pos_grid"] is None:  # a fixed export's model section stays as it was
+            del d["pos_grid"]
         return d
 
     @classmethod

@@ -91,6 +91,28 @@ def hf_export(tmp_path_factory):
     return hf, summary
 
 
+def test_a_checkpoint_keeps_its_own_grid_and_native_equals_the_fixed_export(hf_export, tmp_path):
+    """Exported at --res 48 from a 32-px checkpoint: the graph holds the checkpoint's 4x4 grid (so at 32 it
+    uses it as it is), and at the native 48 it equals the fixed export, which resampled 4x4 -> 6x6 at load."""
+    hf, _ = hf_export
+    hf.save_pretrained(tmp_path / "hf")
+    dynamic = export_artifact(ExportOptions("test", 48, num_classes=5, weights=str(tmp_path / "hf"),
+                                            out_dir=tmp_path / "dyn", dynamic_res="16:64"))
+    fixed = export_artifact(ExportOptions("test", 48, num_classes=5, weights=str(tmp_path / "hf"),
+                                          out_dir=tmp_path / "fixed"))
+    assert dynamic["validation"]["passed"] and dynamic["manifest"]["model"]["pos_grid"] == 4
+    assert dynamic["manifest"]["dynamic_resolution"]["pos_embed_grid"] == 4
+    assert "pos_grid" not in fixed["manifest"]["model"]
+    assert fixed["manifest"]["checkpoint"]["pos_embed_resampled_from"] == 4
+    images = random_images(3, 48, PREP, seed=9)
+    assert rel_l2(ort_logits(dynamic["model_file"], images), ort_logits(fixed["model_file"], images)) <= 1e-6
+    at32 = random_images(3, 32, PREP, seed=10)
+    assert rel_l2(ort_logits(dynamic["model_file"], at32), hf_logits(hf, at32)) <= 1e-5  # the checkpoint's own grid
+    for h, w in ((64, 40), (16, 24)):  # one resampling from the checkpoint's grid, as Hugging Face does
+        images = random_images(2, h, PREP, seed=h, width=w)
+        assert rel_l2(ort_logits(dynamic["model_file"], images), hf_logits(hf, images, interpolate=True)) <= 1e-5
+
+
 @pytest.mark.parametrize(("h", "w"), [(48, 48), (64, 40), (32, 56)])
 def test_upsampled_sizes_match_hugging_face_interpolate_pos_encoding(hf_export, h, w):
     hf, summary = hf_export

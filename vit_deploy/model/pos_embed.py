@@ -7,11 +7,12 @@ Two uses, two rules:
   ViT paper's fine-tuning recipe. Upsampling uses plain bicubic (``align_corners=False``), which
   is what timm and Hugging Face (``interpolate_pos_encoding``) both compute; downsampling adds
   antialiasing as timm does, since plain bicubic would alias when the grid shrinks.
-* Inside a dynamic-resolution graph (``interpolate_pos_embed``): from the graph's own grid to
-  the input's, height and width independent, bicubic with ``align_corners=False`` and **no
-  antialias** in either direction: TensorRT's ONNX parser rejects an antialiased Resize. This is
-  exactly Hugging Face's ``interpolate_pos_encoding``; timm's ``dynamic_img_size`` antialiases
-  when the grid shrinks, so below the native size its numbers differ (docs/dynamic-resolution.md).
+* Inside a dynamic-resolution graph (``interpolate_pos_embed``): from the checkpoint's own grid
+  (kept as it is: ``ModelConfig.pos_grid``) to the input's, height and width independent, bicubic
+  with ``align_corners=False`` and **no antialias** in either direction: TensorRT's ONNX parser
+  rejects an antialiased Resize. This is exactly Hugging Face's ``interpolate_pos_encoding``;
+  timm's ``dynamic_img_size`` antialiases when the grid shrinks, so below the checkpoint's size
+  its numbers differ (docs/dynamic-resolution.md).
 """
 
 from __future__ import annotations

@@ -81,12 +81,13 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT classifier: ``forward(images [B, 3, H, W]) -> logits [B, num_classes]``.
 
-    The position embeddings are held at ``cfg.img_size`` (the native size). At another H x W
-    (multiples of the patch size) they are resampled to the input's grid on every call
-    (``pos_embed.interpolate_pos_embed``: bicubic, no antialias, class token as is); at the native
-    size they are used as they are. ``dynamic_img_size`` makes an ONNX trace keep that resampling
-    in the graph even at the traced (native) size, so the graph takes any size; without it the
-    trace is fixed to ``cfg.img_size``, as before.
+    The position embeddings are held at ``cfg.pos_embed_grid`` (the ``img_size`` grid, or for a
+    --dynamic-res export the checkpoint's own). For an input of another grid (H x W multiples of the
+    patch size) they are resampled to it on every call (``pos_embed.interpolate_pos_embed``: bicubic,
+    no antialias, class token as is); on their own grid they are used as they are.
+    ``dynamic_img_size`` makes an ONNX trace keep that resampling in the graph even where the traced
+    (native) size needs none, so the graph takes any size; without it the trace is fixed to
+    ``cfg.img_size``, as before.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -95,7 +96,7 @@ class VisionTransformer(nn.Module):
         self.dynamic_img_size = False  # set by the export step for a --dynamic-res graph
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.pos_embed_grid**2 + 1, cfg.dim))
         self.blocks = nn.Sequential(*[Block(cfg) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
@@ -124,14 +125,15 @@ class VisionTransformer(nn.Module):
     def _pos_embed(self, grid_h: Any, grid_w: Any) -> torch.Tensor:
         if torch.jit.is_tracing():
             # A trace records one path (the export traces at the native size): a dynamic graph must record
-            # the resampling even there, where bicubic at scale 1 samples every value at its own centre
-            # (weights 0, 1, 0, 0): the identity. A fixed graph records none.
+            # the resampling even where the native grid is the embeddings' own, where bicubic at scale 1
+            # samples every value at its own centre (weights 0, 1, 0, 0): the identity. A fixed graph
+            # (embeddings at img_size) records none.
             if self.dynamic_img_size:
-                return interpolate_pos_embed(self.pos_embed, self.cfg.grid, grid_h, grid_w)
+                return interpolate_pos_embed(self.pos_embed, self.cfg.pos_embed_grid, grid_h, grid_w)
             return self.pos_embed
-        if grid_h == grid_w == self.cfg.grid:
+        if grid_h == grid_w == self.cfg.pos_embed_grid:
             return self.pos_embed
-        return interpolate_pos_embed(self.pos_embed, self.cfg.grid, grid_h, grid_w)
+        return interpolate_pos_embed(self.pos_embed, self.cfg.pos_embed_grid, grid_h, grid_w)
 
 
 def create_model(cfg: ModelConfig, seed: int = 0) -> VisionTransformer:

@@ -8,8 +8,8 @@ Erf, attention as MatMul-Softmax-MatMul). The trace uses batch 2 so that the val
 batches (1, 3, 8) prove that nothing was specialised to the traced size. A dynamic-resolution
 graph is traced at the native size with the position-embedding resampling recorded
 (``VisionTransformer.dynamic_img_size``): one bicubic ``Resize`` (no antialias, which TensorRT's
-parser rejects) from the native grid to the input's, whose sizes come from the patch embedding's
-output shape; the export check then runs it at sizes across the range.
+parser rejects) from the position embeddings' grid (the checkpoint's) to the input's, whose sizes
+come from the patch embedding's output shape; the export check then runs it at sizes across the range.
 """
 
 from __future__ import annotations

@@ -36,8 +36,9 @@ from ..specs import (
 
 MODEL_FILE = "model.onnx"
 ATTENTION_FORM = "MatMul(Q*scale, K^T) -> Softmax -> MatMul(., V)"
-POS_EMBED_RESAMPLING = ("in the graph, from the native grid to the input's: bicubic, align_corners=False, "
-                        "no antialias (TensorRT's parser rejects it); class token unchanged")
+POS_EMBED_RESAMPLING = ("in the graph, from the checkpoint's grid (model.pos_grid when it differs from the native "
+                        "one) to the input's: bicubic, align_corners=False, no antialias (TensorRT's parser rejects "
+                        "it); class token unchanged")
 # A dynamic export is checked at every size of ResolutionRange.check_sizes: the native size at the
 # batches above (they prove the batch dynamic), each other size on this many images at one batch
 # that leaves a remainder (3 + 1), so two batch shapes run at every size.
@@ -142,7 +143,8 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> di
 
     with staged_directory(out_dir, opts.force) as stage:  # takes the writer's lock: before any slow step
         with progress.step("Building the model"):
-            model, provenance = build_model(opts.variant, opts.img_size, opts.num_classes, opts.weights, opts.seed)
+            model, provenance = build_model(opts.variant, opts.img_size, opts.num_classes, opts.weights, opts.seed,
+                                            keep_checkpoint_grid=sizes is not None)
         cfg: ModelConfig = model.cfg
         if overrides := option_preprocessing(opts):  # the options win over the checkpoint's configs
             cfg = cfg.with_(preprocessing=replace(cfg.preprocessing, **overrides))
@@ -183,7 +185,8 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> di
             },
             checkpoint=provenance,
             versions=package_versions("torch", "onnx", "onnxruntime", "onnxsim", "numpy"),
-            **({"dynamic_resolution": {**sizes.to_dict(), "pos_embed": POS_EMBED_RESAMPLING}} if sizes else {}),
+            **({"dynamic_resolution": {**sizes.to_dict(), "pos_embed_grid": cfg.pos_embed_grid,
+                                       "pos_embed": POS_EMBED_RESAMPLING}} if sizes else {}),
         )
         batches = ", ".join(map(str, VALIDATION_BATCHES))
         staged = Artifact(stage, manifest)  # the draft: validated before its manifest is written
