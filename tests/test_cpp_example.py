@@ -70,19 +70,25 @@ def vit_infer(toolchain, tmp_path_factory) -> dict:
     return {"exe": exe, "env": env}
 
 
-@pytest.fixture
-def engine_dir(tiny_artifacts, tmp_path) -> Path:
-    """An engine-kind artifact whose manifest matches the stub TensorRT; its plan is not a plan (nothing runs it)."""
+def stub_engine(graph: Path, dst: Path, **profile: list[int]) -> Path:
+    """An engine-kind artifact of ``graph`` whose manifest matches the stub TensorRT, with this profile;
+    its plan is not a plan (nothing runs it)."""
     from helpers import engine_manifest_without_plan
 
     from vit_deploy.artifact import read_manifest, write_manifest
 
-    d = engine_manifest_without_plan(tiny_artifacts["fp16"], tmp_path / "engine")
+    d = engine_manifest_without_plan(graph, dst)
     m = read_manifest(d)
     m["tensorrt"]["version"] = STUB_VERSION
-    m["tensorrt"]["profile"]["images"].update(min=[2, 3, 32, 32], opt=[2, 3, 32, 32], max=[4, 3, 32, 32])
+    m["tensorrt"]["profile"]["images"].update(profile)
     write_manifest(d, m)
     return d
+
+
+@pytest.fixture
+def engine_dir(tiny_artifacts, tmp_path) -> Path:
+    return stub_engine(tiny_artifacts["fp16"], tmp_path / "engine", min=[2, 3, 32, 32], opt=[2, 3, 32, 32],
+                       max=[4, 3, 32, 32])
 
 
 def run(vit_infer: dict, directory: Path, batch: int, tmp_path: Path, *extra: str,
@@ -214,17 +220,9 @@ def test_cpp_follows_the_shared_compatibility_table_and_hashes_like_hashlib(tool
 
 @pytest.fixture
 def dynamic_engine_dir(tiny_dynamic, tmp_path) -> Path:
-    """An engine-kind artifact of the --dynamic-res graph (profile 16..48, opt 32); its plan is not a plan."""
-    from helpers import engine_manifest_without_plan
-
-    from vit_deploy.artifact import read_manifest, write_manifest
-
-    d = engine_manifest_without_plan(tiny_dynamic["fp16"], tmp_path / "dyn-engine")
-    m = read_manifest(d)
-    m["tensorrt"]["version"] = STUB_VERSION
-    m["tensorrt"]["profile"]["images"].update(min=[1, 3, 16, 16], opt=[2, 3, 32, 32], max=[4, 3, 48, 48])
-    write_manifest(d, m)
-    return d
+    """The --dynamic-res graph's stub engine: profile 16..48, opt 32."""
+    return stub_engine(tiny_dynamic["fp16"], tmp_path / "dyn-engine", min=[1, 3, 16, 16], opt=[2, 3, 32, 32],
+                       max=[4, 3, 48, 48])
 
 
 @pytest.mark.parametrize(("size", "arg"), [((32, 32), None), ((16, 48), "16x48"), ((48, 24), "48x24")])
