@@ -60,9 +60,6 @@ class EngineOptions:
         out_dir: the engine artifact folder (None: ``<artifact>-trt`` beside it).
         force: replace an existing folder.
         min_batch, opt_batch, max_batch: the optimization profile's batch sizes.
-        min_res, max_res: a dynamic-resolution graph's profile: the smallest and largest image side
-            (None: the export's range).
-        opt_res: the (height, width) TensorRT tunes for (an int: square; None: the native size).
         workspace_mib: builder workspace limit (None: TensorRT's default).
         optimization_level: TensorRT builder optimization level, 0-5.
         timing_cache: the timing cache file (None: one per TensorRT version and GPU in the cache folder).
@@ -70,6 +67,9 @@ class EngineOptions:
         version_compatible: a plan later TensorRT 11.x versions can run (embeds the lean runtime).
         val_images: images to validate on (labels.csv adds accuracy); None: seeded random images.
         seed: seeds the random images and samples.
+        min_res, max_res: a dynamic-resolution graph's profile: the smallest and largest image side
+            (None: the export's range).
+        opt_res: the (height, width) TensorRT tunes for (an int: square; None: the native size).
     """
 
     artifact: Path | None = None  # an ONNX graph artifact folder (fp32 export, or fp16/int8 graph)
@@ -78,9 +78,6 @@ class EngineOptions:
     min_batch: int = DEFAULT_MIN_BATCH
     opt_batch: int = DEFAULT_OPT_BATCH
     max_batch: int = DEFAULT_MAX_BATCH
-    min_res: int | None = None  # dynamic-resolution graphs: None = the export's range and native size
-    opt_res: int | tuple[int, int] | None = None
-    max_res: int | None = None
     workspace_mib: int | None = None  # None: TensorRT's default (up to the device's global memory)
     optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL
     timing_cache: Path | None = None  # default: cache_dir()/tensorrt/timing-<trt version>-<cc>.cache
@@ -88,6 +85,10 @@ class EngineOptions:
     version_compatible: bool = False  # runs on later TensorRT 11.x too (embeds the lean runtime)
     val_images: str | None = None  # images to validate on (labels.csv adds accuracy); default: random
     seed: int = 0
+    # dynamic-resolution graphs only (last, so the fields above keep their positions):
+    min_res: int | None = None  # None: the export's range and native size
+    opt_res: int | tuple[int, int] | None = None
+    max_res: int | None = None
 
 
 def default_out_dir(parent_dir: Path) -> Path:

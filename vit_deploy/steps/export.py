@@ -57,13 +57,13 @@ class ExportOptions:
         opset: ONNX opset, 17-20.
         out_dir: the artifact folder (None: ``artifacts/<variant>-<img_size>``).
         simplify: run onnxsim.
-        dynamic_res: ``"MIN:MAX"`` (or ``(MIN, MAX)``): one graph for every image height and width that is a
-            multiple of the patch size in the range (``img_size`` is the native size, inside it); None: fixed.
         force: replace an existing artifact.
         seed: seeds the random init and the validation images.
         resize, crop_pct, mean, std: preprocessing that overrides the checkpoint's (or the default):
             the shorter side to resize to, or the crop fraction that implies it (``floor(img_size / crop_pct)``,
             timm's rule; both only when they agree), and per-channel mean and std (1 or 3 values, on 0..1 pixels).
+        dynamic_res: ``"MIN:MAX"`` (or ``(MIN, MAX)``): one graph for every image height and width that is a
+            multiple of the patch size in the range (``img_size`` is the native size, inside it); None: fixed.
     """
 
     variant: str
@@ -73,13 +73,13 @@ class ExportOptions:
     opset: int = 17
     out_dir: Path | None = None
     simplify: bool = True
-    dynamic_res: str | tuple[int, int] | None = None
     force: bool = False
     seed: int = 0
     resize: int | None = None
     crop_pct: float | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    dynamic_res: str | tuple[int, int] | None = None  # last: callers pass the fields above by position
 
 
 def default_out_dir(variant: str, img_size: int, sizes: ResolutionRange | None = None) -> Path:
