@@ -46,12 +46,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        # The shapes come from qkv's output, not from x: in a graph with dynamic tokens (--dynamic-res) a
+        # Shape op reading the LayerNorm output would be a second consumer of it, and the INT8 recipe
+        # folds SmoothQuant scales into a LayerNorm only when its GEMMs are its only readers.
+        qkv = self.qkv(x)
+        b, n, c3 = qkv.shape
+        qkv = qkv.reshape(b, n, 3, self.heads, c3 // (3 * self.heads)).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         attn = (q * self.scale) @ k.transpose(-2, -1)
         attn = attn.softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c3 // 3))
 
 
 class Mlp(nn.Module):
