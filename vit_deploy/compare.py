@@ -45,7 +45,7 @@ class CompareOptions:
         weights: where the checkpoint is now, when it moved since the export (``reference="pytorch"`` only);
             its sha256 must still be the one the manifest records.
         sizes: (height, width) pairs to compare at, each in a dynamic-resolution artifact's range (None: the
-            range's check sizes; the native size for a fixed artifact). Real images at square sizes only.
+            range's check sizes; the native size for a fixed artifact). Real images at a non-square size: resized whole.
     """
 
     artifact: Path

@@ -57,15 +57,18 @@ def _photo():
 def test_an_image_set_at_several_sizes_is_each_image_preprocessed_at_each_size():
     prep = Preprocessing(resize=36, crop=32)
     one = load_image_set(str(PHOTOS), prep, count=3, seed=1)
-    several = load_image_set(str(PHOTOS), prep, count=3, seed=1, sizes=[32, 16, 48])
-    assert several.sides == [32, 16, 48] and one.sides == [32]
+    several = load_image_set(str(PHOTOS), prep, count=3, seed=1, sizes=[32, 16, (24, 40), 48])
+    assert several.sizes == [(32, 32), (16, 16), (24, 40), (48, 48)] and one.sizes == [(32, 32)]
     np.testing.assert_array_equal(several.at(32), one.images)
     assert several.digest != one.digest  # a calibration at other sizes never reuses these ranges
     assert load_image_set(str(PHOTOS), prep, count=3, seed=1, sizes=[32]).digest == one.digest
-    for side in (16, 48):
+    for side in (16, 48):  # square: the manifest's center crop, moved to the size
         expected = np.stack([preprocess(load_rgb(f), preprocessing_at(prep, side)) for f in several.files])
         np.testing.assert_array_equal(several.at(side), expected)
-    assert [a.shape[-1] for a in several.per_size()] == [32, 16, 48]
-    assert several.summary()["sizes"] == [32, 16, 48] and "sizes" not in one.summary()
+    # non-square: the whole photo resized (a center crop is square)
+    np.testing.assert_array_equal(several.at(24, 40), np.stack([resize_to(load_rgb(f), 24, 40, prep)
+                                                                for f in several.files]))
+    assert [a.shape[-2:] for a in several.per_size()] == [(32, 32), (16, 16), (24, 40), (48, 48)]
+    assert several.summary()["sizes"] == [[32, 32], [16, 16], [24, 40], [48, 48]] and "sizes" not in one.summary()
     with pytest.raises(ValueError, match="sizes="):
         one.at(48)

@@ -24,8 +24,9 @@ def test_fp16_and_int8_graphs_keep_the_range_and_pass_at_every_size(tiny_dynamic
     int8 = read_manifest(tiny_dynamic["int8"])
     # calibrated at the native size only (the stopgap), checked on the calibration photos at every square size
     assert int8["calibration"]["image_size"] == [32, 32]
-    assert "calibration images at 32x32" in int8["validation"]["inputs"]
-    assert "images from" in int8["validation"]["inputs"] and "16x16" in int8["validation"]["inputs"]
+    inputs = int8["validation"]["inputs"]
+    assert "calibration images at 32x32" in inputs and "images from" in inputs and "16x16" in inputs
+    assert "(resized whole) at 16x64" in inputs  # real photos at the non-square sizes too
 
 
 def test_the_graphs_run_at_sizes_they_were_not_checked_at(tiny_dynamic):

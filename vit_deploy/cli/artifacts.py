@@ -37,7 +37,7 @@ from .options import (
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to run the artifact at.")
 @click.option("--sizes", default=None, metavar="N|HxW,...",
               help="A --dynamic-res artifact: image sizes to compare at, e.g. 224,384,320x448 (default: both ends of "
-                   "its range, the native size and non-square ones). Real --images at square sizes only.")
+                   "its range, the native size and non-square ones). Real --images at HxW: resized whole.")
 @click.option("--weights", default=None,
               help="The checkpoint, when it moved since the export (same bytes: its sha256 is checked).")
 @backend_option

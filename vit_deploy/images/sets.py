@@ -13,8 +13,9 @@ A folder may hold ``labels.csv`` (``file,label`` rows, file relative to the fold
 carries labels and validation reports top-1 accuracy. Labels are class indices, checked against
 the class count of the model they score (``num_classes``), so a label file for another model is
 an error, not an accuracy of 0%.
-For a dynamic-resolution artifact a set can be loaded at several square sizes at once (``sizes``):
-each file is decoded once and preprocessed at each size (``images.sizes.preprocessing_at``).
+For a dynamic-resolution artifact a set can be loaded at several sizes at once (``sizes``): each
+file is decoded once and preprocessed at each size (square: ``images.sizes.preprocessing_at``;
+non-square: the whole image resized, as a center crop is square).
 """
 
 from __future__ import annotations
@@ -54,24 +55,26 @@ class ImageSet:
     source: str
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     labels: np.ndarray | None = None  # int64 [N] when the folder has labels.csv
-    sized: dict[int, np.ndarray] = field(default_factory=dict)  # side -> float32 [N, 3, side, side]: other sizes
+    sized: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (h, w) -> [N, 3, h, w]: other sizes
 
-    def at(self, side: int) -> np.ndarray:
-        """The images at ``side`` x ``side``: ``images`` at the preprocessing's own crop, else one of ``sized``."""
-        if side == self.images.shape[-1]:
+    def at(self, height: int, width: int | None = None) -> np.ndarray:
+        """The images at ``height`` x ``width`` (default: square): ``images`` at the preprocessing's own crop,
+        else one of ``sized``."""
+        size = (height, height if width is None else width)
+        if size == tuple(self.images.shape[-2:]):
             return self.images
-        if side not in self.sized:
-            raise ValueError(f"this set was loaded at sizes {self.sides}, not {side}; pass sizes= to load_image_set")
-        return self.sized[side]
+        if size not in self.sized:
+            raise ValueError(f"this set was loaded at sizes {self.sizes}, not {size}; pass sizes= to load_image_set")
+        return self.sized[size]
 
     @property
-    def sides(self) -> list[int]:
-        """Every square size the set holds, its preprocessing's own crop first."""
-        return [int(self.images.shape[-1]), *self.sized]
+    def sizes(self) -> list[tuple[int, int]]:
+        """Every (height, width) the set holds, its preprocessing's own crop first."""
+        return [(int(self.images.shape[-2]), int(self.images.shape[-1])), *self.sized]
 
     def per_size(self) -> list[np.ndarray]:
-        """One float32 [N, 3, side, side] array per size in :attr:`sides` (what a multi-size calibration takes)."""
-        return [self.at(side) for side in self.sides]
+        """One float32 [N, 3, h, w] array per size in :attr:`sizes` (what a multi-size calibration takes)."""
+        return [self.at(*size) for size in self.sizes]
 
     def summary(self) -> dict[str, object]:
         return {
@@ -80,7 +83,7 @@ class ImageSet:
             "skipped": len(self.skipped),
             "skipped_files": [f"{f}: {why}" for f, why in self.skipped[:20]],
             "digest": self.digest,
-            **({"sizes": self.sides} if self.sized else {}),
+            **({"sizes": [list(size) for size in self.sizes]} if self.sized else {}),
         }
 
 
@@ -203,21 +206,25 @@ def load_image_set(
     progress: Progress | None = None,
     role: str = "calibration",
     num_classes: int | None = None,
-    sizes: Sequence[int] | None = None,
+    sizes: Sequence[int | tuple[int, int]] | None = None,
 ) -> ImageSet:
     """Load up to ``count`` images (a seeded sample when the set is larger), preprocessed.
 
     ``role`` names the set in messages ("calibration", "validation", ...): the same loader
     reads every image set, and the user must know which option a message is about.
     ``num_classes``: the class count of the model the labels score (None: checked by the caller).
-    ``sizes``: square sizes to preprocess each image at as well (``ImageSet.at``); the digest
-    covers them, so ranges calibrated at other sizes are never taken from the cache.
+    ``sizes``: other sizes to preprocess each image at as well (``ImageSet.at``): a side N (square: the
+    manifest's center crop moved to N, ``sizes.preprocessing_at``) or (H, W) (non-square: the whole image
+    resized to H x W, ``decode.resize_to``); the digest covers them, so ranges calibrated at other sizes
+    are never taken from the cache.
     """
-    from .decode import decode_rgb, preprocess
+    from .decode import decode_rgb, preprocess, resize_to
     from .sizes import preprocessing_at
 
-    extra = {side: preprocessing_at(prep, side) for side in dict.fromkeys(sizes or ()) if side != prep.crop}
-    resized: dict[int, list[np.ndarray]] = {side: [] for side in extra}
+    wanted = [(s, s) if isinstance(s, int) else (int(s[0]), int(s[1])) for s in sizes or ()]
+    extra = {size: preprocessing_at(prep, size[0]) if size[0] == size[1] else None
+             for size in dict.fromkeys(wanted) if size != (prep.crop, prep.crop)}
+    resized: dict[tuple[int, int], list[np.ndarray]] = {size: [] for size in extra}
 
     labels = read_labels(Path(spec), num_classes) if Path(spec).is_dir() else None  # before the slow part
     sources = list_sources(spec)
@@ -250,8 +257,8 @@ def load_image_set(
             except UsageError as e:
                 skipped.append((str(path), str(e)))
                 continue
-            for side, at_side in extra.items():
-                resized[side].append(preprocess(rgb, at_side))
+            for (h, w), at_size in extra.items():  # square: center crop as the manifest says; else resized whole
+                resized[(h, w)].append(preprocess(rgb, at_size) if at_size else resize_to(rgb, h, w, prep))
         used.append(str(path))
         hashes.append(actual)
 
@@ -263,7 +270,7 @@ def load_image_set(
             f"{f' ({len(skipped)} skipped: {why})' if skipped else ''}, fewer than the batch size {batch}; "
             + ("add images or lower --calib-batch" if role == "calibration" else "add images")
         )
-    keyed = {"files": hashes, "prep": prep.to_dict(), **({"sizes": sorted(extra)} if extra else {})}
+    keyed = {"files": hashes, "prep": prep.to_dict(), **({"sizes": [list(k) for k in sorted(extra)]} if extra else {})}
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
     if labels is not None:
         missing = [f for f in used if Path(f).resolve() not in labels]
@@ -273,4 +280,4 @@ def load_image_set(
         label_array = np.array([labels[Path(f).resolve()] for f in used], dtype=np.int64)
     return ImageSet(np.stack(images).astype(np.float32), used, digest, str(spec), skipped,
                     label_array if labels is not None else None,
-                    {side: np.stack(arrays).astype(np.float32) for side, arrays in resized.items()})
+                    {size: np.stack(arrays).astype(np.float32) for size, arrays in resized.items()})

@@ -237,7 +237,7 @@ def validate_precision(opts: PrecisionOptions, staged: Artifact, calib: Any, pro
 
     Inputs: ``--val-images`` (with accuracy when the folder has labels.csv), else the
     ``--calib`` images, else seeded random images. A dynamic-resolution graph is checked at every
-    size of its range's ``check_sizes`` (real images at the square ones, random at the others). The
+    size of its range's ``check_sizes`` (real images at every size: see ``validate.image_sources``). The
     reference is the PyTorch model rebuilt from the manifest; if its checkpoint is gone, the parent
     FP32 graph (validated against PyTorch at export) stands in, and the manifest says so.
     """

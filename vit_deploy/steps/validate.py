@@ -191,38 +191,28 @@ def image_sources(
 ) -> list[ImageSource]:
     """One :class:`ImageSource` per (height, width) in ``sizes``, the first being the main one.
 
-    Real images from ``spec`` at every square size (decoded once, preprocessed per size by
-    ``images.sizes.preprocessing_at``: the crop is the size, the resize keeps the manifest's crop
-    fraction); seeded random images at the non-square sizes (a center crop is square) and where
-    ``spec`` is None: ``count`` at the first size, ``other_count`` at the others.
-    ``batch_sizes`` / ``other_batches``: the batch sizes at the first size / at the others.
+    Real images from ``spec`` at every size, decoded once (``load_image_set(sizes=...)``: at a square
+    size the manifest's center crop moved to it, at a non-square one the whole image resized);
+    seeded random images where ``spec`` is None: ``count`` at the first size, ``other_count`` at the
+    others. ``batch_sizes`` / ``other_batches``: the batch sizes at the first size / at the others.
     """
-    from ..images.synthetic import random_images
-
-    square = [h for h, w in sizes if h == w]
-    loaded: dict[int, ImageSource] = {}
-    if spec and square:
+    if spec:
         from ..images.sets import load_image_set
 
         data = load_image_set(spec, artifact.preprocessing, max_images, 1, seed, progress, role=role,
-                              num_classes=artifact.num_classes, sizes=square)
+                              num_classes=artifact.num_classes, sizes=list(sizes))
         skipped = f" ({len(data.skipped)} skipped)" if data.skipped else ""
-        for side in square:
-            loaded[side] = ImageSource(data.at(side), f"{len(data.files)} images from {spec}{skipped}", data.labels)
+        described = f"{len(data.files)} images from {spec}{skipped}"
+        return [ImageSource(data.at(h, w), described + ("" if h == w else " (resized whole)"), data.labels,
+                            batch_sizes if i == 0 else other_batches) for i, (h, w) in enumerate(sizes)]
+    from ..images.synthetic import random_images
+
     c = artifact.chw[0]
     hint = f"; pass {option} for real ones" if option else ""
-    sources = []
-    for i, (h, w) in enumerate(sizes):
-        batches_here = batch_sizes if i == 0 else other_batches
-        if h == w and h in loaded:
-            source = loaded[h]
-        else:
-            n = count if i == 0 else other_count
-            images = random_images(n, h, artifact.preprocessing, seed=seed + i, channels=c, width=w)
-            why = " (a center crop is square)" if spec else hint
-            source = ImageSource(images, f"{n} seeded random images (seed {seed + i}){why}")
-        sources.append(ImageSource(source.images, source.description, source.labels, batches_here))
-    return sources
+    return [ImageSource(random_images(n, h, artifact.preprocessing, seed=seed + i, channels=c, width=w),
+                        f"{n} seeded random images (seed {seed + i}){hint}", None,
+                        batch_sizes if i == 0 else other_batches)
+            for i, (h, w) in enumerate(sizes) for n in [count if i == 0 else other_count]]
 
 
 def sizes_to_check(artifact: Artifact, sizes: Sequence[tuple[int, int]] | None) -> list[tuple[int, int]]:
