@@ -149,6 +149,9 @@ def run_resolution_bench(opts: ResolutionBenchOptions, progress: Progress | None
             "size": size, "gflop_per_image": round(model_flops(cfg.with_(img_size=size))["gflop"], 4),
             "dynamic_img_per_s": dyn.get("img_per_s"), "fixed_img_per_s": fix.get("img_per_s") if fix else None,
             "dynamic_over_fixed": round(dyn["img_per_s"] / fix["img_per_s"], 3) if ok else None,
+            # min-max over rounds: a ratio inside the two spreads is no difference this run can see
+            "dynamic_spread": [dyn.get("img_per_s_min"), dyn.get("img_per_s_max")],
+            "fixed_spread": [fix.get("img_per_s_min"), fix.get("img_per_s_max")] if fix else None,
         })
     return {
         "schema": SCHEMA, "created_at": started.isoformat(timespec="seconds"),
@@ -168,13 +171,19 @@ def format_table(result: dict[str, Any]) -> str:
     o = result["options"]
     lines = [f"{result['model']['variant']} {result['model']['precision']} on {o['backend']} ({o['device']}, "
              f"{plural(o['threads'], 'thread')}), batch {o['batch']}; median of {o['repeats']} rounds",
-             "| size | GFLOP/img | dynamic img/s | fixed img/s | dynamic / fixed |", "|---|--:|--:|--:|--:|"]
-    for r in result["table"]:
-        def num(v: float | None, fmt: str) -> str:
-            return "-" if v is None else format(v, fmt)
+             "| size | GFLOP/img | dynamic img/s (min-max) | fixed img/s (min-max) | dynamic / fixed |",
+             "|---|--:|--:|--:|--:|"]
 
-        lines.append(f"| {r['size']}x{r['size']} | {r['gflop_per_image']:.2f} | {num(r['dynamic_img_per_s'], '.2f')} "
-                     f"| {num(r['fixed_img_per_s'], '.2f')} | {num(r['dynamic_over_fixed'], '.3f')} |")
+    def rate(value: float | None, spread: list[float | None] | None) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.2f}" + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread and None not in spread else "")
+
+    for r in result["table"]:
+        ratio = "-" if r["dynamic_over_fixed"] is None else f"{r['dynamic_over_fixed']:.3f}"
+        lines.append(f"| {r['size']}x{r['size']} | {r['gflop_per_image']:.2f} | "
+                     f"{rate(r['dynamic_img_per_s'], r['dynamic_spread'])} | "
+                     f"{rate(r['fixed_img_per_s'], r['fixed_spread'])} | {ratio} |")
     return "\n".join(lines)
 
 
