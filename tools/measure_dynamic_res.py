@@ -7,10 +7,13 @@ each run on ONNX Runtime (CPU) over every labelled photo at each size. At a size
 through the manifest's preprocessing moved to S (``images.sizes.preprocessing_at``: crop S, resize
 floor(S * 248 / 224)). Intervals: 95% bootstrap (parity.metrics), the changes paired per photo.
 
-    python tools/measure_dynamic_res.py --work /tmp/dynres \\
-        --images ../shared/realdata/imagenet-val-dev ../shared/realdata/imagenet-dev-500
+    python tools/measure_dynamic_res.py --work /tmp/dynres --precisions ""          # FP32, all 1,508 photos
+    python tools/measure_dynamic_res.py --work /tmp/dynres --images ../shared/realdata/imagenet-val-dev \\
+        --max-photos 300                                                              # + FP16 and INT8
 
-About 15 minutes on 2 shared cores (most of it the FP16 graph, which ONNX Runtime's CPU runs slowly).
+FP32 over the 1,508 photos: about 25 minutes on 2 shared cores; FP16 (slow on ONNX Runtime's CPU)
+and INT8 on 300 photos about 15. The INT8 graph is made with the default budget; where it misses
+it, make it first (``build-engine ... --int8 --max-float-layers N --out WORK/ti16-224-dyn-int8``).
 """
 
 from __future__ import annotations
