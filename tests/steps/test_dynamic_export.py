@@ -216,3 +216,14 @@ def test_the_layernorms_are_read_by_their_gemms_only_as_in_the_fixed_graph(expor
         norms = [n for n in graph.graph.node if n.op_type == "LayerNormalization"]
         assert len(norms) == 2 * 2 + 1
         assert all(set(readers[n.output[0]]) <= {"MatMul", "Gather"} for n in norms), name
+
+
+@pytest.mark.parametrize("backend", ["openvino", "pytorch"])
+def test_every_cpu_backend_runs_the_sizes_the_graph_does(exports, backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="backend openvino needs the openvino package")
+    with runtime.open(exports["dynamic"]["artifact"], backend) as runner, \
+            runtime.open(exports["dynamic"]["artifact"], "onnxruntime") as graph:
+        for h, w in ((16, 64), (48, 24)):
+            images = random_images(3, h, PREP, seed=2, width=w)
+            assert rel_l2(runner.infer(images), graph.infer(images)) <= 1e-5
