@@ -71,20 +71,30 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VIT_DEPLOY_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.fixture(scope="session")
-def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
-    """The ``test`` variant at 32 px, 5 classes: its FP32 export and FP16/INT8 graphs (read-only: copy to alter)."""
+def _tiny_set(root: Path, name: str, dynamic_res: str | None = None) -> dict[str, Path]:
+    """The ``test`` variant at 32 px, 5 classes, exported to ``root/name`` with its FP16/INT8 graphs beside it."""
     from vit_deploy.steps.export import ExportOptions, export_artifact
     from vit_deploy.steps.precision import PrecisionOptions, build_precision_artifact
 
-    root = tmp_path_factory.mktemp("tiny")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VIT_DEPLOY_CACHE", str(root / "cache"))
-        fp32 = root / "test-32"
-        export_artifact(ExportOptions("test", 32, num_classes=5, out_dir=fp32))
+        fp32 = root / name
+        export_artifact(ExportOptions("test", 32, num_classes=5, out_dir=fp32, dynamic_res=dynamic_res))
         out = {"fp32": fp32}
         for precision in ("fp16", "int8"):
-            out[precision] = root / f"test-32-{precision}"
+            out[precision] = root / f"{name}-{precision}"
             opts = PrecisionOptions(precision, fp32, out[precision], calib=str(PHOTOS), calib_batch=4)
             build_precision_artifact(opts)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
+    """The ``test`` variant at 32 px, 5 classes: its FP32 export and FP16/INT8 graphs (read-only: copy to alter)."""
+    return _tiny_set(tmp_path_factory.mktemp("tiny"), "test-32")
+
+
+@pytest.fixture(scope="session")
+def tiny_dynamic(tmp_path_factory) -> dict[str, Path]:
+    """The same exported with ``--dynamic-res 16:64``, and its FP16/INT8 graphs (read-only: copy to alter)."""
+    return _tiny_set(tmp_path_factory.mktemp("tiny-dynamic"), "test-32-dyn", "16:64")

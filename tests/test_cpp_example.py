@@ -126,24 +126,31 @@ def vit_infer(toolchain, tmp_path_factory) -> dict:
     return {"exe": exe, "env": env}
 
 
-@pytest.fixture
-def engine_dir(tiny_artifacts, tmp_path) -> Path:
-    """An engine-kind artifact whose manifest matches the stub TensorRT; its plan is not a plan (nothing runs it)."""
+def stub_engine(graph: Path, dst: Path, **profile: list[int]) -> Path:
+    """An engine-kind artifact of ``graph`` whose manifest matches the stub TensorRT, with this profile;
+    its plan is not a plan (nothing runs it)."""
     from helpers import engine_manifest_without_plan
 
     from vit_deploy.artifact import read_manifest, write_manifest
 
-    d = engine_manifest_without_plan(tiny_artifacts["fp16"], tmp_path / "engine")
+    d = engine_manifest_without_plan(graph, dst)
     m = read_manifest(d)
     m["tensorrt"]["version"] = STUB_VERSION
-    m["tensorrt"]["profile"]["images"].update(min=[2, 3, 32, 32], opt=[2, 3, 32, 32], max=[4, 3, 32, 32])
+    m["tensorrt"]["profile"]["images"].update(profile)
     write_manifest(d, m)
     return d
 
 
-def run(vit_infer: dict, directory: Path, batch: int, tmp_path: Path, *extra: str) -> tuple[int, str]:
+@pytest.fixture
+def engine_dir(tiny_artifacts, tmp_path) -> Path:
+    return stub_engine(tiny_artifacts["fp16"], tmp_path / "engine", min=[2, 3, 32, 32], opt=[2, 3, 32, 32],
+                       max=[4, 3, 32, 32])
+
+
+def run(vit_infer: dict, directory: Path, batch: int, tmp_path: Path, *extra: str,
+        size: tuple[int, int] = (32, 32)) -> tuple[int, str]:
     images = tmp_path / "images.f32"
-    np.zeros((batch, 3, 32, 32), np.float32).tofile(images)
+    np.zeros((batch, 3, *size), np.float32).tofile(images)
     r = subprocess.run([str(vit_infer["exe"]), str(directory), str(images), *extra], capture_output=True, text=True,
                        env=vit_infer["env"], timeout=60)
     assert r.returncode >= 0, f"vit_infer died of signal {-r.returncode}: {r.stderr}"
@@ -265,3 +272,35 @@ def test_cpp_follows_the_shared_compatibility_table_and_hashes_like_hashlib(tool
     assert "{{8, 10}, {10, 11}}" in (EXAMPLE / "compat.hpp").read_text()
     assert f"kHardwareCompatibleMinMajor = {rules['hardware_compatible_min_major']};" in (
         EXAMPLE / "compat.hpp").read_text()
+
+
+@pytest.fixture
+def dynamic_engine_dir(tiny_dynamic, tmp_path) -> Path:
+    """The --dynamic-res graph's stub engine: profile 16..48, opt 32."""
+    return stub_engine(tiny_dynamic["fp16"], tmp_path / "dyn-engine", min=[1, 3, 16, 16], opt=[2, 3, 32, 32],
+                       max=[4, 3, 48, 48])
+
+
+@pytest.mark.parametrize(("size", "arg"), [((32, 32), None), ((16, 48), "16x48"), ((48, 24), "48x24")])
+def test_a_dynamic_engine_takes_any_size_in_its_profile(vit_infer, dynamic_engine_dir, tmp_path, size, arg):
+    extra = ("2", arg) if arg else ()
+    code, err = run(vit_infer, dynamic_engine_dir, 2, tmp_path, *extra, size=size)
+    assert_one_line_error(code, err, "could not create a runtime")  # every check before the GPU passed
+
+
+@pytest.mark.parametrize(("size", "arg", "needle"), [
+    ((56, 32), "56x32", "images of 56x32 are outside the engine's profile (manifest): height 16 to 48, width 16 to 48"),
+    ((8, 8), "8x8", "images of 8x8 are outside the engine's profile"),
+    ((32, 32), "32by32", "HxW must be the image height and width in pixels, e.g. 384x512, not 32by32"),
+    ((32, 40), "32x32", "holds 30720 bytes, not float32 [2, 3, 32, 32]"),
+])
+def test_a_size_outside_the_dynamic_profile_is_one_line(vit_infer, dynamic_engine_dir, tmp_path, size, arg, needle):
+    code, err = run(vit_infer, dynamic_engine_dir, 2, tmp_path, "2", arg, size=size)
+    assert_one_line_error(code, err, needle)
+
+
+def test_a_size_for_a_fixed_engine_is_refused(vit_infer, engine_dir, tmp_path):
+    code, err = run(vit_infer, engine_dir, 2, tmp_path, "2", "32x32")
+    assert_one_line_error(code, err, "could not create a runtime")  # its own size is fine
+    code, err = run(vit_infer, engine_dir, 2, tmp_path, "2", "16x16", size=(16, 16))
+    assert_one_line_error(code, err, "takes 32x32 images only (a fixed-resolution export)")

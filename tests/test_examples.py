@@ -100,3 +100,18 @@ def test_cpp_example_input_writer(tiny_artifacts, photo, tmp_path):
                     str(photo), str(photo), "-o", str(out)], check=True, capture_output=True)
     prep = runtime.open(tiny_artifacts["fp32"]).preprocessing
     np.testing.assert_array_equal(np.fromfile(out, dtype="<f4").reshape(2, 3, 32, 32), load_batch([photo] * 2, prep))
+
+
+def test_cpp_example_input_writer_at_a_size_of_a_dynamic_artifact(tiny_dynamic, photo, tmp_path):
+    from vit_deploy.images.decode import load_rgb, resize_to
+
+    out = tmp_path / "images.f32"
+    script = str(ROOT / "examples" / "cpp" / "make_input.py")
+    subprocess.run([sys.executable, script, str(tiny_dynamic["fp32"]), str(photo), "--size", "24x40", "-o", str(out)],
+                   check=True, capture_output=True)
+    prep = runtime.open(tiny_dynamic["fp32"]).preprocessing
+    np.testing.assert_array_equal(np.fromfile(out, dtype="<f4").reshape(1, 3, 24, 40),
+                                  resize_to(load_rgb(photo), 24, 40, prep)[None])
+    r = subprocess.run([sys.executable, script, str(tiny_dynamic["fp32"]), str(photo), "--size", "20x40",
+                        "-o", str(tmp_path / "bad.f32")], capture_output=True, text=True)
+    assert r.returncode == 1 and "height 20 -> 16 or 24" in r.stderr and not (tmp_path / "bad.f32").exists()

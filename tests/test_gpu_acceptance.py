@@ -13,7 +13,7 @@ import pytest
 from helpers import ROOT
 
 SCRIPT = ROOT / "tools" / "gpu_acceptance.sh"
-GPU_STEPS = {"pytest-gpu", "bench-b16-224", "bench-b16-384", "triton"} | {
+GPU_STEPS = {"pytest-gpu", "bench-b16-224", "bench-b16-384", "triton", "engine-b16-dyn", "compare-b16-dyn"} | {
     f"engine-{model}-{precision}" for model in ("ti16", "b16-224", "b16-384") for precision in ("fp16", "int8", "fp8")
 } | {f"compare-ti16-{precision}" for precision in ("fp16", "int8", "fp8")}
 
@@ -35,6 +35,8 @@ def test_dry_run_skips_gpu_steps_with_reasons_and_writes_both_reports(tmp_path):
     for name in GPU_STEPS:
         assert steps[name]["status"] == "skip" and steps[name]["reason"].startswith("needs a GPU: dry run"), name
         assert steps[name]["command"], name  # what would run on the GPU host
+    assert "--sizes 224,384,320x448" in steps["compare-b16-dyn"]["command"]  # the dynamic engine at 3 sizes
+    assert "--dynamic-res 224:512" in steps["prepare-b16-dyn"]["command"]
     assert steps["install"]["status"] == "skip" and "pip install" in steps["install"]["command"]
     assert "onnxruntime-gpu" in steps["install"]["command"] and "tensorrt-cu1" in steps["install"]["command"]
     assert steps["doctor"]["status"] == "pass" and report["doctor"]["tensorrt"] is not None

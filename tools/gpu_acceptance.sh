@@ -13,13 +13,16 @@
 #   doctor    vit-deploy doctor --json (what this machine can do, and why not)
 #   prepare   CPU side, in the background from the start, one job per model: FP16, INT8 and FP8 graphs
 #             (in parallel) of ViT-B/16 at 224 and 384 (random weights: speed; fallback off) and of
-#             the real ViT-Ti/16 (../shared/realdata; INT8/FP8 calibrated on its ImageNet photos)
+#             the real ViT-Ti/16 (../shared/realdata; INT8/FP8 calibrated on its ImageNet photos);
+#             and a --dynamic-res 224:512 ViT-B/16 export
 #   pytest    the GPU-marked tests (tests/steps/test_engine.py and the rest), while the graphs are made
 #   engines   FP16, INT8 and FP8 engines (profile 1..128, opt 64), each validated against PyTorch at
 #             build; b16@224 first, then b16@384 FP16, the real ViT-Ti (compared on held-out photos:
 #             real top-1), then b16@384 INT8/FP8
 #   bench     vit-deploy bench --device cuda over the three engines at batch 1/8/64/128, b16@224 and
 #             b16@384: img/s, the INT8 and FP8 speed-up over FP16, % of the GPU's dense peak
+#   dynamic   one engine of the --dynamic-res export (profile 224..512, opt 384, batch 1..8), validated
+#             at 5 sizes at build, then compared with PyTorch at 224, 384 and 320x448
 #   triton    a tensorrt_plan smoke test, when a tritonserver with the tensorrt backend is present
 # OUT/gpu-report.json and OUT/gpu-report.md are written at the end, also after a failure or Ctrl-C;
 # the report adds each engine's layer precisions and whether its attention ran as a fused kernel.
@@ -172,13 +175,17 @@ B16_QUANT="--calib calibration/photos.txt --calib-count 16 --max-float-layers 0"
 PREP_B224=$(prep "$B224" "--model b16 --res 224" "$B16_QUANT")
 PREP_B384=$(prep "$B384" "--model b16 --res 384" "$B16_QUANT")
 PREP_TI=$(prep "$TI" "--model ti16 --res 224 --weights $TI_WEIGHTS --crop-pct 0.9" "--calib $PHOTOS --calib-count 256")
+B16D="$ART/b16-384-dyn"
+PREP_B16D="export CUDA_VISIBLE_DEVICES=; $CLI export --model b16 --res 384 --dynamic-res 224:512 --out $B16D --force"
 if [ "$DRY_RUN" = 1 ]; then
   record prepare-b16-224 skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_B224"
   record prepare-b16-384 skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_B384"
   record prepare-ti16 skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_TI"
+  record prepare-b16-dyn skip 0 "dry run: CPU preparation runs on the GPU host" "$PREP_B16D"
 else
   step prepare-b16-224 400 any "$PREP_B224" & PREP_PID[b224]=$!
   step prepare-b16-384 400 any "$PREP_B384" & PREP_PID[b384]=$!
+  step prepare-b16-dyn 300 any "$PREP_B16D" & PREP_PID[b16d]=$!
   if [ -f "$TI_WEIGHTS" ] && [ -d "$PHOTOS" ]; then
     step prepare-ti16 400 any "$PREP_TI" & PREP_PID[ti16]=$!
   else
@@ -218,6 +225,15 @@ for precision in $PRECISIONS; do
 done
 for precision in int8 fp8; do engine b16-384 "$B384" "$precision"; done
 bench b16-384 "$B384" "$TRT_ROWS"
+
+# --- 5b. one dynamic-resolution engine: parity at three sizes ------------------------------------------
+# FP32, so TensorRT's cubic Resize of the position embeddings is held to the export's 1e-5 (TF32 is off);
+# max batch 8 keeps the build and the CPU reference (8 images at 384, 4 at each other size) short.
+prepared b16d
+step engine-b16-dyn 120 gpu "$CLI build-engine $B16D --max-batch 8 --out $B16D-trt --force --json \
+> $OUT/results/engine-b16-dyn.json"
+step compare-b16-dyn 60 gpu "$CLI compare $B16D-trt --sizes 224,384,320x448 --batch-sizes 1,8 \
+--max-images 8 --json > $OUT/results/compare-b16-dyn.json"
 
 # --- 7. Triton tensorrt_plan smoke test ----------------------------------------------------------------
 HAS_TRT_BACKEND=$("$PY" -c "from vit_deploy.doctor import probe_triton as p; print(int(p()['tensorrt_backend']))" \

@@ -1,7 +1,7 @@
 """INT8 Q/DQ quantization of a vit-deploy FP32 ONNX with NVIDIA ModelOpt, on CPU only.
 
 Maintainer tool for the quantizer comparison (tools/compare_quantizers.py, docs/quantizers.md);
-the product itself quantizes with ONNX Runtime (vit_deploy/onnx/int8.py).
+the product itself quantizes with its own quantizer (vit_deploy/onnx/quantize.py).
 
 ModelOpt (`nvidia-modelopt[onnx]`) pins onnx~=1.21, onnxruntime-gpu~=1.24 and cupy-cuda12x,
 which clash with the project's environment, so this runs in its own virtualenv:
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         calib = _load_calib(args.calib, args.fp32_onnx, args.count)
     exclude = list(args.exclude)
     if args.exclude_attention:
-        from vit_deploy.onnx.int8 import attention_matmuls
+        from vit_deploy.onnx.quantize import attention_matmuls
 
         exclude += attention_matmuls(model)
     settings = quantize_with_modelopt(args.fp32_onnx, args.out_onnx, calib, args.method, exclude,

@@ -22,6 +22,9 @@ Schema (version 1), top-level keys::
     + kind-specific sections (e.g. "onnx": {opset, nodes, ...})
     + optional "runtime": {backend}: the backend the artifact was made for (e.g. "openvino" for a
       --target cpu INT8 graph); runtime.open uses it by default when it is installed.
+    + optional "dynamic_resolution": {min, max, step, native, ...}: a ``--dynamic-res`` export (its
+      input shape is [batch, C, "height", "width"]): the sizes it takes (``specs.ResolutionRange``),
+      inherited by its precision graphs; an engine records the part of it its profile covers.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any
 
 from .errors import ArtifactError, UsageError, VitDeployError
 from .fileio import MANIFEST_NAME, SCHEMA, atomic_write_text
-from .specs import RUNTIME_BACKENDS, ModelConfig, Preprocessing
+from .specs import RUNTIME_BACKENDS, ModelConfig, Preprocessing, ResolutionRange
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema", "schema_version", "kind", "precision", "model", "preprocessing", "io", "files")
@@ -50,7 +53,7 @@ PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 FILE_ROLES = ("model", "external_data")
 # the optional sections, each an object (or null) when present
 SECTIONS = ("parent", "checkpoint", "versions", "validation", "onnx", "tensorrt", "precision_policy", "calibration",
-            "runtime", "tensorrt_readiness")
+            "runtime", "tensorrt_readiness", "dynamic_resolution")
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
@@ -159,7 +162,7 @@ MODEL_FIELDS: dict[str, tuple[Rule, bool]] = {
     "variant": (STRING, True), "img_size": (POSITIVE_INT, True), "num_classes": (POSITIVE_INT, True),
     "patch_size": (POSITIVE_INT, True), "dim": (POSITIVE_INT, True), "depth": (POSITIVE_INT, True),
     "heads": (POSITIVE_INT, True), "mlp_dim": (POSITIVE_INT, True), "layer_norm_eps": (POSITIVE, False),
-    "in_chans": (POSITIVE_INT, False),
+    "in_chans": (POSITIVE_INT, False), "pos_grid": (POSITIVE_INT, False),
 }
 PREPROCESSING_FIELDS: dict[str, tuple[Rule, bool]] = {
     "resize": (POSITIVE_INT, True), "crop": (POSITIVE_INT, True), "interpolation": (STRING, False),
@@ -170,6 +173,10 @@ FILE_FIELDS: dict[str, tuple[Rule, bool]] = {
     "role": (_one_of(FILE_ROLES), True), "path": (RELATIVE_PATH, True), "sha256": (SHA256, True), "bytes": (SIZE, True),
 }
 TENSOR_FIELDS: dict[str, tuple[Rule, bool]] = {"name": (STRING, True), "shape": (DIMS, True), "dtype": (STRING, True)}
+RESOLUTION_FIELDS: dict[str, tuple[Rule, bool]] = {
+    "min": (POSITIVE_INT, True), "max": (POSITIVE_INT, True), "step": (POSITIVE_INT, True),
+    "native": (POSITIVE_INT, True),
+}
 
 
 def check_types(manifest: dict[str, Any], path: Path | str = MANIFEST_NAME) -> None:
@@ -222,6 +229,13 @@ def check_types(manifest: dict[str, Any], path: Path | str = MANIFEST_NAME) -> N
     backend = (manifest.get("runtime") or {}).get("backend")
     if backend is not None:
         check(backend, _one_of(RUNTIME_BACKENDS), "runtime.backend")
+    sizes = manifest.get("dynamic_resolution")
+    if sizes is not None:
+        check_object(sizes, RESOLUTION_FIELDS, "dynamic_resolution", closed=False)
+        if not sizes["min"] <= sizes["native"] <= sizes["max"] or sizes["min"] % sizes["step"] or \
+                sizes["max"] % sizes["step"]:
+            fail("dynamic_resolution", "min <= native <= max, min and max multiples of step",
+                 {k: sizes[k] for k in RESOLUTION_FIELDS})
 
 
 def _short_repr(value: Any, limit: int = 60) -> str:
@@ -306,9 +320,22 @@ class Artifact:
         return list(self.manifest["io"]["inputs"][0]["shape"])
 
     @property
+    def resolution_range(self) -> ResolutionRange | None:
+        """The sizes a dynamic-resolution artifact takes (its ``dynamic_resolution`` section); None: fixed size."""
+        sizes = self.manifest.get("dynamic_resolution")
+        return ResolutionRange.from_dict(sizes) if sizes else None
+
+    @property
     def chw(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one input image: the graph's own contract."""
+        """(channels, height, width) of one input image: the graph's own contract.
+
+        A dynamic-resolution artifact takes any size in :attr:`resolution_range`; its ``chw`` is the
+        native size (where its position embeddings are used as they are).
+        """
         dims = self.input_shape[1:]
+        sizes = self.resolution_range
+        if sizes is not None and len(dims) == 3 and _is_int(dims[0]) and dims[0] > 0:
+            return dims[0], sizes.native, sizes.native
         if len(dims) != 3 or not all(_is_int(d) and d > 0 for d in dims):
             raise ArtifactError(
                 f"{self.directory / MANIFEST_NAME}: io.inputs[0].shape must be [batch, channels, height, width] "
@@ -335,7 +362,10 @@ class Artifact:
 
     def inherited(self) -> dict[str, Any]:
         """The sections a child artifact (a precision graph, an engine) copies from this one."""
-        return {k: self.manifest.get(k) for k in ("model", "preprocessing", "checkpoint")}
+        sections = {k: self.manifest.get(k) for k in ("model", "preprocessing", "checkpoint")}
+        if self.manifest.get("dynamic_resolution"):
+            sections["dynamic_resolution"] = dict(self.manifest["dynamic_resolution"])
+        return sections
 
     @property
     def made_for_backend(self) -> str | None:

@@ -16,6 +16,9 @@ no class and leaves the ranges an INT8 graph was calibrated for, so for trained 
 bounds it cannot measure (top-1 agreement; INT8's cosine bounds) are reported, not judged, and
 the report says so. A good INT8 graph of the real ViT-Ti scored cosine 0.987 on noise (FAIL)
 and 0.998 on photos (PASS).
+
+A dynamic-resolution artifact is compared at several image sizes (``sizes``; default: its range's
+check sizes, both ends and non-square ones included), a row per size and batch size.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from .artifact import Artifact
 from .errors import ArtifactError, UsageError
 from .parity.reference import REFERENCE_BATCH, reference_model
 from .progress import Progress
-from .specs import tolerance
-from .steps.validate import ImageSource, Reference, image_source, validate
+from .specs import QUANTIZED_PRECISIONS, tolerance
+from .steps.validate import ImageSource, Reference, image_sources, sizes_to_check, validate
 
 DEFAULT_BATCH_SIZES = (1, 8)
 RANDOM_INPUTS = 16
@@ -54,6 +57,8 @@ class CompareOptions:
         backend: run the candidate on this backend (None: the artifact's own).
         weights: where the checkpoint is now, when it moved since the export (``reference="pytorch"`` only);
             its sha256 must still be the one the manifest records.
+        sizes: (height, width) pairs to compare at, each in a dynamic-resolution artifact's range (None: the
+            range's check sizes; the native size for a fixed artifact). Real images at a non-square size: resized whole.
     """
 
     artifact: Path
@@ -66,6 +71,7 @@ class CompareOptions:
     provider: str = "cpu"
     backend: str | None = None
     weights: str | None = None
+    sizes: tuple[tuple[int, int], ...] | None = None
 
 
 def compare_artifact(opts: CompareOptions, progress: Progress | None = None) -> dict[str, Any]:
@@ -89,7 +95,7 @@ def compare_artifact(opts: CompareOptions, progress: Progress | None = None) -> 
             reference = _reference(opts, candidate)
         with reference.runner:
             verdict = validate(candidate, reference, images, opts.batch_sizes, tolerance(art.precision), progress,
-                               not_gated=_not_measurable(art) if images.random else None)
+                               not_gated=_not_measurable(art) if images[0].random else None)
         described = candidate.describe()
 
     return {
@@ -117,30 +123,35 @@ def validated_image_set(art: Artifact) -> str | None:
     return None
 
 
-def _inputs(opts: CompareOptions, art: Artifact, progress: Progress) -> ImageSource:
-    """``--images``; else the set the artifact was validated on, if present; else the bundled photos; or noise."""
+def _inputs(opts: CompareOptions, art: Artifact, progress: Progress) -> list[ImageSource]:
+    """``--images``; else the set the artifact was validated on, if present; else the bundled photos; or noise.
+    One source per image size to check (a dynamic-resolution artifact's range; its native size otherwise)."""
+    from dataclasses import replace
+
     from .images.sets import BUNDLED_PHOTOS
 
-    def real(spec: str, why: str) -> ImageSource:
-        found = image_source(spec, art, 0, opts.seed, opts.max_images, role="comparison", progress=progress)
-        return ImageSource(found.images, f"{found.description} ({why})", found.labels, found.source)
+    sizes = sizes_to_check(art, opts.sizes)
+    count = opts.max_images or max(RANDOM_INPUTS, *opts.batch_sizes)
+
+    def load(spec: str | None, why: str = "") -> list[ImageSource]:
+        found = image_sources(spec, art, sizes, count, count, seed=opts.seed, max_images=opts.max_images,
+                              role="comparison", option="--images" if spec else "", progress=progress)
+        return [replace(s, description=f"{s.description} ({why})") for s in found] if why else found
 
     if opts.images:
-        return image_source(opts.images, art, 0, opts.seed, opts.max_images, role="comparison", progress=progress)
+        return load(opts.images)
     if opts.random_inputs:
-        count = opts.max_images or max(RANDOM_INPUTS, *opts.batch_sizes)
-        found = image_source(None, art, count, opts.seed, option="")
-        return ImageSource(found.images, found.description + " (--random-inputs)", random=True)
+        return load(None, "--random-inputs")
     validated = validated_image_set(art)
     if validated and Path(validated).exists():
-        return real(validated, "the set this artifact was validated on")
+        return load(validated, "the set this artifact was validated on")
     why = (f"the set this artifact was validated on, {validated}, is not here" if validated
            else "its manifest names no image set it was validated on")
     if not BUNDLED_PHOTOS.is_file():
         raise UsageError(f"compare runs on real images, and {why}, nor is the bundled photo list (a source "
                          "checkout's calibration/photos.txt): pass --images FOLDER, or --random-inputs")
     try:
-        return real(str(BUNDLED_PHOTOS), f"the bundled photo list: {why}")
+        return load(str(BUNDLED_PHOTOS), f"the bundled photo list: {why}")
     except UsageError as e:
         raise UsageError(f"compare runs on real images, and {why}; the bundled photo list cannot be used ({e}): "
                          "pass --images FOLDER, or --random-inputs") from e
@@ -152,8 +163,8 @@ def _not_measurable(art: Artifact) -> dict[str, str]:
         return {}
     why = "random inputs have no class: a trained model's top-1 on noise measures nothing"
     out = {"min_top1_agreement": why}
-    if art.precision == "int8":
-        cosine = "random inputs leave the ranges the INT8 graph was calibrated for (photos)"
+    if art.precision in QUANTIZED_PRECISIONS:
+        cosine = f"random inputs leave the ranges the {art.precision.upper()} graph was calibrated for (photos)"
         out |= {"min_cosine": cosine, "min_mean_cosine": cosine}
     bounds = tolerance(art.precision).bounds()
     return {field: why for field, why in out.items() if field in bounds}

@@ -34,6 +34,7 @@ def inspect_artifact(artifact: str | Path, verify: bool = True) -> dict[str, Any
         "checkpoint": art.checkpoint,
         "validation_passed": art.passed,
         "precision_policy": art.section("precision_policy"),
+        "dynamic_resolution": art.section("dynamic_resolution") or None,
         "hash_verified": verify,
     }
     if art.kind == "onnx":

@@ -5,6 +5,11 @@ runtime, and the logits become softmax probabilities. A 1000-class model gets Im
 names (shipped in vit_deploy/data/imagenet_classes.tsv, training index order); any other head
 is labelled by class index, or by a labels file the user passes (UTF-8, one name per line, blank
 lines ignored, exactly one name per class), read and checked before any image runs.
+
+A dynamic-resolution artifact takes each image at its own size: the aspect ratio kept, the shorter
+side scaled to ``short_side`` (default: the native size), both sides rounded to the patch grid and
+kept inside the artifact's range (``images.sizes.fit_size``), the whole image resized to that, no
+crop. Each result says what was done (``input_size``, ``resize``).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import numpy as np
 
 from . import runtime
 from .errors import UsageError, ValidationFailed
-from .images.decode import load_batch
+from .images.decode import load_batch, load_rgb, resize_to
 from .images.files import read_text
+from .images.sizes import fit_size
 from .parity.metrics import degenerate_rows
 
 IMAGENET_CLASSES = 1000
@@ -60,18 +66,32 @@ def failed_warning(note: str) -> str:
 
 def predict(
     images: list[str], artifact: str | os.PathLike[str], *, top_k: int = 5, backend: str | None = None,
-    labels_file: str | None = None,
+    labels_file: str | None = None, short_side: int | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per image: its top-k classes with probabilities, most likely first.
 
+    ``short_side``: a dynamic-resolution artifact's resize policy (see the module docstring); None: its native size.
     An artifact that failed its validation still predicts (looking at it is how one finds out what
     is wrong), and every entry carries a ``warning`` saying so.
     """
     if not images:
         raise UsageError("give at least one image file")
     with runtime.open(artifact, backend) as runner:
+        sizes = runner.size_range
+        if short_side is not None and (sizes is None or not sizes.min <= short_side <= sizes.max):
+            where = f"its range {sizes.min} to {sizes.max}" if sizes else "a --dynamic-res export (this one is fixed)"
+            raise UsageError(f"--short-side {short_side} needs {where}; drop it or give a size inside")
         names = class_names(runner.num_classes, labels_file)
-        batch = load_batch(images, runner.preprocessing)
+        resized: list[dict[str, Any]] = []
+        if sizes is None:
+            batch = load_batch(images, runner.preprocessing)
+        else:
+            batch = []
+            for path in images:
+                rgb = load_rgb(path)
+                h, w, said = fit_size(rgb.shape[0], rgb.shape[1], short_side or sizes.native, sizes)
+                batch.append(resize_to(rgb, h, w, runner.preprocessing))
+                resized.append({"input_size": [h, w], "resize": said})
         logits = runner.infer(batch).astype(np.float64)
         pretrained = runner.artifact.pretrained
         failed = runner.artifact.failed_note
@@ -84,11 +104,12 @@ def predict(
     probs = softmax(logits)
     k = min(top_k, probs.shape[-1])
     results = []
-    for path, p in zip(images, probs, strict=True):
+    for n, (path, p) in enumerate(zip(images, probs, strict=True)):
         order = np.argsort(-p)[:k]
         results.append({
             "image": str(path),
             "pretrained": pretrained,
+            **(resized[n] if resized else {}),
             "top": [{"class": int(i), "label": names[i], "probability": float(p[i])} for i in order],
             **({"warning": failed_warning(failed)} if failed else {}),
         })

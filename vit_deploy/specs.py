@@ -251,6 +251,9 @@ class ModelConfig:
     mlp_dim: int
     layer_norm_eps: float = DEFAULT_LAYER_NORM_EPS
     in_chans: int = 3
+    # The grid side the position embeddings are held at, when not ``grid``: a --dynamic-res export keeps
+    # the checkpoint's own grid and resamples from it, in the graph, to each input's grid.
+    pos_grid: int | None = None
     preprocessing: Preprocessing = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -263,7 +266,13 @@ class ModelConfig:
 
     @property
     def num_tokens(self) -> int:
+        """Tokens at ``img_size``: the class token and the patches."""
         return self.grid * self.grid + 1
+
+    @property
+    def pos_embed_grid(self) -> int:
+        """The grid side of the position-embedding parameter (``pos_grid``, else ``grid``)."""
+        return self.pos_grid or self.grid
 
     def with_(self, **changes: Any) -> ModelConfig:
         return replace(self, **changes)
@@ -271,6 +280,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["preprocessing"] = self.preprocessing.to_dict()
+        if d["pos_grid"] is None:  # a fixed export's model section stays as it was
+            del d["pos_grid"]
         return d
 
     @classmethod
@@ -310,6 +321,90 @@ def model_config(
         mlp_dim=shape.mlp_dim,
         **overrides,
     )
+
+
+@dataclass(frozen=True)
+class ResolutionRange:
+    """The image sizes a dynamic-resolution artifact takes: height and width, each on its own, a multiple
+    of ``step`` (the patch size) in [``min``, ``max``]. ``native`` is the size of the position embeddings
+    the graph holds (``--res``); at any other size the graph resamples them (bicubic, no antialias).
+
+    A property of the export, recorded in the manifest's ``dynamic_resolution`` section and read back
+    through ``Artifact.resolution_range`` by every later step (profiles, runtime checks, Triton, predict).
+    """
+
+    min: int
+    max: int
+    step: int
+    native: int
+
+    def nearest(self, size: int) -> list[int]:
+        """The one or two valid sizes nearest to ``size`` (below and above it), within the range."""
+        below = size - size % self.step
+        above = below + (self.step if size % self.step else 0)
+        return sorted({min(self.max, max(self.min, v)) for v in (below, above)})
+
+    def valid(self, size: int) -> bool:
+        return self.min <= size <= self.max and size % self.step == 0
+
+    def problem(self, height: int, width: int) -> str | None:
+        """Why ``height`` x ``width`` is not a size this range takes (naming the nearest valid sizes), or None."""
+        bad = [(name, v) for name, v in (("height", height), ("width", width)) if not self.valid(v)]
+        if not bad:
+            return None
+        near = "; ".join(f"{name} {v} -> {' or '.join(map(str, self.nearest(v)))}" for name, v in bad)
+        return (f"{height}x{width} is not a size this model takes ({self.describe()}); nearest valid: {near}")
+
+    def describe(self) -> str:
+        return f"height and width each a multiple of {self.step} from {self.min} to {self.max}"
+
+    def check_sizes(self) -> list[tuple[int, int]]:
+        """The (height, width) pairs a check runs at: the native size first, both ends, the ends crossed
+        (non-square) and a non-square size inside the range; no pair twice."""
+        mid = self.min + (self.max - self.min) // 2 // self.step * self.step
+        inside = (mid, self.native) if mid != self.native else (mid, min(self.max, mid + self.step))
+        pairs = [(self.native, self.native), (self.min, self.min), (self.max, self.max), (self.min, self.max), inside]
+        return list(dict.fromkeys(pairs))
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ResolutionRange:
+        return cls(**{k: int(d[k]) for k in ("min", "max", "step", "native")})
+
+
+def parse_dynamic_res(text: str, variant: str, img_size: int) -> ResolutionRange:
+    """``--dynamic-res MIN:MAX`` for ``variant`` exported at ``--res img_size``, checked (UsageError says the fix).
+
+    MIN and MAX are multiples of the patch size, at least one patch, at most ``MAX_RESOLUTION`` (the
+    exporter's limit), MIN <= MAX, and the range holds ``--res`` (the native size, where TensorRT's
+    optimization profile is tuned by default).
+    """
+    if variant not in VARIANTS:
+        raise UsageError(f"unknown model {variant!r}; choose one of: {', '.join(VARIANTS)}")
+    step = VARIANTS[variant].patch_size
+    parts = str(text).split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UsageError(f"--dynamic-res {text!r} is not MIN:MAX in pixels, e.g. --dynamic-res 224:512")
+    low, high = (int(p) for p in parts)
+    if low > high:
+        raise UsageError(f"--dynamic-res {text}: MIN {low} is above MAX {high}; give MIN:MAX, e.g. {high}:{low}")
+    if low < step:
+        raise UsageError(f"--dynamic-res {text}: MIN {low} is below one patch ({step} px for {variant}); "
+                         f"give MIN >= {step}")
+    if high > MAX_RESOLUTION:
+        raise UsageError(f"--dynamic-res {text}: MAX {high} is above the exporter's limit {MAX_RESOLUTION}; "
+                         f"give MAX <= {MAX_RESOLUTION}")
+    for name, value in (("MIN", low), ("MAX", high)):
+        if value % step:
+            lower = value - value % step
+            raise UsageError(f"--dynamic-res {text}: {name} {value} is not a multiple of {variant}'s patch size "
+                             f"{step}; try {max(step, lower)} or {lower + step}")
+    if not low <= img_size <= high:
+        raise UsageError(f"--dynamic-res {text} does not hold --res {img_size} (the native size of the position "
+                         f"embeddings); widen the range or change --res")
+    return ResolutionRange(min=low, max=high, step=step, native=img_size)
 
 
 @dataclass(frozen=True)

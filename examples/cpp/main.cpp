@@ -2,10 +2,12 @@
 // one it describes and that it may run on this TensorRT, deserialize model.<precision>.plan, run
 // one batch, print the top-5 classes per image.
 //
-//   vit_infer ARTIFACT_DIR IMAGES.f32 [BATCH]
+//   vit_infer ARTIFACT_DIR IMAGES.f32 [BATCH [HxW]]
 //
 // IMAGES.f32: raw float32 [BATCH, 3, H, W] preprocessed as the manifest says; make it with
-// `python examples/cpp/make_input.py ARTIFACT_DIR cat.jpg dog.jpg -o images.f32`.
+// `python examples/cpp/make_input.py ARTIFACT_DIR cat.jpg dog.jpg -o images.f32`. An engine built from a
+// --dynamic-res export takes any H x W inside its optimization profile (read from the manifest, then
+// from the engine itself): pass HxW (default: the profile's opt size, the native one).
 // TensorRT 11 C++ API: IRuntime::deserializeCudaEngine, ICudaEngine::getProfileShape /
 // getTensorDataType, IExecutionContext::setInputShape / getTensorShape / setTensorAddress / enqueueV3.
 // Every failure is one line on stderr and exit code 1.
@@ -70,8 +72,10 @@ std::string dims_text(const nvinfer1::Dims& d) {
 
 struct Manifest {
   std::string plan_file, plan_sha256, in_name, out_name, version;
-  bool version_compatible = false;
+  bool version_compatible = false, dynamic_size = false;
   int channels = 0, height = 0, width = 0, classes = 0, min_batch = 1, max_batch = 0;
+  // the profile's image sizes: min, opt and max height and width (all equal for a fixed-size engine)
+  int min_h = 0, min_w = 0, opt_h = 0, opt_w = 0, max_h = 0, max_w = 0;
 };
 
 Manifest read_manifest(const std::string& dir) {
@@ -95,13 +99,23 @@ Manifest read_manifest(const std::string& dir) {
     const auto& outp = m.at("io").at("outputs").at(0);
     out.in_name = in.at("name");
     out.out_name = outp.at("name");
-    out.channels = in.at("shape").at(1), out.height = in.at("shape").at(2), out.width = in.at("shape").at(3);
+    out.channels = in.at("shape").at(1);
+    // a --dynamic-res graph names its height and width ("height", "width"): the profile bounds them
+    out.dynamic_size = !in.at("shape").at(2).is_number_integer();
     out.classes = outp.at("shape").at(1);
     const auto& built = m.at("tensorrt");
     out.version = built.at("version");
     out.version_compatible = built.value("version_compatible", false);
     const auto& profile = built.at("profile").at(out.in_name);
     out.min_batch = profile.at("min").at(0), out.max_batch = profile.at("max").at(0);
+    out.min_h = profile.at("min").at(2), out.min_w = profile.at("min").at(3);
+    out.opt_h = profile.at("opt").at(2), out.opt_w = profile.at("opt").at(3);
+    out.max_h = profile.at("max").at(2), out.max_w = profile.at("max").at(3);
+    if (out.dynamic_size) {
+      out.height = out.opt_h, out.width = out.opt_w;
+    } else {
+      out.height = in.at("shape").at(2), out.width = in.at("shape").at(3);
+    }
     return out;
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(path + " is not a vit-deploy engine manifest (" + e.what() +
@@ -119,15 +133,47 @@ void check_batch(int batch, int lo, int hi, const char* source) {
                              std::to_string(hi));
 }
 
+void check_size(int height, int width, int min_h, int min_w, int max_h, int max_w, const char* source) {
+  if (height < min_h || height > max_h || width < min_w || width > max_w)
+    throw std::runtime_error("images of " + std::to_string(height) + "x" + std::to_string(width) +
+                             " are outside the engine's profile (" + source + "): height " + std::to_string(min_h) +
+                             " to " + std::to_string(max_h) + ", width " + std::to_string(min_w) + " to " +
+                             std::to_string(max_w) + "; resize them into it, or rebuild the engine with "
+                             "--min-res/--max-res covering this size");
+}
+
+// "HxW" -> {H, W}; one line naming the argument otherwise.
+std::array<int, 2> parse_size(const std::string& text) {
+  const auto x = text.find('x');
+  try {
+    size_t used_h = 0, used_w = 0;
+    if (x == std::string::npos) throw std::invalid_argument("no x");
+    const int h = std::stoi(text.substr(0, x), &used_h), w = std::stoi(text.substr(x + 1), &used_w);
+    if (used_h != x || used_w != text.size() - x - 1 || h < 1 || w < 1) throw std::invalid_argument("bad");
+    return {h, w};
+  } catch (const std::exception&) {
+    throw std::runtime_error("HxW must be the image height and width in pixels, e.g. 384x512, not " + text);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
-  if (argc < 3 || argc > 4) {
-    std::cerr << "usage: vit_infer ARTIFACT_DIR IMAGES.f32 [BATCH]\n";
+  if (argc < 3 || argc > 5) {
+    std::cerr << "usage: vit_infer ARTIFACT_DIR IMAGES.f32 [BATCH [HxW]]\n";
     return 1;
   }
   const std::string dir = argv[1];
-  const Manifest m = read_manifest(dir);
+  Manifest m = read_manifest(dir);
+  if (argc > 4) {
+    const auto size = parse_size(argv[4]);
+    if (!m.dynamic_size && (size[0] != m.height || size[1] != m.width))
+      throw std::runtime_error("this engine takes " + std::to_string(m.height) + "x" + std::to_string(m.width) +
+                               " images only (a fixed-resolution export); drop " + argv[4] +
+                               " or build the engine from a --dynamic-res export");
+    m.height = size[0], m.width = size[1];
+  }
+  check_size(m.height, m.width, m.min_h, m.min_w, m.max_h, m.max_w, "manifest");
 
   // A plan runs only where it may (vit_deploy/data/trt_compatibility.json): check before deserializing,
   // naming both sides, as vit_deploy.runtime does.
@@ -177,6 +223,7 @@ int main(int argc, char** argv) try {
   if (lo.nbDims != 4 || hi.nbDims != 4)
     throw std::runtime_error("the engine has no NCHW profile for input '" + m.in_name + "': rebuild it");
   check_batch(batch, int(lo.d[0]), int(hi.d[0]), "engine");
+  check_size(m.height, m.width, int(lo.d[2]), int(lo.d[3]), int(hi.d[2]), int(hi.d[3]), "engine");
   for (const char* name : {in, out})
     if (engine->getTensorDataType(name) != nvinfer1::DataType::kFLOAT)
       throw std::runtime_error(std::string("tensor '") + name + "' is not float32 in this engine; this program "

@@ -85,3 +85,16 @@ def test_no_labels_no_intervals():
     x = np.eye(4, dtype=np.float32)
     metrics, _ = evaluate(x, x, None, Tolerance(), gate_top1=True)
     assert not any("ci95" in k for k in metrics)
+
+
+@pytest.mark.parametrize("right", [0, 37, 200, 250])
+def test_accuracy_interval_matches_resampling_photos(right):
+    from vit_deploy.parity.metrics import accuracy_interval
+
+    correct = np.zeros(250, int)
+    correct[:right] = 1
+    low, high = accuracy_interval(correct)
+    picks = np.random.default_rng(2).integers(0, 250, size=(20000, 250))
+    expected = np.percentile(correct[picks].mean(1), [2.5, 97.5])
+    assert low == pytest.approx(expected[0], abs=0.0041) and high == pytest.approx(expected[1], abs=0.0041)
+    assert low <= right / 250 <= high

@@ -143,7 +143,7 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict[str,
             progress.note(f"  {name}: {entry['reason']}")
         live = [(w, e) for (row, e) in runnable if (w := workers.get(row.name)) is not None]
         for batch in opts.batch_sizes:
-            _measure_batch(live, batch, opts, progress)
+            measure_batch(live, batch, opts, progress)
             _print_batch(live, batch, progress)
     finally:
         for w in workers.values():
@@ -157,7 +157,7 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict[str,
         "schema_version": SCHEMA_VERSION,
         "created_at": started.isoformat(timespec="seconds"),
         "duration_s": round((datetime.now(UTC) - started).total_seconds(), 1),
-        "machine": _machine(threads, opts.device, load_before),
+        "machine": machine_facts(threads, opts.device, load_before),
         "options": {**{k: v for k, v in asdict(opts).items() if k not in ("artifacts", "extra")},
                     "artifacts": [str(a) for a in opts.artifacts], "threads": threads, **opts.extra},
         "model": {"variant": cfg.variant, "img_size": cfg.img_size, "num_classes": cfg.num_classes,
@@ -244,15 +244,20 @@ def _measure_ceilings(
     return ceilings
 
 
-def _measure_batch(live: list[tuple[Worker, dict[str, Any]]], batch: int, opts: BenchOptions,
-                   progress: Progress) -> None:
-    """Warm up every worker at ``batch``, then ``repeats`` round-robin rounds of one timed block each."""
+def measure_batch(live: list[tuple[Worker, dict[str, Any]]], batch: int, opts: Any,
+                   progress: Progress, size: int | None = None) -> None:
+    """Warm up every worker at ``batch``, then ``repeats`` round-robin rounds of one timed block each.
+
+    ``opts``: anything with ``repeats``, ``warmup``, ``min_time`` and ``settle`` (BenchOptions, or the
+    resolution bench's). ``size``: the images' side (a dynamic-resolution artifact); None: each row's own.
+    """
     state: dict[str, dict[str, Any]] = {}
-    with progress.step(f"Batch {batch}: warm-up, then {opts.repeats} rounds over {len(live)} row(s)"), \
+    at = f" at {size}x{size}" if size else ""
+    with progress.step(f"Batch {batch}{at}: warm-up, then {opts.repeats} rounds over {len(live)} row(s)"), \
             progress.counter(len(live) * (opts.repeats + 1), f"batch {batch}"):
         for w, entry in live:
             s = state[entry["name"]] = {"blocks": [], "latencies": [], "error": None}
-            reply = w.call("batch", batch=batch)
+            reply = w.call("batch", batch=batch, **({"size": size} if size else {}))
             if reply["ok"]:
                 reply = w.call("run", calls=opts.warmup)
             if not reply["ok"]:
@@ -278,9 +283,11 @@ def _measure_batch(live: list[tuple[Worker, dict[str, Any]]], batch: int, opts: 
         s = state[entry["name"]]
         memory = w.call("memory") if s["error"] is None else {"ok": False}
         if s["error"] is not None:
-            entry["results"].append({"batch": batch, "status": "failed", "error": s["error"]})
+            entry["results"].append({"batch": batch, "status": "failed", "error": s["error"],
+                                     **({"size": size} if size else {})})
             continue
-        entry["results"].append({"batch": batch, "status": "ok", **_stats(batch, s["blocks"], s["latencies"]),
+        entry["results"].append({"batch": batch, "status": "ok", **({"size": size} if size else {}),
+                                 **_stats(batch, s["blocks"], s["latencies"]),
                                  "peak_rss_mib": _round(memory.get("peak_rss_mib"), 1),
                                  "rss_measure": memory.get("rss_measure"),
                                  **({"cuda_peak_mib": _round(memory["cuda_peak_mib"], 1)}
@@ -355,7 +362,7 @@ def _print_batch(live: list[tuple[Worker, dict[str, Any]]], batch: int, progress
             progress.note(f"  {e['name']:14} failed at batch {batch}: {r['error']}")
 
 
-def _machine(threads: int, device: str, load_before: list[float] | None) -> dict[str, Any]:
+def machine_facts(threads: int, device: str, load_before: list[float] | None) -> dict[str, Any]:
     from ..artifact import package_versions
 
     facts: dict[str, Any] = {

@@ -9,6 +9,7 @@ alike and the ratios between rows hold.
 
 Protocol (parent -> worker, each answered by one dict with "ok"):
     ("batch", {"batch": B})   make the seeded inputs for batch B, reset the peak-memory mark
+                              (with "size": S, S x S images: a dynamic-resolution artifact at size S)
     ("run", {"calls": K})     K back-to-back ``infer`` calls: per-call seconds and the total
     ("memory", {})            peak resident memory since the last "batch" (and CUDA peak)
     ("close", {})             release the runner and exit
@@ -197,7 +198,7 @@ def worker_main(conn: Any, spec: WorkerSpec) -> None:
             break
         try:
             if command == "batch":
-                images = _inputs(spec, runner, chw, args["batch"], cuda_input)
+                images = _inputs(spec, runner, chw, args["batch"], cuda_input, args.get("size"))
                 call = _caller(runner, images, cuda_input)
                 reset_peak_rss()
                 if cuda_input:
@@ -233,7 +234,7 @@ def worker_main(conn: Any, spec: WorkerSpec) -> None:
     conn.close()
 
 
-def _inputs(spec: WorkerSpec, runner: Any, chw: Any, batch: int, cuda_input: bool) -> Any:
+def _inputs(spec: WorkerSpec, runner: Any, chw: Any, batch: int, cuda_input: bool, size: int | None = None) -> Any:
     from .. import artifact as artifact_view
     from ..images.synthetic import random_images
 
@@ -242,7 +243,7 @@ def _inputs(spec: WorkerSpec, runner: Any, chw: Any, batch: int, cuda_input: boo
         chw, prep = art.chw, art.preprocessing
     else:
         prep = runner.preprocessing
-    images = random_images(batch, int(chw[1]), prep, seed=spec.seed, channels=int(chw[0]))
+    images = random_images(batch, size or int(chw[1]), prep, seed=spec.seed, channels=int(chw[0]))
     if cuda_input:
         import torch
 

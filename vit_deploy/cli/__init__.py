@@ -39,15 +39,15 @@ def cli() -> None:
 def _add_commands() -> None:
     # importing a command module loads no numerical library: `vit-deploy --help` stays fast
     from .artifacts import compare, inspect, predict
-    from .bench import bench, bench_build
+    from .bench import bench, bench_build, bench_res
     from .build import build_engine
     from .doctor import doctor
     from .export import export
     from .scale import k8s, publish
     from .serving import serve, triton_load, triton_repo
 
-    for command in (export, build_engine, compare, inspect, predict, doctor, bench, bench_build, triton_repo, serve,
-                    triton_load, publish, k8s):
+    for command in (export, build_engine, compare, inspect, predict, doctor, bench, bench_res, bench_build,
+                    triton_repo, serve, triton_load, publish, k8s):
         cli.add_command(command)
 
 

@@ -22,6 +22,7 @@ from .options import (
     failing_with,
     json_option,
     parse_batch_sizes,
+    parse_image_sizes,
     provider_option,
     seed_option,
 )
@@ -39,6 +40,9 @@ from .options import (
                    "reported, not judged: top-1 agreement, and INT8's cosine bounds).")
 @click.option("--max-images", type=Count, default=None, help="Use at most N images (seeded sample).")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to run the artifact at.")
+@click.option("--sizes", default=None, metavar="N|HxW,...",
+              help="A --dynamic-res artifact: image sizes to compare at, e.g. 224,384,320x448 (default: both ends of "
+                   "its range, the native size and non-square ones). Real --images at HxW: resized whole.")
 @click.option("--weights", default=None,
               help="The checkpoint, when it moved since the export (same bytes: its sha256 is checked).")
 @backend_option
@@ -48,7 +52,8 @@ from .options import (
 @click.pass_context
 def compare(
     ctx: click.Context, artifact: Path | None, reference: str, images: str | None, random_inputs: bool,
-    max_images: int | None, batch_sizes: str, weights: str | None, backend: str | None, provider: str, seed: int,
+    max_images: int | None, batch_sizes: str, sizes: str | None, weights: str | None, backend: str | None,
+    provider: str, seed: int,
     as_json: bool,
 ) -> None:
     """Run ARTIFACT and its reference on the same inputs; exit 2 when outside the precision's bounds."""
@@ -57,7 +62,8 @@ def compare(
     artifact = artifact_of(ctx, artifact)
     opts = CompareOptions(artifact=artifact, reference=reference, images=images, random_inputs=random_inputs,
                           batch_sizes=parse_batch_sizes(batch_sizes), max_images=max_images, seed=seed,
-                          provider=provider, backend=backend, weights=weights)
+                          provider=provider, backend=backend, weights=weights,
+                          sizes=parse_image_sizes(sizes) if sizes else None)
     summary = compare_artifact(opts, Progress(enabled=True))
     if not as_json:
         click.echo(compare_text(summary))
@@ -131,6 +137,9 @@ def inspect(
 @click.option("--labels", "labels_file", default=None,
               help="A UTF-8 file with one class name per line, one per class (default: ImageNet names for 1000 "
                    "classes).")
+@click.option("--short-side", type=Count, default=None,
+              help="A --dynamic-res artifact: scale each image's shorter side to N (aspect kept, sides rounded to "
+                   "the patch grid, inside the range; default: the native size).")
 @click.option("--source", default=None,
               help="Bulk mode: every image of a folder, a list file (one path per line) or an s3:// prefix, into "
                    "--output (needs vit-deploy[scale]).")
@@ -144,8 +153,8 @@ def inspect(
 @json_option
 def predict(
     paths: tuple[str, ...], artifact: Path | None, backend: str | None, top_k: int, labels_file: str | None,
-    source: str | None, output: Path | None, ray_address: str | None, batch_size: int, workers: int | None,
-    logits: bool, as_json: bool,
+    short_side: int | None, source: str | None, output: Path | None, ray_address: str | None, batch_size: int,
+    workers: int | None, logits: bool, as_json: bool,
 ) -> None:
     """Top-k classes with probabilities for each image, from ARTIFACT.
 
@@ -172,7 +181,8 @@ def predict(
         raise UsageError("--ray, --workers and --logits are for bulk mode: give --source and --output too")
     if not images:
         raise UsageError("give the artifact folder, then one or more images: vit-deploy predict ARTIFACT IMAGE...")
-    results = run_predict(images, artifact, top_k=top_k, backend=backend, labels_file=labels_file)
+    results = run_predict(images, artifact, top_k=top_k, backend=backend, labels_file=labels_file,
+                          short_side=short_side)
     if results and results[0].get("warning"):
         click.echo(f"warning: {results[0]['warning']}", err=True)
     if as_json:
@@ -180,6 +190,8 @@ def predict(
         return
     for r in results:
         click.echo(r["image"] + ("" if r["pretrained"] else "  (random weights: these labels mean nothing)"))
+        if "resize" in r:
+            click.echo(f"  ({r['resize']})")
         for t in r["top"]:
             click.echo(f"  {t['probability']:7.2%}  {t['label']} ({t['class']})")
 
@@ -192,7 +204,8 @@ def compare_text(summary: dict[str, Any]) -> str:
     bounds = ", ".join(bound_text(k, v) + (" (not gated)" if k in not_gated else "")
                        for k, v in summary["tolerance"].items())
     gate = "" if summary["top1_agreement_gated"] or not_gated else " (top-1 not gated: random weights)"
-    head = ["batch", "max abs", "mean abs", "rel L2", "cosine", "top-1", "top-5"]
+    several = len(summary.get("image_sizes", [])) > 1
+    head = ["size"] * several + ["batch", "max abs", "mean abs", "rel L2", "cosine", "top-1", "top-5"]
     has_acc = any("accuracy" in r["metrics"] for r in summary["rows"])
     if has_acc:
         head.append("accuracy (ref)")
@@ -209,7 +222,7 @@ def compare_text(summary: dict[str, Any]) -> str:
     table = [head]
     for r in summary["rows"]:
         m = r["metrics"]
-        cells = [
+        cells = [f"{r['size'][0]}x{r['size'][1]}"] * several + [
             str(r["batch"]), f"{m['max_abs']:.3e}", f"{m['mean_abs']:.3e}", f"{m['rel_l2']:.3e}",
             f"{m['min_cosine']:.7f}", f"{m['top1_agreement']:.2%}", f"{m['top5_agreement']:.2%}",
         ]
@@ -237,6 +250,10 @@ def inspection_text(s: dict[str, Any]) -> str:
     for role in ("inputs", "outputs"):
         for e in s["io"][role]:
             lines.append(f"  {role[:-1]:<9} {e['name']} [{', '.join(map(str, e['shape']))}] {e['dtype']}")
+    if s.get("dynamic_resolution"):
+        d = s["dynamic_resolution"]
+        lines.append(f"  sizes     height and width each a multiple of {d['step']} from {d['min']} to {d['max']} "
+                     f"(native {d['native']})")
     if "onnx" in s:
         o = s["onnx"]
         lines.append(f"  graph     opset {o['opset']}, IR {o['ir_version']}, {o['nodes']} nodes, "

@@ -1,4 +1,5 @@
-"""``vit-deploy bench`` and ``vit-deploy bench-build``: throughput of every backend, and the cost of the build steps.
+"""``vit-deploy bench``, ``bench-res`` and ``bench-build``: throughput of every backend, throughput versus image
+size of a dynamic-resolution artifact, and the cost of the build steps.
 
 Like every command, they raise ``VitDeployError`` subclasses for user errors and leave the exit
 code to ``cli.main``. Progress goes to stderr; stdout carries the table, or JSON with ``--json``.
@@ -12,6 +13,7 @@ import click
 
 from ..bench.backends import ROWS
 from ..bench.peers import DEFAULT_CALIB_IMAGES
+from ..errors import UsageError
 from ..progress import Progress
 from .options import (
     Count,
@@ -22,10 +24,12 @@ from .options import (
     Resolution,
     alias,
     aliased,
+    backend_option,
     echo_json,
     json_option,
     out_option,
     parse_batch_sizes,
+    parse_image_sizes,
     seed_option,
 )
 
@@ -92,6 +96,53 @@ def bench(
         return
     click.echo(format_table(result))
     click.echo("\nTargets:\n" + format_targets(targets(result)))
+    plot = f", {written['plot']}" if written["plot"] else ""
+    click.echo(f"\nwrote {written['json']}, {written['markdown']}{plot}")
+    if written["plot_note"]:
+        click.echo(written["plot_note"], err=True)
+
+
+@click.command("bench-res")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--sizes", default=None, metavar="N,...",
+              help="Square image sizes to run (default: the fixed artifacts' sizes, else the range's min, native "
+                   "and max).")
+@click.option("--batch", type=Count, default=8, show_default=True, help="Images per call.")
+@backend_option
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda: ONNX Runtime's CUDA provider, TensorRT engines, PyTorch on the GPU.")
+@click.option("--threads", type=Count, default=None, help="Threads per row (default: all CPUs).")
+@click.option("--repeats", type=Count, default=3, show_default=True, help="Timed rounds per size.")
+@click.option("--min-time", type=FiniteFloat(0, min_open=True), default=0.5, show_default=True,
+              help="Seconds per timed block.")
+@click.option("--warmup", type=Count, default=2, show_default=True, help="Untimed calls per row and size.")
+@out_option("Writes bench-res.json, bench-res.md and bench-res.png (the plot needs matplotlib).",
+            default=Path("bench-results"))
+@seed_option("the random input images")
+@json_option
+def bench_res(
+    artifacts: tuple[Path, ...], sizes: str | None, batch: int, backend: str | None, device: str,
+    threads: int | None, repeats: int, min_time: float, warmup: int, out: Path, seed: int, as_json: bool,
+) -> None:
+    """Throughput versus image size: a --dynamic-res artifact next to fixed-size exports of the same model.
+
+    ARTIFACTS: the dynamic-resolution artifact first, then any fixed-size artifacts of the same model and
+    precision (one per size) to compare it with: does the dynamic graph cost anything?
+    """
+    from ..bench.resolution import ResolutionBenchOptions, format_table, run_resolution_bench, write_outputs
+
+    square = tuple(h for h, _ in parse_image_sizes(sizes)) if sizes else ()
+    if sizes and any(h != w for h, w in parse_image_sizes(sizes)):
+        raise UsageError(f"--sizes {sizes}: bench-res runs square sizes (N), as the fixed exports are")
+    opts = ResolutionBenchOptions(dynamic=artifacts[0], fixed=tuple(artifacts[1:]), sizes=square, batch=batch,
+                                  backend=backend, device=device, threads=threads, repeats=repeats,
+                                  min_time=min_time, warmup=warmup, seed=seed)
+    result = run_resolution_bench(opts, Progress(enabled=True))
+    written = write_outputs(result, out)
+    if as_json:
+        echo_json(result)
+        return
+    click.echo(format_table(result))
     plot = f", {written['plot']}" if written["plot"] else ""
     click.echo(f"\nwrote {written['json']}, {written['markdown']}{plot}")
     if written["plot_note"]:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..artifact import Artifact
+from ..errors import UsageError
 from ..progress import Progress
 from ..specs import INT8_TARGETS
 from .options import (
@@ -16,6 +17,7 @@ from .options import (
     FiniteFloat,
     NonNegative,
     PathType,
+    Resolution,
     alias,
     aliased,
     artifact_argument,
@@ -24,6 +26,7 @@ from .options import (
     echo_json,
     failing_with,
     out_option,
+    parse_image_sizes,
     writer_options,
 )
 
@@ -66,6 +69,12 @@ from .options import (
 @click.option("--opt-batch", type=BatchSize, default=8, show_default=True, help="Batch TensorRT tunes its kernels for.")
 @click.option("--max-batch", type=BatchSize, default=64, show_default=True,
               help="Largest batch of the engine's profile.")
+@click.option("--min-res", type=Resolution, default=None,
+              help="A --dynamic-res export: the profile's smallest image side (default: the export's MIN).")
+@click.option("--opt-res", default=None, metavar="N|HxW", callback=lambda ctx, param, value: _size(value),
+              help="A --dynamic-res export: the image size TensorRT tunes its kernels for (default: the native --res).")
+@click.option("--max-res", type=Resolution, default=None,
+              help="A --dynamic-res export: the profile's largest image side (default: the export's MAX).")
 @click.option("--workspace-mib", type=Count, default=None, help="Builder workspace limit in MiB (default: TensorRT's).")
 @click.option("--optimization-level", type=click.IntRange(0, 5), default=3, show_default=True,
               help="TensorRT builder optimization level, 0-5.")
@@ -79,8 +88,8 @@ def build_engine(
     ctx: click.Context, artifact: Path | None, fp16: bool, int8: bool, fp8: bool, calib: str | None, target: str,
     quantize_attention: bool | None, calib_method: str | None, calib_count: int, accuracy_budget: float | None,
     budget_cosine: float | None, max_float_layers: int | None, calib_batch: int, val: str | None, out: Path | None,
-    min_batch: int,
-    opt_batch: int, max_batch: int, workspace_mib: int | None, optimization_level: int, timing_cache: Path | None,
+    min_batch: int, opt_batch: int, max_batch: int, min_res: int | None, opt_res: tuple[int, int] | None,
+    max_res: int | None, workspace_mib: int | None, optimization_level: int, timing_cache: Path | None,
     hardware_compatible: bool, version_compatible: bool, force: bool, seed: int, as_json: bool,
 ) -> None:
     """Make the FP16/INT8/FP8 graph of ARTIFACT (validated on the CPU), then build and validate the TensorRT engine.
@@ -89,7 +98,6 @@ def build_engine(
     Exit 3 when the graph is ready but this machine cannot build the engine (no TensorRT or GPU, or a GPU
     without the precision's tensor cores).
     """
-    from ..errors import UsageError
     from ..steps.engine import EngineOptions
     from ..steps.pipeline import build
     from ..steps.precision import PrecisionOptions
@@ -111,7 +119,8 @@ def build_engine(
     )
     engine = EngineOptions(
         out_dir=engine_out or (None if precision else out), force=force,
-        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib,
+        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, min_res=min_res, opt_res=opt_res,
+        max_res=max_res, workspace_mib=workspace_mib,
         optimization_level=optimization_level, timing_cache=timing_cache, hardware_compatible=hardware_compatible,
         version_compatible=version_compatible, val_images=graph.val_images, seed=seed,
     )
@@ -134,6 +143,16 @@ def build_engine(
                    f"{summary['artifact']}')` and `vit-deploy compare {summary['artifact']}` run it on OpenVINO")
 
 
+def _size(value: str | None) -> tuple[int, int] | None:
+    """"384" -> (384, 384), "320x448" -> (320, 448); checked against the export's range later."""
+    if value is None:
+        return None
+    sizes = parse_image_sizes(value, "--opt-res")
+    if len(sizes) != 1:
+        raise UsageError(f"--opt-res {value!r} names {len(sizes)} sizes; give one, N or HxW")
+    return sizes[0]
+
+
 def engine_text(s: dict[str, Any]) -> str:
     t, v = s["tensorrt"], s["validation"]
     met = v["metrics"]
@@ -146,6 +165,7 @@ def engine_text(s: dict[str, Any]) -> str:
         "  layers    " + (", ".join(f"{p} {n}" for p, n in counts.items()) or "not inspected"),
         "  attention " + _fused_text((t.get("inspector") or {}).get("fused_attention")),
         f"  checked   on {v['inputs']} at batch {', '.join(map(str, v['batch_sizes']))} vs {v['reference']}",
+        *([f"  sizes     {', '.join(f'{h}x{w}' for h, w in v['image_sizes'])}"] if len(v["image_sizes"]) > 1 else []),
         f"  parity    cosine {met['min_cosine']:.7f}, rel L2 {met['rel_l2']:.2e}, "
         f"top-1 agreement {met['top1_agreement']:.2%}",
         f"  verdict   {'PASS' if v['passed'] else 'FAIL: ' + '; '.join(v['failures'])}",

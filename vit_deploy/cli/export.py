@@ -30,7 +30,10 @@ from .options import (
                    "folder, or a hub id (hf:ORG/NAME, timm:NAME; needs network). Omit for random init.")
 @click.option("--num-classes", type=NumClasses, default=None, help="Classes of the head (default 1000).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17-20).")
-@out_option("Artifact folder (default: artifacts/<model>-<res>).")
+@click.option("--dynamic-res", "dynamic_res", default=None, metavar="MIN:MAX",
+              help="One graph for every image size: height and width each any multiple of the patch size in "
+                   "[MIN, MAX] (--res, the native size, inside); position embeddings resampled in the graph.")
+@out_option("Artifact folder (default: artifacts/<model>-<res>, with -dyn<MIN>-<MAX> for --dynamic-res).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim simplification.")
 @click.option("--resize", type=int, default=None,
               help="Preprocessing: resize the shorter side to N px before the center crop of --res "
@@ -47,16 +50,17 @@ from .options import (
 @click.pass_context
 def export(
     ctx: click.Context, variant: str, img_size: int, weights: str | None, num_classes: int | None, opset: int,
-    out: Path | None, no_simplify: bool, resize: int | None, crop_pct: float | None, mean: tuple[float, ...] | None,
-    std: tuple[float, ...] | None, force: bool, seed: int, as_json: bool,
+    dynamic_res: str | None, out: Path | None, no_simplify: bool, resize: int | None, crop_pct: float | None,
+    mean: tuple[float, ...] | None, std: tuple[float, ...] | None, force: bool, seed: int, as_json: bool,
 ) -> None:
-    """Export a ViT to a validated ONNX artifact with a dynamic batch dimension."""
+    """Export a ViT to a validated ONNX artifact with a dynamic batch dimension (and, with --dynamic-res, dynamic
+    image height and width)."""
     from ..steps.export import ExportOptions, export_artifact, preflight
     from ..steps.validate import raise_if_failed
 
     opts = ExportOptions(variant=variant, img_size=img_size, num_classes=num_classes, weights=weights, opset=opset,
                          out_dir=aliased(ctx, "out", out), simplify=not no_simplify, force=force, seed=seed,
-                         resize=resize, crop_pct=crop_pct, mean=mean, std=std)
+                         resize=resize, crop_pct=crop_pct, mean=mean, std=std, dynamic_res=dynamic_res)
     preflight(opts)  # bad names, sizes, opsets and output folders fail before anything slow
     if weights is None:
         click.secho(
@@ -92,13 +96,20 @@ def export_text(s: dict[str, Any]) -> str:
     w, tol = v["metrics"], v["tolerance"]
     batches = ",".join(str(b) for b in v["batch_sizes"])
     verdict = "PASS" if v["passed"] else "FAIL"
-    return "\n".join([
+    sizes = art.resolution_range
+    lines = [
         f"Exported {art.variant} @ {art.img_size} ({art.num_classes} classes, {pretrained})",
         f"  file      {s['model_file']}",
         f"  size      {s['bytes'] / 1e6:.1f} MB in {len(s['files'])} file(s)",
         f"  nodes     {s['nodes_exported']} -> {s['nodes']} ({simplified})",
         f"  graph     opset {onnx_section['opset']}: {shape(io['inputs'][0])} -> {shape(io['outputs'][0])}",
+    ]
+    if sizes:
+        checked = ", ".join(f"{h}x{w}" for h, w in v["image_sizes"])
+        lines.append(f"  sizes     {sizes.describe()} (native {sizes.native}); checked at {checked}")
+    lines += [
         f"  parity    ONNX Runtime vs PyTorch at batch {batches}: rel L2 {w['rel_l2']:.1e} "
         f"(<= {tol['max_rel_l2']:.0e}), max abs {w['max_abs']:.1e} (<= {tol['max_abs']:.0e}): {verdict}",
         f"  manifest  {Path(s['artifact']) / 'manifest.json'}",
-    ])
+    ]
+    return "\n".join(lines)

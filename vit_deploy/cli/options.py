@@ -169,3 +169,17 @@ def parse_batch_sizes(text: str, option: str = "--batch-sizes") -> tuple[int, ..
     if not sizes or min(sizes) < 1 or max(sizes) > MAX_BATCH:
         raise UsageError(f"{option} {text!r}: give batch sizes from 1 to {MAX_BATCH}, e.g. 1,8")
     return sizes
+
+
+def parse_image_sizes(text: str, option: str = "--sizes") -> tuple[tuple[int, int], ...]:
+    """``"224,320x448"`` -> ((224, 224), (320, 448)); UsageError for anything else (the range is checked later)."""
+    sizes = []
+    for item in (t.strip().lower() for t in text.split(",") if t.strip()):
+        parts = item.split("x")
+        if len(parts) not in (1, 2) or not all(p.isdigit() and 0 < int(p) <= MAX_RESOLUTION for p in parts):
+            raise UsageError(f"{option} {text!r}: {item!r} is not N or HxW (1 to {MAX_RESOLUTION} px), "
+                             "e.g. 224,384,320x448")
+        sizes.append((int(parts[0]), int(parts[-1])))
+    if not sizes:
+        raise UsageError(f"{option} is empty; give sizes like 224,384,320x448")
+    return tuple(sizes)

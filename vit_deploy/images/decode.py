@@ -212,7 +212,28 @@ def preprocess(rgb: np.ndarray, prep: Preprocessing) -> np.ndarray:
         if (new_w, new_h) != (w, h):
             img = img.resize((new_w, new_h), resample=resample)
         pixels = np.asarray(img)[top:top + prep.crop, left:left + prep.crop]
+    return _normalized(pixels, prep)
 
+
+def resize_to(rgb: np.ndarray, height: int, width: int, prep: Preprocessing) -> np.ndarray:
+    """``uint8 [H, W, 3]`` -> ``float32 [3, height, width]``: the whole image resized (no crop) with
+    ``prep.interpolation``, then scaled and normalized as :func:`preprocess` does.
+
+    The input of a dynamic-resolution artifact at a size chosen per image (``images.sizes.fit_size``
+    keeps the aspect ratio up to the rounding to the patch grid).
+    """
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or \
+            min(rgb.shape[:2]) == 0:
+        desc = f"{rgb.dtype} {list(rgb.shape)}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise ValueError(f"resize_to expects a non-empty uint8 [H, W, 3] RGB array (load_rgb's output), got {desc}")
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    if img.size != (width, height):
+        img = img.resize((width, height), resample=RESAMPLE[prep.interpolation])
+    return _normalized(np.asarray(img), prep)
+
+
+def _normalized(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """uint8 [H, W, 3] -> float32 [3, H, W]: divide by 255, subtract the mean, divide by the std (float32)."""
     x = pixels.astype(np.float32) / np.float32(255.0)
     mean = np.asarray(prep.mean, dtype=np.float32)
     std = np.asarray(prep.std, dtype=np.float32)

@@ -13,6 +13,9 @@ A folder may hold ``labels.csv`` (``file,label`` rows, file relative to the fold
 carries labels and validation reports top-1 accuracy. Labels are class indices, checked against
 the class count of the model they score (``num_classes``), so a label file for another model is
 an error, not an accuracy of 0%.
+For a dynamic-resolution artifact a set can be loaded at several sizes at once (``sizes``): each
+file is decoded once and preprocessed at each size (square: ``images.sizes.preprocessing_at``;
+non-square: the whole image resized, as a center crop is square).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import random
 import re
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +55,26 @@ class ImageSet:
     source: str
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     labels: np.ndarray | None = None  # int64 [N] when the folder has labels.csv
+    sized: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (h, w) -> [N, 3, h, w]: other sizes
+
+    def at(self, height: int, width: int | None = None) -> np.ndarray:
+        """The images at ``height`` x ``width`` (default: square): ``images`` at the preprocessing's own crop,
+        else one of ``sized``."""
+        size = (height, height if width is None else width)
+        if size == tuple(self.images.shape[-2:]):
+            return self.images
+        if size not in self.sized:
+            raise ValueError(f"this set was loaded at sizes {self.sizes}, not {size}; pass sizes= to load_image_set")
+        return self.sized[size]
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """Every (height, width) the set holds, its preprocessing's own crop first."""
+        return [(int(self.images.shape[-2]), int(self.images.shape[-1])), *self.sized]
+
+    def per_size(self) -> list[np.ndarray]:
+        """One float32 [N, 3, h, w] array per size in :attr:`sizes` (what a multi-size calibration takes)."""
+        return [self.at(*size) for size in self.sizes]
 
     def summary(self) -> dict[str, object]:
         return {
@@ -59,6 +83,7 @@ class ImageSet:
             "skipped": len(self.skipped),
             "skipped_files": [f"{f}: {why}" for f, why in self.skipped[:20]],
             "digest": self.digest,
+            **({"sizes": [list(size) for size in self.sizes]} if self.sized else {}),
         }
 
 
@@ -187,6 +212,7 @@ def load_image_set(
     role: str = "calibration",
     num_classes: int | None = None,
     too_few: str | None = None,
+    sizes: Sequence[int | tuple[int, int]] | None = None,
 ) -> ImageSet:
     """Load up to ``count`` images (a seeded sample when the set is larger), preprocessed.
 
@@ -195,8 +221,18 @@ def load_image_set(
     ``num_classes``: the class count of the model the labels score (None: checked by the caller).
     ``too_few``: what to do when fewer than ``batch`` images are usable, in the caller's own options
     (default: build-engine's, "add images or lower --calib-batch" for a calibration set).
+    ``sizes``: other sizes to preprocess each image at as well (``ImageSet.at``): a side N (square: the
+    manifest's center crop moved to N, ``sizes.preprocessing_at``) or (H, W) (non-square: the whole image
+    resized to H x W, ``decode.resize_to``); the digest covers them, so ranges calibrated at other sizes
+    are never taken from the cache.
     """
-    from .decode import decode_rgb, preprocess
+    from .decode import decode_rgb, preprocess, resize_to
+    from .sizes import preprocessing_at
+
+    wanted = [(s, s) if isinstance(s, int) else (int(s[0]), int(s[1])) for s in sizes or ()]
+    extra = {size: preprocessing_at(prep, size[0]) if size[0] == size[1] else None
+             for size in dict.fromkeys(wanted) if size != (prep.crop, prep.crop)}
+    resized: dict[tuple[int, int], list[np.ndarray]] = {size: [] for size in extra}
 
     labels = read_labels(Path(spec), num_classes) if Path(spec).is_dir() else None  # before the slow part
     sources = list_sources(spec)
@@ -224,10 +260,13 @@ def load_image_set(
                 skipped.append((str(path), f"sha256 {actual[:12]}... differs from the definition's {expected[:12]}..."))
                 continue
             try:
-                images.append(preprocess(decode_rgb(f, str(path)), prep))
+                rgb = decode_rgb(f, str(path))
+                images.append(preprocess(rgb, prep))
             except UsageError as e:
                 skipped.append((str(path), str(e)))
                 continue
+            for (h, w), at_size in extra.items():  # square: center crop as the manifest says; else resized whole
+                resized[(h, w)].append(preprocess(rgb, at_size) if at_size else resize_to(rgb, h, w, prep))
         used.append(str(path))
         hashes.append(actual)
 
@@ -239,7 +278,8 @@ def load_image_set(
             f"{f' ({len(skipped)} skipped: {why})' if skipped else ''}, fewer than the batch size {batch}; "
             + (too_few or ("add images or lower --calib-batch" if role == "calibration" else "add images"))
         )
-    digest = hashlib.sha256(json.dumps({"files": hashes, "prep": prep.to_dict()}, sort_keys=True).encode()).hexdigest()
+    keyed = {"files": hashes, "prep": prep.to_dict(), **({"sizes": [list(k) for k in sorted(extra)]} if extra else {})}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
     if labels is not None:
         missing = [f for f in used if Path(f).resolve() not in labels]
         if missing:
@@ -247,4 +287,5 @@ def load_image_set(
                              "add a 'file,label' row for each image")
         label_array = np.array([labels[Path(f).resolve()] for f in used], dtype=np.int64)
     return ImageSet(np.stack(images).astype(np.float32), used, digest, str(spec), skipped,
-                    label_array if labels is not None else None)
+                    label_array if labels is not None else None,
+                    {size: np.stack(arrays).astype(np.float32) for size, arrays in resized.items()})

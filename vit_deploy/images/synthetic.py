@@ -11,10 +11,12 @@ import numpy as np
 from ..specs import Preprocessing
 
 
-def random_images(batch: int, img_size: int, prep: Preprocessing, seed: int = 0, channels: int = 3) -> np.ndarray:
-    """float32 [batch, channels, img_size, img_size]: uniform pixels in [0, 1], then (x - mean) / std."""
+def random_images(
+    batch: int, img_size: int, prep: Preprocessing, seed: int = 0, channels: int = 3, width: int | None = None
+) -> np.ndarray:
+    """float32 [batch, channels, img_size, width or img_size]: uniform pixels in [0, 1], then (x - mean) / std."""
     rng = np.random.default_rng(seed)
-    pixels = rng.random((batch, channels, img_size, img_size), dtype=np.float32)
+    pixels = rng.random((batch, channels, img_size, img_size if width is None else width), dtype=np.float32)
     mean = np.asarray(prep.mean, dtype=np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(prep.std, dtype=np.float32).reshape(1, -1, 1, 1)
     return ((pixels - mean) / std).astype(np.float32)

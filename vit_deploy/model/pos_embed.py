@@ -1,15 +1,24 @@
 """Resampling learned position embeddings to another patch grid (class token kept as is).
 
-A checkpoint trained at 224 (14x14 grid for /16) exported at 384 (24x24) needs its patch
-position embeddings interpolated, bicubic, as in the ViT paper's fine-tuning recipe.
-Upsampling uses plain bicubic (``align_corners=False``), which is what timm and Hugging Face
-(``interpolate_pos_encoding``) both compute; downsampling adds antialiasing as timm does, since
-plain bicubic would alias when the grid shrinks.
+Two uses, two rules:
+
+* At load time (``resample_pos_embed``): a checkpoint trained at 224 (14x14 grid for /16)
+  exported at 384 (24x24) needs its patch position embeddings interpolated, bicubic, as in the
+  ViT paper's fine-tuning recipe. Upsampling uses plain bicubic (``align_corners=False``), which
+  is what timm and Hugging Face (``interpolate_pos_encoding``) both compute; downsampling adds
+  antialiasing as timm does, since plain bicubic would alias when the grid shrinks.
+* Inside a dynamic-resolution graph (``interpolate_pos_embed``): from the checkpoint's own grid
+  (kept as it is: ``ModelConfig.pos_grid``) to the input's, height and width independent, bicubic
+  with ``align_corners=False`` and **no antialias** in either direction: TensorRT's ONNX parser
+  rejects an antialiased Resize. This is exactly Hugging Face's ``interpolate_pos_encoding``;
+  timm's ``dynamic_img_size`` antialiases when the grid shrinks, so below the checkpoint's size
+  its numbers differ (docs/dynamic-resolution.md).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,3 +47,20 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: int, num_prefix_tokens
     )
     patches = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, dim).to(orig_dtype)
     return torch.cat([prefix, patches], dim=1)
+
+
+def interpolate_pos_embed(
+    pos_embed: torch.Tensor, grid: int, grid_h: Any, grid_w: Any, num_prefix_tokens: int = 1
+) -> torch.Tensor:
+    """``pos_embed`` [1, prefix + grid*grid, dim] resampled to a ``grid_h`` x ``grid_w`` grid, in a traceable form.
+
+    No Python casts of the target sizes: under ``torch.onnx.export`` they are traced values, and the
+    Resize they feed takes the input's grid at run time (transformers #33226 removed the casts that
+    froze it). ``grid`` is the model's own (a plain int, so nothing about it is traced). Bicubic,
+    ``align_corners=False``, no antialias: see the module docstring.
+    """
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = pos_embed.shape[-1]
+    grid = patches.reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+    return torch.cat([prefix, grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)

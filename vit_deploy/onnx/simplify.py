@@ -1,7 +1,8 @@
 """Graph simplification with onnxsim that never costs the user a working model.
 
-If onnxsim raises, reports its own check failed, or loses the symbolic batch dimension, the
-unsimplified graph is kept and the reason is recorded instead of crashing the export.
+If onnxsim raises, reports its own check failed, or loses the symbolic batch dimension (or a
+dynamic-resolution graph's symbolic height or width), the unsimplified graph is kept and the
+reason is recorded instead of crashing the export.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from .graph import has_symbolic_batch
+from .graph import has_symbolic_batch, io_signature
 
 # onnxsim's default passes rewrite every 3-D MatMul+Add into Reshape->Gemm->Reshape. TensorRT
 # fuses the bias itself, and ModelOpt / ONNX Runtime quantizers and attention-fusion matchers
@@ -45,4 +46,6 @@ def simplify(model: onnx.ModelProto) -> SimplifyResult:
         return kept("onnxsim's own output check failed")
     if not has_symbolic_batch(simplified):
         return kept("onnxsim fixed the batch dimension")
+    if io_signature(simplified)["inputs"] != io_signature(model)["inputs"]:
+        return kept("onnxsim fixed the image height or width")  # a --dynamic-res graph must stay dynamic
     return SimplifyResult(simplified, True, before, len(simplified.graph.node))

@@ -168,6 +168,20 @@ def intervals(
     return out
 
 
+def accuracy_interval(correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of a top-1 accuracy over these photos (resampled with replacement).
+
+    The number of correct photos in a resample is binomial, so it is drawn as such: the same
+    distribution as resampling the photos, seeded like :func:`intervals`.
+    """
+    n = len(correct)
+    if n == 0:
+        return float("nan"), float("nan")
+    draws = np.random.default_rng(seed).binomial(n, float(np.mean(correct)), BOOTSTRAP_RESAMPLES) / n
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def evaluate(
     reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None, tol: Tolerance, gate_top1: bool,
 ) -> tuple[dict[str, float], list[str]]:

@@ -44,7 +44,8 @@ def reference_model(artifact: Artifact, weights: str | None = None):  # -> Visio
         _check_present(spec, ckpt, given=weights is not None)
     try:
         model, provenance = build_model(
-            artifact.variant, artifact.img_size, artifact.num_classes, spec, ckpt.get("seed", 0)
+            artifact.variant, artifact.img_size, artifact.num_classes, spec, ckpt.get("seed", 0),
+            keep_checkpoint_grid="pos_grid" in artifact.model,  # the same checkpoint (its sha256 is checked below)
         )
     except VitDeployError as e:
         raise ArtifactError(f"cannot rebuild the PyTorch reference from {spec}: {e}") from e

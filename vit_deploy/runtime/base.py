@@ -3,6 +3,8 @@
 A backend implements only ``_run(batch)`` for one batch that is already checked and within its
 limits; :meth:`Runner.infer` does the rest, the same way for every backend, so a TensorRT
 engine, an ONNX graph and the PyTorch reference accept and refuse exactly the same inputs.
+A dynamic-resolution artifact takes any size in its range (``Runner.size_range``); one array is
+one size, and a list of images of several sizes is split by size and answered in input order.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from ..artifact import Artifact
 from ..batching import batches
 from ..errors import UsageError
+from ..specs import ResolutionRange
 
 
 def _is_torch(x: Any) -> bool:
@@ -25,15 +28,19 @@ def _is_torch(x: Any) -> bool:
 TENSOR_DEVICES = ("cpu", "cuda")  # where a torch input may live: the others (meta, mps, ...) hold no readable data
 
 
-def check_images(images: Any, chw: tuple[int, int, int], what: str = "images") -> None:
+def check_images(
+    images: Any, chw: tuple[int, int, int], what: str = "images", sizes: ResolutionRange | None = None
+) -> None:
     """Refuse anything the model cannot take, naming what was expected.
 
     ``images`` is a numpy array or a torch tensor (CPU or CUDA), float32 [batch, C, H, W],
     non-empty and finite (preprocessed pixels are never NaN or Inf; one that is would turn the
-    whole batch's logits into garbage without an error).
+    whole batch's logits into garbage without an error). H x W is ``chw``'s, or with ``sizes``
+    (a dynamic-resolution artifact) any size in that range.
     """
     c, h, w = chw
-    expected = f"float32 [batch, {c}, {h}, {w}] (preprocessed as the manifest says)"
+    hw = f"{h}, {w}" if sizes is None else "H, W"
+    expected = f"float32 [batch, {c}, {hw}] (preprocessed as the manifest says)"
     if _is_torch(images):
         device = getattr(images, "device", None)
         if getattr(device, "type", None) not in TENSOR_DEVICES or getattr(images, "layout", None) != _strided():
@@ -52,7 +59,9 @@ def check_images(images: Any, chw: tuple[int, int, int], what: str = "images") -
         raise UsageError(f"{what} have shape {list(shape)} (rank {len(shape)}); expected {expected}")
     if shape[1] != c:
         raise UsageError(f"{what} have {shape[1]} channels; expected {expected}")
-    if shape[2:] != (h, w):
+    if sizes is not None and (problem := sizes.problem(int(shape[2]), int(shape[3]))):
+        raise UsageError(f"{what} are {problem}")
+    if sizes is None and shape[2:] != (h, w):
         raise UsageError(f"{what} are {shape[2]}x{shape[3]}; this model takes {h}x{w}: expected {expected}")
     if shape[0] == 0:
         raise UsageError(f"{what} are an empty batch; expected {expected} with batch >= 1")
@@ -67,13 +76,20 @@ def _strided() -> Any:
     return torch.strided
 
 
+def _torch_cat(tensors: list[Any]) -> Any:
+    import torch
+
+    return torch.cat(tensors)
+
+
 class Runner(ABC):
     """``infer(images) -> logits`` for one artifact; use as a context manager or call close().
 
     Made by :func:`vit_deploy.runtime.open`, never directly. Attributes: ``artifact`` (the
     :class:`~vit_deploy.artifact.Artifact` it runs), ``backend``, ``precision``, ``num_classes``,
-    ``chw``, ``preprocessing``, ``input_name``, ``output_name``, ``min_batch`` and ``max_batch``
-    (None: a whole batch at once).
+    ``chw`` (the native size of a dynamic-resolution artifact), ``size_range`` (the sizes it takes;
+    None: ``chw`` only), ``preprocessing``, ``input_name``, ``output_name``, ``min_batch`` and
+    ``max_batch`` (None: a whole batch at once).
 
     Thread safety: ``infer`` may be called from several threads at once and gives the same
     results as sequential calls; each backend documents how (a thread-safe session, or a lock).
@@ -89,6 +105,7 @@ class Runner(ABC):
         self.precision: str = artifact.precision
         self.num_classes: int = artifact.num_classes
         self.chw: tuple[int, int, int] = artifact.chw  # [batch, C, H, W]: the graph's own contract
+        self.size_range: ResolutionRange | None = artifact.resolution_range
         self.preprocessing = artifact.preprocessing
         self.input_name: str = artifact.input_name
         self.output_name: str = artifact.output_name
@@ -104,13 +121,17 @@ class Runner(ABC):
 
         Args:
             images: float32 [batch, C, H, W] (numpy or torch, CPU or CUDA), preprocessed as
-                ``input_metadata`` says; checked first (UsageError names what was expected).
+                ``input_metadata`` says; checked first (UsageError names what was expected). For a
+                dynamic-resolution artifact also a list of images ([C, H, W]) or batches of several
+                sizes: each size runs as its own batch, and the rows come back in input order.
 
         Returns:
             float32 [batch, classes]: numpy for numpy input, torch on the input's device for torch input.
             Batches above ``max_batch`` are split and the results joined.
         """
-        check_images(images, self.chw)
+        if isinstance(images, list | tuple):
+            return self._infer_by_size(images)
+        self.check(images)
         with self._state:
             if self._closed:
                 raise UsageError(f"this {self.backend} runner is closed; open the artifact again")
@@ -129,13 +150,44 @@ class Runner(ABC):
             return torch.cat(outputs)
         return np.concatenate(outputs)
 
+    def check(self, images: Any, what: str = "images") -> None:
+        """UsageError, naming what was expected, unless ``images`` is one batch this runner takes."""
+        check_images(images, self.chw, what, self.size_range)
+
+    def _infer_by_size(self, items: list[Any] | tuple[Any, ...]) -> Any:
+        """Logits for images ([C, H, W]) and batches ([N, C, H, W]) of mixed sizes, one run per size, input order."""
+        if not items:
+            raise UsageError("images are an empty list; give at least one image [C, H, W] or batch [N, C, H, W]")
+        as_torch = [_is_torch(x) for x in items]
+        if any(as_torch) and not all(as_torch):
+            raise UsageError("images mix numpy arrays and torch tensors; give one kind")
+        batched = []
+        for i, x in enumerate(items):
+            if not (isinstance(x, np.ndarray) or _is_torch(x)) or x.ndim != 3:
+                self.check(x, f"images[{i}]")  # a batch, or refused saying what was expected
+            batched.append(x if x.ndim == 4 else x[None])
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(batched):
+            by_size.setdefault(tuple(int(d) for d in x.shape[1:]), []).append(i)
+        answers: list[Any] = [None] * len(batched)
+        join = _torch_cat if as_torch[0] else np.concatenate
+        for members in by_size.values():
+            logits = self.infer(join([batched[i] for i in members]))
+            start = 0
+            for i in members:
+                answers[i] = logits[start:start + batched[i].shape[0]]
+                start += batched[i].shape[0]
+        return join(answers)
+
     @property
     def input_metadata(self) -> dict[str, Any]:
-        """The input contract from the manifest: name, shape, dtype and the preprocessing to apply."""
+        """The input contract from the manifest: name, shape, dtype, the sizes taken and the preprocessing to apply."""
+        c = self.chw[0]
         return {
             "name": self.input_name,
-            "shape": ["batch", *self.chw],
+            "shape": ["batch", *self.chw] if self.size_range is None else ["batch", c, "height", "width"],
             "dtype": "float32",
+            "sizes": None if self.size_range is None else self.size_range.to_dict(),
             "preprocessing": self.preprocessing.to_dict(),
         }
 
@@ -146,6 +198,7 @@ class Runner(ABC):
             "precision": self.precision,
             "artifact": str(self.directory),
             "max_batch": self.max_batch,
+            **({"sizes": self.size_range.describe()} if self.size_range else {}),
         }
 
     @property

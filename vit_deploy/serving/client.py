@@ -6,7 +6,10 @@
 
 The model's input/output names, its shape and the preprocessing come from the server's model
 config (``triton-repo`` stores the manifest's preprocessing in a config parameter), so a client
-needs no artifact on its machine. One client object is not shared between threads; make one each.
+needs no artifact on its machine. A dynamic-resolution model (input ``[3, -1, -1]``) also carries
+its range there: ``sizes``; ``predict`` then sends each photo at its own size (``predict``'s policy:
+aspect kept, shorter side to the native size, rounded to the patch grid), and ``input_dims`` gives
+the native size. One client object is not shared between threads; make one each.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from ..specs import Preprocessing
-from .repository import PREPROCESSING_PARAM, check_model_name
+from ..specs import Preprocessing, ResolutionRange
+from .repository import PREPROCESSING_PARAM, SIZES_PARAM, check_model_name
 
 PROTOCOLS = ("http", "grpc")
 
@@ -79,9 +82,13 @@ class TritonClient:
         self.config = config
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        self.input_dims = tuple(int(d) for d in config["input"][0]["dims"])
         param = config.get("parameters", {}).get(PREPROCESSING_PARAM)
         self.preprocessing = Preprocessing.from_dict(json.loads(param["string_value"])) if param else None
+        sizes = config.get("parameters", {}).get(SIZES_PARAM)
+        self.sizes = ResolutionRange.from_dict(json.loads(sizes["string_value"])) if sizes else None
+        # the native size where the model takes any (-1): what a load test sends
+        native = self.sizes.native if self.sizes else (self.preprocessing.crop if self.preprocessing else 0)
+        self.input_dims = tuple(int(d) if int(d) >= 0 else native for d in config["input"][0]["dims"])
 
     def infer(self, images: np.ndarray, datatype: str = "FP32") -> np.ndarray:
         """Logits for one batch; the server's error (wrong shape, dtype, ...) becomes InferError."""
@@ -110,7 +117,10 @@ class TritonClient:
         if self.preprocessing is None:
             raise UsageError(f"model {self.model} has no {PREPROCESSING_PARAM} parameter; make its repository with "
                              "vit-deploy triton-repo")
-        logits = self.infer(load_batch(paths, self.preprocessing))
+        if self.sizes is None:
+            logits = self.infer(load_batch(paths, self.preprocessing))
+        else:  # each photo at its own size: one request each
+            logits = np.concatenate([self.infer(_fitted(path, self.preprocessing, self.sizes)) for path in paths])
         probs = softmax(logits.astype(np.float64))
         names = class_names(probs.shape[1], labels_file)
         out = []
@@ -139,3 +149,13 @@ class TritonClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _fitted(path: str | os.PathLike[str], prep: Preprocessing, sizes: ResolutionRange) -> np.ndarray:
+    """One photo as [1, 3, H, W] at the size predict's policy gives it (the native shorter side)."""
+    from ..images.decode import load_rgb, resize_to
+    from ..images.sizes import fit_size
+
+    rgb = load_rgb(path)
+    h, w, _ = fit_size(rgb.shape[0], rgb.shape[1], sizes.native, sizes)
+    return resize_to(rgb, h, w, prep)[None]

@@ -14,6 +14,11 @@ absolute path to it: the repository stays self-contained (it can be moved, mount
 or shipped to another host), and what is served is exactly what was hash-checked here, even if
 the original artifact folder is changed or deleted later. The copy is verified again when the
 model loads (``vit_deploy.runtime.open`` checks the sha256 of every file).
+
+A dynamic-resolution artifact's input is ``[3, -1, -1]`` (Triton's variable dimensions), from the
+manifest's range, never from the graph; the range itself travels in a config parameter
+(``vit_deploy_sizes``) so clients know which sizes to send, and the python backend checks each
+request's size against it (a TensorRT plan's own profile bounds what the tensorrt backend takes).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from .config import model_config_pb2, parse_config
 
 BACKENDS = TRITON_BACKENDS
 PREPROCESSING_PARAM = "vit_deploy_preprocessing"  # clients read the manifest's preprocessing from here
+SIZES_PARAM = "vit_deploy_sizes"  # a dynamic-resolution model's range (specs.ResolutionRange as JSON)
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "int32": "TYPE_INT32"}
 # A model name is a folder of the repository and a segment of every request URL: no separators,
 # no ".", ".." or hidden names, nothing a shell or URL would need to quote.
@@ -75,13 +81,21 @@ def _io(art: Artifact, directory: Path) -> tuple[dict, dict]:
     return io["inputs"][0], io["outputs"][0]
 
 
-def _tensor(pb2, spec: dict[str, Any], directory: Path):
+def _tensor(pb2, spec: dict[str, Any], directory: Path, dims: list[int] | None = None):
+    """A ModelInput/ModelOutput's fields; ``dims`` (without the batch) default to the manifest's shape."""
     dtype = DTYPES.get(spec["dtype"])
     if dtype is None:
         raise ArtifactError(f"{directory}: tensor {spec['name']} has dtype {spec['dtype']}, which Triton configs here "
                             f"do not map; supported: {', '.join(DTYPES)}")
-    dims = [int(d) for d in spec["shape"][1:]]  # the first dimension is the batch, implied by max_batch_size
+    if dims is None:
+        dims = [int(d) for d in spec["shape"][1:]]  # the first dimension is the batch, implied by max_batch_size
     return dict(name=spec["name"], data_type=pb2.DataType.Value(dtype), dims=dims)
+
+
+def _input_dims(art: Artifact) -> list[int]:
+    """[C, H, W] of one image; a dynamic-resolution artifact's H and W are -1 (any size; its range is checked)."""
+    c, h, w = art.chw
+    return [c, -1, -1] if art.resolution_range is not None else [c, h, w]
 
 
 def _max_batch(opts: RepoOptions, art: Artifact) -> int:
@@ -152,7 +166,7 @@ def build_config(opts: RepoOptions, art: Artifact, directory: Path, name: str, b
     config = pb2.ModelConfig(
         name=name,
         max_batch_size=max_batch,
-        input=[pb2.ModelInput(**_tensor(pb2, inp, directory))],
+        input=[pb2.ModelInput(**_tensor(pb2, inp, directory, _input_dims(art)))],
         output=[pb2.ModelOutput(**_tensor(pb2, out, directory))],
         dynamic_batching=pb2.ModelDynamicBatching(
             preferred_batch_size=_preferred(opts, max_batch), max_queue_delay_microseconds=opts.queue_delay_us
@@ -177,6 +191,8 @@ def build_config(opts: RepoOptions, art: Artifact, directory: Path, name: str, b
         if opts.threads is not None:
             config.parameters["threads"].string_value = str(opts.threads)
     config.parameters[PREPROCESSING_PARAM].string_value = json.dumps(art.preprocessing.to_dict(), sort_keys=True)
+    if art.resolution_range is not None:
+        config.parameters[SIZES_PARAM].string_value = json.dumps(art.resolution_range.to_dict(), sort_keys=True)
     return config
 
 

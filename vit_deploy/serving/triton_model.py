@@ -10,7 +10,9 @@ importable (and linted, and tested) anywhere.
 
 The dynamic batcher hands over several clients' requests at once. Each is checked on its own
 and answered on its own (:func:`answer_each`): one client's NaN pixels get that client an error,
-and the requests batched with it still get their logits.
+and the requests batched with it still get their logits. A dynamic-resolution model's config
+declares height and width -1; each request's size is checked here against the artifact's range
+(a size outside it, or off the patch grid, is that request's error, naming the nearest valid sizes).
 """
 
 import json
@@ -35,14 +37,18 @@ def answer_each(runner, arrays):
         if isinstance(images, Exception):
             continue
         try:
-            check_images(images, runner.chw, what="this request's images")
+            check_images(images, runner.chw, "this request's images", getattr(runner, "size_range", None))
             good.append(i)
         except Exception as e:  # noqa: BLE001 - the error is this request's answer
             answers[i] = e
     if not good:
         return answers
     try:
-        logits = np.asarray(runner.infer(np.concatenate([arrays[i] for i in good])), dtype=np.float32)
+        batch = [arrays[i] for i in good]
+        # one array when every request has one size; a list (run one size at a time, rows in order) when a
+        # dynamic-resolution model got several
+        same = len({a.shape[1:] for a in batch}) == 1
+        logits = np.asarray(runner.infer(np.concatenate(batch) if same else batch), dtype=np.float32)
         parts = np.split(logits, np.cumsum([len(arrays[i]) for i in good])[:-1])  # each request's rows, in order
     except Exception:  # noqa: BLE001 - not any one request's fault yet: find out which, one by one
         parts = []

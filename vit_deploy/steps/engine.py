@@ -10,7 +10,13 @@ Without TensorRT or a GPU it stops with EngineUnavailable (exit 3) before touchi
 Otherwise the artifact is built in a staging folder and renamed into place whole:
 ``model.<precision>.plan`` plus a manifest (written last) with kind "tensorrt", the parent
 graph's path and sha256, the build facts TensorRT compatibility depends on (version, GPU,
-compute capability, profile, flags) and the validation numbers. An engine that fails validation
+compute capability, profile, flags) and the validation numbers.
+
+A dynamic-resolution graph gets one optimization profile over batch, height and width: min and max
+from the export's range (``--min-res``/``--max-res`` narrow it), opt at the native size
+(``--opt-res`` moves it). The engine's manifest records the profile and, in its own
+``dynamic_resolution`` section, the part of the range the profile covers; the engine is checked at
+sizes across that part. An engine that fails validation
 is kept, with ``"passed": false``, for inspection (the CLI exits 2 via ``raise_if_failed``).
 
 TensorRT details and the pages they come from: ``vit_deploy/trt/`` and docs/tensorrt.md.
@@ -27,8 +33,8 @@ from ..artifact import Artifact, file_entry, new_manifest, package_versions, wri
 from ..errors import ArtifactError, EngineUnavailable, UsageError
 from ..fileio import atomic_write_bytes, check_can_write, check_output_file, staged_directory
 from ..progress import Progress
-from ..specs import TOLERANCES, tolerance
-from .validate import fp32_reference, image_source, validate
+from ..specs import TOLERANCES, ResolutionRange, tolerance
+from .validate import fp32_reference, image_sources, sizes_to_check, validate
 
 # Batch profile defaults, chosen for ViT-B/16 at 384 (577 tokens), the largest case we ship:
 # - min 1: single-image requests must work.
@@ -61,6 +67,9 @@ class EngineOptions:
         version_compatible: a plan later TensorRT 11.x versions can run (embeds the lean runtime).
         val_images: images to validate on (labels.csv adds accuracy); None: seeded random images.
         seed: seeds the random images and samples.
+        min_res, max_res: a dynamic-resolution graph's profile: the smallest and largest image side
+            (None: the export's range).
+        opt_res: the (height, width) TensorRT tunes for (an int: square; None: the native size).
     """
 
     artifact: Path | None = None  # an ONNX graph artifact folder (fp32 export, or fp16/int8 graph)
@@ -76,6 +85,10 @@ class EngineOptions:
     version_compatible: bool = False  # runs on later TensorRT 11.x too (embeds the lean runtime)
     val_images: str | None = None  # images to validate on (labels.csv adds accuracy); default: random
     seed: int = 0
+    # dynamic-resolution graphs only (last, so the fields above keep their positions):
+    min_res: int | None = None  # None: the export's range and native size
+    opt_res: int | tuple[int, int] | None = None
+    max_res: int | None = None
 
 
 def default_out_dir(parent_dir: Path) -> Path:
@@ -112,6 +125,37 @@ def validation_batches(min_batch: int, opt_batch: int, max_batch: int) -> list[i
     """Batch sizes the engine is validated at: the profile's corners plus an odd size inside it."""
     sizes = {min_batch, opt_batch, max_batch, min(max_batch, max(min_batch, ODD_BATCH))}
     return sorted(sizes)
+
+
+def profile_sizes(opts: EngineOptions, parent: Artifact) -> tuple[list[tuple[int, int]] | None, ResolutionRange | None]:
+    """(the profile's (height, width) at min, opt, max; the part of the range it covers), or (None, None) for a
+    fixed-resolution graph. UsageError names the option that leaves the export's range or the patch grid."""
+    sizes = parent.resolution_range
+    given = {k: v for k, v in (("--min-res", opts.min_res), ("--opt-res", opts.opt_res), ("--max-res", opts.max_res))
+             if v is not None}
+    if sizes is None:
+        if given:
+            raise UsageError(f"{', '.join(given)} set the image sizes of a dynamic-resolution engine; "
+                             f"{parent.directory} takes {parent.img_size}x{parent.img_size} only: drop them, or "
+                             "re-export with --dynamic-res MIN:MAX")
+        return None, None
+    low = sizes.min if opts.min_res is None else opts.min_res
+    high = sizes.max if opts.max_res is None else opts.max_res
+    opt = opts.opt_res if opts.opt_res is not None else sizes.native
+    opt_hw = (opt, opt) if isinstance(opt, int) else tuple(opt)
+    for option, values in (("--min-res", (low,)), ("--max-res", (high,)), ("--opt-res", opt_hw)):
+        for v in values:
+            if not sizes.valid(v):
+                raise UsageError(f"{option} {v} is not a size the export takes ({sizes.describe()}); nearest: "
+                                 f"{' or '.join(map(str, sizes.nearest(v)))}")
+    if not low <= sizes.native <= high:
+        raise UsageError(f"--min-res {low} / --max-res {high} leave out the native size {sizes.native} (where the "
+                         "position embeddings are used as they are); keep it inside the profile")
+    if not all(low <= v <= high for v in opt_hw):
+        raise UsageError(f"--opt-res {opt_hw[0]}x{opt_hw[1]} is outside the profile's {low} to {high}; "
+                         "give min <= opt <= max")
+    covered = ResolutionRange(min=low, max=high, step=sizes.step, native=sizes.native)
+    return [(low, low), (int(opt_hw[0]), int(opt_hw[1])), (high, high)], covered
 
 
 def open_graph(artifact: Path | None) -> Artifact:
@@ -154,6 +198,7 @@ def preflight(opts: EngineOptions, parent: Artifact) -> Path:
     if not parent.has_single_image_input:
         raise ArtifactError(f"{parent_dir} does not have one NCHW image input; re-export it with vit-deploy export")
     check_options(opts)
+    profile_sizes(opts, parent)
     return check_can_write((opts.out_dir or default_out_dir(parent_dir)).absolute(), opts.force)
 
 
@@ -197,6 +242,7 @@ def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None)
     graph_path = parent.model_file  # ArtifactError if the manifest lists no model file
     name = plan_name(precision)
     progress.total = 4
+    sizes, covered = profile_sizes(opts, parent)
 
     with staged_directory(out_dir, opts.force) as stage:
         with progress.step(f"Building the TensorRT {trt_version} engine on {facts['gpu']}"):
@@ -206,7 +252,7 @@ def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None)
                 min_batch=opts.min_batch, opt_batch=opts.opt_batch, max_batch=opts.max_batch,
                 workspace_mib=opts.workspace_mib, optimization_level=opts.optimization_level,
                 timing_cache=Path(cache), hardware_compatible=opts.hardware_compatible,
-                version_compatible=opts.version_compatible, progress=progress,
+                version_compatible=opts.version_compatible, progress=progress, sizes=sizes,
                 replace_unreadable_cache=opts.force or opts.timing_cache is None,  # the default cache is ours
             )
             atomic_write_bytes(stage / name, plan)
@@ -224,9 +270,12 @@ def build_engine_artifact(opts: EngineOptions, progress: Progress | None = None)
             }
         versions = package_versions("torch", "onnx", "numpy")
         versions["tensorrt"] = trt_version
+        inherited = parent.inherited()
+        if covered is not None:  # the part of the export's range this engine's profile takes
+            inherited["dynamic_resolution"] = {**inherited["dynamic_resolution"], **covered.to_dict()}
         manifest = new_manifest(
             "tensorrt", precision,
-            **parent.inherited(),
+            **inherited,
             io=parent.io,
             files=[file_entry(stage, name, "model")],
             parent={**parent.parent_ref(), "path": str(parent_dir)},
@@ -256,14 +305,18 @@ def validate_engine(opts: EngineOptions, staged: Artifact, progress: Progress) -
     """The staged engine on this GPU vs the PyTorch FP32 model, at batch sizes across the profile.
 
     Inputs: ``--val-images`` (with accuracy when the folder has labels.csv), else seeded random
-    images, as many as the largest batch size in ``validation_batches``. The reference runs on
-    the CPU, exactly as at export, so no TF32 or GPU kernel choice enters it. If the checkpoint
-    is gone, the FP32 ONNX graph it was exported to (validated against PyTorch then) stands in.
+    images, as many as the largest batch size in ``validation_batches``. A dynamic-resolution engine
+    runs those at the native size and, at the other check sizes of the range its profile covers
+    (ends, non-square), a few images at an odd batch. The reference runs on the CPU, exactly as at
+    export, so no TF32 or GPU kernel choice enters it. If the checkpoint is gone, the FP32 ONNX graph
+    it was exported to (validated against PyTorch then) stands in.
     """
     from .. import runtime
 
-    sizes = validation_batches(opts.min_batch, opts.opt_batch, opts.max_batch)
-    images = image_source(opts.val_images, staged, max(sizes), opts.seed, progress=progress)
+    batch_sizes = validation_batches(opts.min_batch, opts.opt_batch, opts.max_batch)
+    odd = (min(opts.max_batch, max(opts.min_batch, ODD_BATCH)),)
+    images = image_sources(opts.val_images, staged, sizes_to_check(staged, None), max(batch_sizes), odd[0] + 1,
+                           other_batches=odd, seed=opts.seed, progress=progress)
     reference = fp32_reference(staged)
     with runtime.open(staged, "tensorrt", verify=False) as runner, reference.runner:
-        return validate(runner, reference, images, sizes, tolerance(staged.precision)).to_dict()
+        return validate(runner, reference, images, batch_sizes, tolerance(staged.precision)).to_dict()

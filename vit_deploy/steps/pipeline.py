@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import EngineUnavailable, UsageError
 from ..progress import Progress
-from .engine import EngineOptions, build_engine_artifact, check_options
+from .engine import EngineOptions, build_engine_artifact, check_options, profile_sizes
 from .precision import PrecisionOptions, build_precision_artifact, open_parent
 from .validate import raise_if_failed
 
@@ -40,6 +40,7 @@ def build(
     """
     check_options(engine)  # before the slow precision step
     source = open_parent(graph.artifact)
+    profile_sizes(engine, source)  # the image sizes of the profile too (the graph keeps the export's range)
     summary.update(artifact=str(source.directory.absolute()), precision=source.precision)
     if graph.precision is not None and graph.precision != source.precision:
         opts = dataclasses.replace(graph, artifact=source.directory.absolute())

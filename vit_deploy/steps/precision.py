@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 DEFAULT_CALIB_IMAGES = 256
 DEFAULT_CALIB_BATCH = 8
 RANDOM_VALIDATION_IMAGES = 16
+OTHER_SIZE_IMAGES = 8  # random images per extra size when a dynamic-resolution graph is checked at several sizes
 VALIDATION_BATCH = 8  # the graph is proven batch-dynamic at export; one batch size suffices here
 # The INT8 fallback's check runs on the calibration images, which the ranges were fitted to; on
 # the real ViT-Ti it read up to 0.001 higher mean cosine than held-out photos (docs/precision.md),
@@ -207,11 +208,15 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
             label = f"Calibrating ({method}, {len(calib.files)} images) and quantizing to {opts.precision.upper()}"
             budget = quantization_budget(opts.accuracy_budget, opts.max_float_layers,
                                          bool(parent.checkpoint.get("pretrained")), opts.precision, opts.budget_cosine)
+            # a dynamic-resolution graph: the attention rule must hold at the largest size it takes.
+            # Calibrated at the native size only (a stopgap until the quantizer takes several sizes).
+            sizes = parent.resolution_range
+            tokens = cfg.num_tokens if sizes is None else (sizes.max // cfg.patch_size) ** 2 + 1
             with progress.step(label + (" [cached ranges]" if cached else "")), \
                     progress.counter(0 if cached else 2 * len(calib.files), "images through 2 calibration passes"):
                 policy = quantize(
                     parent_file, stage / name, calib.images, precision=opts.precision, method=method,
-                    num_tokens=cfg.num_tokens, head_size=cfg.dim // cfg.heads, batch=opts.calib_batch,
+                    num_tokens=tokens, head_size=cfg.dim // cfg.heads, batch=opts.calib_batch,
                     cache_path=cache, progress=progress, target=opts.target, budget=budget,
                     quantize_attention=opts.quantize_attention,
                 )
@@ -232,7 +237,8 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
             onnx={**parent.section("onnx"), "nodes": len(graph.graph.node), "ops": op_histogram(graph)},
             precision_policy=policy,
             tensorrt_readiness=_readiness_record(report, for_tensorrt),
-            calibration=calib and calib.summary() | {"method": policy["calibration_method"], "batch": opts.calib_batch},
+            calibration=calib and calib.summary() | {"method": policy["calibration_method"], "batch": opts.calib_batch,
+                                                      "image_size": [cfg.img_size, cfg.img_size]},
             # the backend it was made for: runtime.open, compare and predict use it when it is installed
             **({"runtime": {"backend": "openvino"}} if not for_tensorrt else {}),
             versions=package_versions("torch", "onnx", "onnxruntime", "onnxsim", "numpy"),
@@ -276,20 +282,24 @@ def validate_precision(opts: PrecisionOptions, staged: Artifact, calib: Any, pro
     """The staged graph on ONNX Runtime vs the PyTorch FP32 model, at batch 8, on real images where given.
 
     Inputs: ``--val-images`` (with accuracy when the folder has labels.csv), else the
-    ``--calib`` images, else seeded random images. The reference is the PyTorch model rebuilt
-    from the manifest; if its checkpoint is gone, the parent FP32 graph (validated against
-    PyTorch at export) stands in, and the manifest says so.
+    ``--calib`` images, else seeded random images. A dynamic-resolution graph is checked at every
+    size of its range's ``check_sizes`` (real images at every size: see ``validate.image_sources``). The
+    reference is the PyTorch model rebuilt from the manifest; if its checkpoint is gone, the parent
+    FP32 graph (validated against PyTorch at export) stands in, and the manifest says so.
     """
     from .. import runtime
-    from .validate import ImageSource, fp32_reference, image_source, validate
+    from .validate import ImageSource, fp32_reference, image_sources, sizes_to_check, validate
 
-    if opts.val_images or (opts.calib and calib is None):
+    sizes = sizes_to_check(staged, None)  # the native size alone for a fixed-resolution graph
+    if opts.val_images or calib is None:
         role = "validation" if opts.val_images else "calibration"
-        images = image_source(opts.val_images or opts.calib, staged, 0, opts.seed, role=role, progress=progress)
-    elif calib is not None:
-        images = ImageSource(calib.images, f"the {len(calib.files)} calibration images")
-    else:
-        images = image_source(None, staged, RANDOM_VALIDATION_IMAGES, opts.seed)
+        images = image_sources(opts.val_images or opts.calib, staged, sizes, RANDOM_VALIDATION_IMAGES,
+                               OTHER_SIZE_IMAGES, seed=opts.seed, role=role, progress=progress)
+    else:  # the calibration images, in memory at the native size; the same sample again at the other sizes
+        images = [ImageSource(calib.images, f"the {len(calib.files)} calibration images")]
+        if sizes[1:]:
+            images += image_sources(opts.calib, staged, sizes[1:], OTHER_SIZE_IMAGES, OTHER_SIZE_IMAGES,
+                                    seed=opts.seed, max_images=opts.calib_images, role="calibration", progress=progress)
     reference = fp32_reference(staged)
     with runtime.open(staged, "onnxruntime", verify=False, exact_qdq=True) as runner, reference.runner:
         return validate(runner, reference, images, (VALIDATION_BATCH,), tolerance(opts.precision)).to_dict()

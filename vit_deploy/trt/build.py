@@ -8,7 +8,8 @@ the network is created with no flags.
 
 The steps, each from the documentation below: parse the file (``parse_from_file``, so weights
 stored as external data next to the graph are found) and report *every* parser error; one
-optimization profile over the batch dimension; an optional workspace pool limit; the builder
+optimization profile over the batch dimension (and the image height and width of a
+dynamic-resolution graph); an optional workspace pool limit; the builder
 optimization level; ``ProfilingVerbosity.DETAILED`` so the engine inspector can list each layer's
 tensor types; optional hardware compatibility (Ampere and newer) and version compatibility; a
 timing cache that is loaded when present (``ignore_mismatch=False``: a cache from another GPU or
@@ -62,12 +63,20 @@ def check_batches(min_batch: int, opt_batch: int, max_batch: int) -> None:
 
 
 def profile_shapes(
-    input_name: str, chw: Sequence[int], min_batch: int, opt_batch: int, max_batch: int
+    input_name: str, chw: Sequence[int], min_batch: int, opt_batch: int, max_batch: int,
+    sizes: Sequence[tuple[int, int]] | None = None,
 ) -> dict[str, dict[str, list[int]]]:
-    """The optimization profile as the manifest records it: {input: {min, opt, max}} full NCHW shapes."""
+    """The optimization profile as the manifest records it: {input: {min, opt, max}} full NCHW shapes.
+
+    ``sizes``: the (height, width) at min, opt and max of a dynamic-resolution graph; None: ``chw``'s for all three.
+    """
     check_batches(min_batch, opt_batch, max_batch)
     c, h, w = (int(d) for d in chw)
-    return {input_name: {k: [b, c, h, w] for k, b in (("min", min_batch), ("opt", opt_batch), ("max", max_batch))}}
+    hw = [(int(a), int(b)) for a, b in sizes] if sizes is not None else [(h, w)] * 3
+    if len(hw) != 3 or any(not lo <= mid <= hi for lo, mid, hi in zip(*hw, strict=True)):
+        raise UsageError(f"the profile's image sizes {hw} must be min <= opt <= max in height and in width")
+    batches = (("min", min_batch), ("opt", opt_batch), ("max", max_batch))
+    return {input_name: {k: [b, c, *size] for (k, b), size in zip(batches, hw, strict=True)}}
 
 
 def parser_error_record(error: trt.ParserError) -> dict[str, Any]:
@@ -128,13 +137,15 @@ def build_serialized_engine(
     version_compatible: bool,
     progress: Progress | None = None,
     replace_unreadable_cache: bool = True,
+    sizes: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Parse ``onnx_path`` and build a plan; returns (plan bytes, the manifest's "tensorrt" section).
 
     ``replace_unreadable_cache=False``: a ``timing_cache`` file TensorRT cannot read as a timing cache
     (not one, or damaged) is refused (UsageError) rather than replaced: the user named it, and it
     may be something else entirely.
-
+    ``sizes``: (height, width) at the profile's min, opt and max for a dynamic-resolution graph (its
+    height and width then range over the profile too); None: ``chw``'s.
     Needs TensorRT and a CUDA GPU (check ``vit_deploy.trt.probe.unavailable_reason()`` first).
     Raises EngineBuildError with every parser error, or with TensorRT's logged errors when the
     build itself returns nothing.
@@ -143,7 +154,7 @@ def build_serialized_engine(
 
     progress = progress or Progress(enabled=False)
     onnx_path = Path(onnx_path)
-    shapes = profile_shapes(input_name, chw, min_batch, opt_batch, max_batch)
+    shapes = profile_shapes(input_name, chw, min_batch, opt_batch, max_batch, sizes)
     if optimization_level not in OPTIMIZATION_LEVELS:
         raise UsageError(f"--optimization-level {optimization_level} is out of range; TensorRT accepts 0 to 5")
     if workspace_mib is not None and workspace_mib < 1:
@@ -179,8 +190,8 @@ def build_serialized_engine(
     profile.set_shape(input_name, tuple(s["min"]), tuple(s["opt"]), tuple(s["max"]))
     if config.add_optimization_profile(profile) < 0:  # -1: the profile is invalid for this network
         raise EngineBuildError(
-            f"TensorRT rejected the batch profile {s} for {input_name!r} ({collector.explain()}); "
-            "check that the graph's batch dimension is dynamic"
+            f"TensorRT rejected the profile {s} for {input_name!r} ({collector.explain()}); check that the "
+            "graph's batch dimension (and, for a --dynamic-res export, its height and width) is dynamic"
         )
     if workspace_mib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib * MIB)

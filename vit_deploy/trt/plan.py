@@ -222,8 +222,9 @@ class TrtEngine:
                     f"TensorRT could not create an execution context for {source} ({self._collector.explain()}); "
                     "free GPU memory, or rebuild with a smaller --max-batch"
                 )
-            # Buffers for the largest shape, allocated once; smaller batches use their leading elements
-            # (contiguous NCHW / [N, classes] layouts), so the tensor addresses never change.
+            # Buffers for the largest shape, allocated once; smaller batches (and smaller images of a
+            # dynamic-resolution engine) use their leading elements (contiguous NCHW / [N, classes]
+            # layouts), so the tensor addresses never change; set_input_shape gives each call its shape.
             self._context.set_input_shape(self.input_name, hi)
             out_max = tuple(int(d) for d in self._context.get_tensor_shape(self.output_name))
             if any(d < 0 for d in out_max):
@@ -254,10 +255,16 @@ class TrtEngine:
         lo, hi = self.profile["min"], self.profile["max"]
         if len(shape) == len(lo) and all(a <= s <= b for s, a, b in zip(shape, lo, hi, strict=True)):
             return
-        if len(shape) == len(lo) and tuple(shape[1:]) == tuple(lo[1:]):
+        if len(shape) == len(lo) and all(a <= s <= b for s, a, b in zip(shape[1:], lo[1:], hi[1:], strict=True)):
             raise UsageError(
                 f"batch {shape[0]} is outside this engine's profile ({self.min_batch} to {self.max_batch}); "
                 f"split the batch into chunks of at most {self.max_batch}, or rebuild with a larger --max-batch"
+            )
+        if len(shape) == len(lo) == 4 and shape[1] == lo[1] and lo[2:] != hi[2:]:  # a dynamic-resolution engine
+            raise UsageError(
+                f"images of {shape[2]}x{shape[3]} are outside this engine's profile: height {lo[2]} to {hi[2]}, "
+                f"width {lo[3]} to {hi[3]}; resize them into it, or rebuild the engine with --min-res/--max-res "
+                "covering this size (inside the export's --dynamic-res range)"
             )
         raise UsageError(
             f"input shape {tuple(shape)} does not fit this engine ({self.input_name}: {lo} to {hi}); "

@@ -37,16 +37,17 @@ def load_into(model: VisionTransformer, ckpt: Checkpoint) -> dict[str, Any]:
     sd = {k: t.to(torch.float32) for k, t in ckpt.state_dict.items()}
 
     pos = sd.get("pos_embed")
-    if pos is not None and pos.ndim == 3 and pos.shape[-1] == cfg.dim and pos.shape[1] != cfg.num_tokens:
+    grid = cfg.pos_embed_grid
+    if pos is not None and pos.ndim == 3 and pos.shape[-1] == cfg.dim and pos.shape[1] != grid * grid + 1:
         try:
             old_grid = grid_of(pos)
         except ValueError as e:
             raise CheckpointError(
                 f"checkpoint {ckpt.source}: cannot resample its position embedding to the model's "
-                f"{cfg.grid}x{cfg.grid} grid: {e} (is it a model with extra tokens, e.g. DeiT's distillation "
+                f"{grid}x{grid} grid: {e} (is it a model with extra tokens, e.g. DeiT's distillation "
                 "token or register tokens? those are not supported)"
             ) from None
-        sd["pos_embed"] = resample_pos_embed(pos, cfg.grid)
+        sd["pos_embed"] = resample_pos_embed(pos, grid)
         facts["pos_embed_resampled_from"] = old_grid
 
     expected = model.state_dict()
