@@ -294,6 +294,8 @@ def _worker_evaluate(a: dict[str, Any]) -> dict[str, Any]:
             results[key] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             continue
         results[key] = {**_metrics(ref, logits, labels), "seconds": round(time.perf_counter() - t0, 1)}
+        if key in a.get("cache_files", {}):  # kept as each graph finishes: an interrupted run loses only the rest
+            Path(a["cache_files"][key]).write_text(json.dumps(results[key]))
     return {"results": results, "versions": versions}
 
 
@@ -760,13 +762,10 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         f"({len(candidates) - len(todo)} scored before: {cache})")
     ev = _call(sys.executable, "evaluate", {
         "fp32": str(fp32), "candidates": todo, "batch": BATCH, "images": str(work / "eval.npy"),
-        "labels": str(work / "eval_labels.npy"), "reference_logits": str(cache / f"{_eval_key(fp32, None, info)}.npy")},
-        work / "evaluate.log")
+        "labels": str(work / "eval_labels.npy"), "reference_logits": str(cache / f"{_eval_key(fp32, None, info)}.npy"),
+        "cache_files": {name: str(cache / f"{keys[name]}.json") for name in todo}}, work / "evaluate.log")
     if "error" in ev:
         raise SystemExit(f"evaluation failed: {ev['error']} (log: {work / 'evaluate.log'})")
-    for name, result in ev["results"].items():
-        if name in keys and "error" not in result:
-            (cache / f"{keys[name]}.json").write_text(json.dumps(result))
     evaluation["results"].update(ev["results"])
     evaluation["versions"].update(ev["versions"])
     ev = evaluation
@@ -861,7 +860,8 @@ def _placement_cells(p: dict[str, Any]) -> str:
         weights = ", ".join(f"{k} {v}" for k, v in p["weight_ops_types"].items())
     else:
         nodes = f"{p['fake_quantize']} FQ" + (f", {p['fake_convert']} FakeConvert" if p.get("fake_convert") else "")
-        att, weights = p["attention_quantized"], "FakeConvert" if p.get("fake_convert") else "FQ"
+        att = p["attention_quantized"] + (" (Q·K^T)" if p["attention_quantized"].startswith("12/") else "")
+        weights = "f8e4m3 (FakeConvert)" if p.get("fake_convert") else "int8 (FQ)"
         zp = f"FakeQuantize: {p['asymmetric_activations']} of {p['activation_fq']} activation ranges asymmetric"
     added = ", ".join(f"{k} +{v}" for k, v in p["ops_added"].items()) or "-"
     feeds = ", ".join(f"{k} {v}" for k, v in p.get("dq_also_feeds", {}).items()) or "-"
