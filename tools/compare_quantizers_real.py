@@ -514,7 +514,7 @@ def openvino_placement(path: Path) -> dict[str, Any]:
         return False
 
     by_role: dict[str, list[int]] = {r: [0, 0] for r in WEIGHT_ROLES}
-    attention = [0, 0]
+    attention, attention_which = [0, 0], set()
     for op in ops:
         if op.get_type_name() not in ("MatMul", "Convolution"):
             continue
@@ -525,7 +525,9 @@ def openvino_placement(path: Path) -> dict[str, Any]:
             by_role[role][0] += int(int8_activation(a) and int8_weight(b))
         elif "attn" in op.get_friendly_name():
             attention[1] += 1
-            attention[0] += int(int8_activation(a) and int8_activation(b))
+            if int8_activation(a) and int8_activation(b):
+                attention[0] += 1
+                attention_which.add(re.sub(r".*/attn/", "", op.get_friendly_name()))
     levels = Counter(int(op.get_attributes().get("levels", 0)) for op in fq)
     asymmetric = activation_fq = 0
     for op in fq:
@@ -547,7 +549,7 @@ def openvino_placement(path: Path) -> dict[str, Any]:
         "weight_ops_quantized": sum(v[0] for v in by_role.values()),
         "weight_ops": sum(v[1] for v in by_role.values()),
         "weight_ops_by_role": {r: f"{a}/{b}" for r, (a, b) in by_role.items()},
-        "attention_quantized": f"{attention[0]}/{attention[1]}",
+        "attention_quantized": f"{attention[0]}/{attention[1]}", "attention_quantized_which": sorted(attention_which),
         "activation_fq": activation_fq, "asymmetric_activations": asymmetric,
         "ops_added": {"Multiply (SmoothQuant)": sq} if sq else {}, "zero_points_0_signed": None,
     }
@@ -860,7 +862,8 @@ def _placement_cells(p: dict[str, Any]) -> str:
         weights = ", ".join(f"{k} {v}" for k, v in p["weight_ops_types"].items())
     else:
         nodes = f"{p['fake_quantize']} FQ" + (f", {p['fake_convert']} FakeConvert" if p.get("fake_convert") else "")
-        att = p["attention_quantized"] + (" (Q·K^T)" if p["attention_quantized"].startswith("12/") else "")
+        which = ", ".join(p.get("attention_quantized_which", []))
+        att = p["attention_quantized"] + (f" ({which})" if which else "")
         weights = "f8e4m3 (FakeConvert)" if p.get("fake_convert") else "int8 (FQ)"
         zp = f"FakeQuantize: {p['asymmetric_activations']} of {p['activation_fq']} activation ranges asymmetric"
     added = ", ".join(f"{k} +{v}" for k, v in p["ops_added"].items()) or "-"
