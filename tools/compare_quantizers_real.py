@@ -21,9 +21,9 @@ The protocol (issues 10 and 18), the same for every row so the rows compare:
   image per item, as its examples do; its ``subset_size`` is the calibration count);
 - scoring: every graph against the FP32 ONNX graph on the evaluation photos, ONNX graphs on ONNX
   Runtime's CPU provider, OpenVINO IR on OpenVINO CPU with ``INFERENCE_PRECISION_HINT=f32``
-  (this machine has AMX: OpenVINO's default would also run the float parts in bf16; one extra
-  row per IR shows that default): top-1 accuracy, drop vs FP32 in points, top-1 agreement with FP32,
-  mean and worst per-image cosine of the logits;
+  (on a CPU with AMX or AVX-512 BF16, OpenVINO's default would also run the float parts in bf16; one
+  extra row per IR shows that default, and results.json's ``cpu`` says which this was): top-1 accuracy,
+  drop vs FP32 in points, top-1 agreement with FP32, mean and worst per-image cosine of the logits;
 - placement: Q/DQ (or FakeQuantize / FakeConvert) nodes, how many of the 50 weight ops (qkv, proj, fc1,
   fc2 x 12, head, patch embedding) have INT8 or FP8 on both inputs (and which type), which attention
   MatMuls do, whether every zero point is 0 (TensorRT reads Q/DQ with zero point 0 only), the ops
@@ -781,7 +781,18 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         extra = ev["results"].get(row["key"] + "@default-precision")
         if extra:
             row["eval_default_precision"] = extra
-    return {**info, "fp32_accuracy": ev["results"][REFERENCE]["accuracy"], "runtimes": ev["versions"], "rows": rows}
+    return {**info, "fp32_accuracy": ev["results"][REFERENCE]["accuracy"], "runtimes": ev["versions"], "rows": rows,
+            "cpu": cpu()}
+
+
+def cpu() -> dict[str, Any]:
+    """This CPU's name and whether OpenVINO's default inference precision on it is bf16 (AMX or AVX-512 BF16)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    bf16 = bool(flags & {"amx_bf16", "avx512_bf16"})
+    return {"model": name, "bf16": bf16, "default_precision": "bf16 on this CPU" if bf16 else
+            "f32 on this CPU, which has no AMX / AVX-512 BF16: the same as the f32 row"}
 
 
 def _eval_key(path: str | Path, hint: str | None, info: dict[str, Any]) -> str:
@@ -900,7 +911,8 @@ def markdown(res: dict[str, Any]) -> str:
                    f"| {e.get('seconds', '')} |")
         d = r.get("eval_default_precision")
         if d and "error" not in d:
-            out.append(f"| {r['key']}, OpenVINO default precision (bf16 on this AMX CPU) | {_metric_cells(d)} "
+            out.append(f"| {r['key']}, OpenVINO default precision ({res.get('cpu', {}).get('default_precision')}) "
+                       f"| {_metric_cells(d)} "
                        f"||||||| | {d.get('seconds', '')} |")
     scored = [r for r in res["rows"] if "by_source" in r.get("eval", {})]
     if scored:
