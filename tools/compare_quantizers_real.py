@@ -4,7 +4,8 @@ The protocol (issues 10 and 18), the same for every row so the rows compare:
 - model: ``REALDATA/vit-ti16-augreg/model.safetensors`` exported once with
   ``vit-deploy export --model ti16 --res 224 --weights ... --crop-pct 0.9`` (FP32 ONNX + manifest):
   the preprocessing this model was trained with (bicubic resize of the shorter side to 248, center
-  crop 224, mean = std = 0.5; realdata/README.md). A --work folder holding an export with another
+  crop 224, mean = std = 0.5; realdata/README.md). ``--crop-pct 0.875`` (resize 256) repeats the earlier
+  studies' export, to read what the preprocessing changes. A --work folder holding an export with another
   resize is refused (start it anew with --fresh).
 - photos, ``--protocol heldout`` (the default): calibration = the 256 photos of
   ``REALDATA/imagenet-dev-500`` that ``vit-deploy build-engine --calib <that folder> --calib-count 256
@@ -641,8 +642,10 @@ def halves_photos(
     return sets["calib"], sets["eval"]
 
 
-def export_real_model(realdata: Path, work: Path, log: Any) -> tuple[Path, dict[str, Any]]:
-    """The real ViT-Ti exported once into --work with its own preprocessing (--crop-pct 0.9)."""
+def export_real_model(
+    realdata: Path, work: Path, log: Any, crop_pct: float = CROP_PCT,
+) -> tuple[Path, dict[str, Any]]:
+    """The real ViT-Ti exported once into --work with its own preprocessing (--crop-pct 0.9 unless asked)."""
     from vit_deploy.specs import resize_for_crop_pct
 
     art = work / "ti16-224"
@@ -650,27 +653,27 @@ def export_real_model(realdata: Path, work: Path, log: Any) -> tuple[Path, dict[
     if not (art / "manifest.json").is_file():
         log(f"export {weights} -> {art}")
         cmd = [sys.executable, "-c", "import sys; from vit_deploy.cli import main; main(sys.argv[1:])", "export",
-               "--model", "ti16", "--res", "224", "--weights", str(weights), "--crop-pct", str(CROP_PCT),
+               "--model", "ti16", "--res", "224", "--weights", str(weights), "--crop-pct", str(crop_pct),
                "--out", str(art)]
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         (work / "export.log").write_text(p.stdout + p.stderr)
         if p.returncode != 0:
             raise SystemExit(f"export failed ({' '.join(cmd)}):\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
     manifest = json.loads((art / "manifest.json").read_text())
-    want = resize_for_crop_pct(manifest["model"]["img_size"], CROP_PCT)
+    want = resize_for_crop_pct(manifest["model"]["img_size"], crop_pct)
     if manifest["preprocessing"].get("resize") != want:
         raise SystemExit(f"{art} was exported with resize {manifest['preprocessing'].get('resize')}, not {want} "
-                         f"(crop_pct {CROP_PCT}, this model's own): rerun with --fresh, or another --work")
+                         f"(crop_pct {crop_pct}): rerun with --fresh, or another --work")
     return art / manifest["files"][0]["path"], manifest
 
 
 def prepare(
     realdata: Path, work: Path, log: Any, protocol: str = "heldout", calibrate_on: str = "even",
-    split_seed: int | None = None,
+    split_seed: int | None = None, crop_pct: float = CROP_PCT,
 ) -> dict[str, Any]:
     from vit_deploy.specs import Preprocessing
 
-    fp32, manifest = export_real_model(realdata, work, log)
+    fp32, manifest = export_real_model(realdata, work, log, crop_pct)
     prep = Preprocessing.from_dict(manifest["preprocessing"])
     m = manifest["model"]
     num_tokens = (m["img_size"] // m["patch_size"]) ** 2 + 1
@@ -713,7 +716,8 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     import onnx
 
     work = args.work
-    info = prepare(args.realdata, work, log, args.protocol, args.calibrate_on or "even", args.split_seed)
+    info = prepare(args.realdata, work, log, args.protocol, args.calibrate_on or "even", args.split_seed,
+                   args.crop_pct)
     fp32 = Path(info["fp32"])
     fp32_model = onnx.load(str(fp32), load_external_data=False)
     rows, candidates = [], {}
@@ -945,6 +949,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redo", nargs="+", default=[], choices=list(VARIANTS),
                    help="with --reuse: quantize these again (e.g. --redo ours ours-cpu after changing our quantizer)")
     p.add_argument("--fresh", action="store_true", help="delete --work first")
+    p.add_argument("--crop-pct", type=float, default=CROP_PCT,
+                   help=f"export's crop_pct (default {CROP_PCT}: this model's own, resize 248; 0.875 = resize 256, "
+                        "the earlier studies' export; use another --work)")
     p.add_argument("--protocol", choices=("heldout", "halves"), default="heldout",
                    help="heldout (default): calibrate on build-engine's 256-photo sample of imagenet-dev-500, score "
                         "on imagenet-val-dev + the other 244; halves: imagenet-dev-500's even/odd rows (issue 10)")
