@@ -21,7 +21,9 @@ The protocol (issues 10 and 18), the same for every row so the rows compare:
 - calibration: all calibration images, seed 0, batch 8 where the quantizer batches (NNCF takes one
   image per item, as its examples do; its ``subset_size`` is the calibration count);
 - scoring: every graph against the FP32 ONNX graph on the evaluation photos, ONNX graphs on ONNX
-  Runtime's CPU provider, OpenVINO IR on OpenVINO CPU with ``INFERENCE_PRECISION_HINT=f32``
+  Runtime's CPU provider with Q/DQ as written (``session.disable_quant_qdq``: DequantizeLinear, then the
+  float op, the arithmetic TensorRT does; ORT's fused integer kernels saturate on a CPU without
+  VNNI/AMX; ``--fused-qdq`` scores with them), OpenVINO IR on OpenVINO CPU with ``INFERENCE_PRECISION_HINT=f32``
   (on a CPU with AMX or AVX-512 BF16, OpenVINO's default would also run the float parts in bf16; one
   extra row per IR shows that default, and results.json's ``cpu`` says which this was): top-1 accuracy,
   drop vs FP32 in points, top-1 agreement with FP32, mean and worst per-image cosine of the logits;
@@ -109,11 +111,17 @@ CROP_PCT = 0.9  # the ViT-Ti augreg's own preprocessing: resize 248, crop 224 (r
 CALIB_COUNT = 256  # held-out protocol: build-engine --calib imagenet-dev-500 --calib-count 256 --seed 0
 BATCH = 8
 SEED = 0
+# ONNX Runtime's session option that keeps Q/DQ as written (DequantizeLinear, then the float op) instead of
+# fusing them into integer kernels: on a CPU without VNNI/AMX (an AVX2-only AMD EPYC here) those kernels
+# saturate 16-bit multiply-adds, an error of this CPU that TensorRT's INT8 GEMMs do not have
+EXACT_QDQ = "session.disable_quant_qdq"
 REFERENCE = "@fp32-reference"  # the evaluation's key of the FP32 graph every row is scored against
 
 # name -> (worker, settings, interpreter: "main" or "modelopt", description).
-# "ours" settings are keyword arguments of vit_deploy.onnx.int8.quantize_int8 (or of the function
-# named by "function": "module:name"), except "budget": True, which passes build-engine's budget.
+# "ours" settings are keyword arguments of our quantize function (``_our_quantizer``: issue 18's
+# vit_deploy.onnx.quantize.quantize where this checkout has it, e.g. {"precision": "fp8",
+# "quantize_attention": True}; else vit_deploy.onnx.int8.quantize_int8), except "budget": True, which
+# passes build-engine's budget for the row's precision, and "function": "module:name", another function.
 VARIANTS: dict[str, tuple[str, dict[str, Any], str, str]] = {
     "fp32": ("float", {"precision": "fp32"}, "main", "FP32 export (the reference itself)"),
     "fp16": ("float", {"precision": "fp16"}, "main", "FP16 graph, vit_deploy.onnx.fp16.convert_fp16 (--fp16)"),
@@ -156,19 +164,39 @@ COMPUTE_OPS = ("MatMul", "Gemm", "Conv", "Add", "Mul", "Div", "Sub", "Softmax", 
 # workers: each runs in a fresh interpreter and prints one RESULT line
 
 
-def _worker_ours(a: dict[str, Any]) -> dict[str, Any]:
-    """Our quantizer: the row's settings are its keyword arguments (``budget: True`` = build-engine's)."""
-    import importlib
+def _our_quantizer(precision: str) -> tuple[Any, Any]:
+    """This checkout's quantize function and build-engine's budget for ``precision`` (a pretrained model,
+    the CLI's defaults): ``vit_deploy.onnx.quantize.quantize`` (INT8 and FP8, issue 18) where it exists,
+    else ``vit_deploy.onnx.int8.quantize_int8`` (INT8 only)."""
+    from vit_deploy.steps import precision as steps
 
-    from vit_deploy.steps.precision import PrecisionOptions, int8_budget
+    defaults = steps.PrecisionOptions(precision)
+    try:
+        from vit_deploy.onnx.quantize import quantize
+    except ImportError:
+        from vit_deploy.onnx.int8 import quantize_int8 as quantize
+
+        return quantize, lambda: steps.int8_budget(defaults.accuracy_budget, defaults.max_float_layers, True)
+    return quantize, lambda: steps.quantization_budget(defaults.accuracy_budget, defaults.max_float_layers, True,
+                                                       precision, defaults.budget_cosine)
+
+
+def _worker_ours(a: dict[str, Any]) -> dict[str, Any]:
+    """Our quantizer: the row's settings are its keyword arguments, but ``budget: True`` = build-engine's
+    budget, and ``function: "module:name"`` names another quantize function."""
+    import importlib
+    import inspect
 
     calib = np.load(a["calib"])
     kwargs = dict(a["settings"])
-    module, _, name = kwargs.pop("function", "vit_deploy.onnx.int8:quantize_int8").partition(":")
-    quantize = getattr(importlib.import_module(module), name)
-    if kwargs.pop("budget", False):  # what build-engine --int8 passes for a pretrained model, with its defaults
-        defaults = PrecisionOptions("int8")
-        kwargs["budget"] = int8_budget(defaults.accuracy_budget, defaults.max_float_layers, pretrained=True)
+    quantize, budget = _our_quantizer(kwargs.get("precision", "int8"))
+    if "function" in kwargs:
+        module, _, name = kwargs.pop("function").partition(":")
+        quantize = getattr(importlib.import_module(module), name)
+    if kwargs.pop("budget", False):
+        kwargs["budget"] = budget()
+    if "head_size" in inspect.signature(quantize).parameters:  # where TensorRT can fuse attention (issue 18)
+        kwargs.setdefault("head_size", a["head_size"])
     t0 = time.perf_counter()
     policy = quantize(Path(a["fp32"]), Path(a["out"]), calib, num_tokens=a["num_tokens"], batch=a["batch"], **kwargs)
     return {"seconds": time.perf_counter() - t0, "settings": policy}
@@ -264,8 +292,11 @@ def _worker_evaluate(a: dict[str, Any]) -> dict[str, Any]:
     labels = np.load(a["labels"])
     batch = a["batch"]
 
-    def run_ort(path: str) -> np.ndarray:
-        s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    def run_ort(path: str, exact_qdq: bool = False) -> np.ndarray:
+        options = ort.SessionOptions()
+        if exact_qdq:  # Q/DQ as written, the arithmetic TensorRT does (see EXACT_QDQ)
+            options.add_session_config_entry(EXACT_QDQ, "1")
+        s = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         return np.concatenate([s.run(None, {s.get_inputs()[0].name: images[i:i + batch]})[0]
                                for i in range(0, len(images), batch)])
 
@@ -290,7 +321,7 @@ def _worker_evaluate(a: dict[str, Any]) -> dict[str, Any]:
             if Path(path).read_bytes() == fp32_bytes:  # the FP32 row: its logits are the reference's
                 logits = ref
             else:
-                logits = run_ov(path, hint) if path.endswith(".xml") else run_ort(path)
+                logits = run_ov(path, hint) if path.endswith(".xml") else run_ort(path, hint == "exact-qdq")
         except Exception as e:  # a graph the runtime cannot run is a result too
             results[key] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             continue
@@ -403,7 +434,7 @@ def onnx_placement(path: Path, fp32: Any) -> dict[str, Any]:
     import onnx
     from onnx import numpy_helper
 
-    from vit_deploy.onnx.int8 import attention_matmuls
+    from vit_deploy.onnx.qdq import activation_matmuls  # the attention MatMuls (both inputs activations)
 
     model = onnx.load(str(path), load_external_data=False)
     types = tensor_types(model)
@@ -450,7 +481,7 @@ def onnx_placement(path: Path, fp32: Any) -> dict[str, Any]:
         if kind:
             by_role[_role(n.name)][0] += 1
             weight_types[kind] += 1
-    attention = attention_matmuls(fp32)
+    attention = [n.name for n in activation_matmuls(fp32)]
     att_q = {name: both_quantized(nodes[name]) for name in attention if name in nodes}
     att_q = {name: kind for name, kind in att_q.items() if kind}
     feeds = Counter(n.op_type for n in model.graph.node for i in n.input
@@ -678,8 +709,8 @@ def prepare(
     m = manifest["model"]
     num_tokens = (m["img_size"] // m["patch_size"]) ** 2 + 1
     info: dict[str, Any] = {"fp32": str(fp32), "fp32_sha256": hashlib.sha256(fp32.read_bytes()).hexdigest(),
-                            "num_tokens": num_tokens, "preprocessing": prep.to_dict(),
-                            "weights": str(realdata / WEIGHTS), "protocol": protocol}
+                            "num_tokens": num_tokens, "head_size": m["dim"] // m["heads"],
+                            "preprocessing": prep.to_dict(), "weights": str(realdata / WEIGHTS), "protocol": protocol}
     if protocol == "heldout":
         calib, evaluation = heldout_photos(realdata, work, prep)
         counts = Counter(evaluation["sources"])
@@ -743,7 +774,8 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             log(f"{name}: quantize ({description})")
             python = args.modelopt_python if interp == "modelopt" else sys.executable
             r = _call(python, worker, {"fp32": str(fp32), "out": str(out), "calib": str(work / "calib.npy"),
-                                       "num_tokens": info["num_tokens"], "batch": BATCH, "settings": settings},
+                                       "num_tokens": info["num_tokens"], "head_size": info["head_size"],
+                                       "batch": BATCH, "settings": settings},
                       work / f"{name}.log")
             if "error" not in r:
                 (work / f"{name}.json").write_text(json.dumps(r, indent=2, default=str))
@@ -753,7 +785,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             continue
         log(f"{name}: {r['seconds']:.1f} s")
         row["placement"] = (openvino_placement(out) if out.suffix == ".xml" else onnx_placement(out, fp32_model))
-        candidates[name] = (str(out), "f32" if out.suffix == ".xml" else None)
+        candidates[name] = (str(out), "f32" if out.suffix == ".xml" else None if args.fused_qdq else "exact-qdq")
         if out.suffix == ".xml":
             candidates[name + "@default-precision"] = (str(out), None)
     cache = work / "eval-cache"  # per graph file, runtime setting, FP32 graph and photos: --redo re-scores only
@@ -786,7 +818,8 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         if extra:
             row["eval_default_precision"] = extra
     return {**info, "fp32_accuracy": ev["results"][REFERENCE]["accuracy"], "runtimes": ev["versions"], "rows": rows,
-            "cpu": cpu()}
+            "cpu": cpu(), "onnx_scoring": "ONNX Runtime's fused integer kernels" if args.fused_qdq else
+            f"Q/DQ as written ({EXACT_QDQ}=1)"}
 
 
 def cpu() -> dict[str, Any]:
@@ -796,7 +829,9 @@ def cpu() -> dict[str, Any]:
     flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
     bf16 = bool(flags & {"amx_bf16", "avx512_bf16"})
     return {"model": name, "bf16": bf16, "default_precision": "bf16 on this CPU" if bf16 else
-            "f32 on this CPU, which has no AMX / AVX-512 BF16: the same as the f32 row"}
+            "f32 on this CPU, which has no AMX / AVX-512 BF16: the same as the f32 row",
+            # without VNNI/AMX, oneDNN (OpenVINO) and ORT's fused kernels run INT8 with saturating 16-bit sums
+            "int8_exact": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})}
 
 
 def _eval_key(path: str | Path, hint: str | None, info: dict[str, Any]) -> str:
@@ -897,7 +932,10 @@ def _source_cell(e: dict[str, Any]) -> str:
 def markdown(res: dict[str, Any]) -> str:
     out = [f"Real ViT-Ti/16 (augreg in21k->in1k) at 224, {res['num_tokens']} tokens, preprocessing resize "
            f"{res['preprocessing'].get('resize')} crop {res['preprocessing'].get('crop')}; {res['protocol_text']}; "
-           f"FP32 top-1 {100 * res['fp32_accuracy']:.2f}% (ONNX Runtime {res['runtimes']['onnxruntime']} CPU"
+           f"FP32 top-1 {100 * res['fp32_accuracy']:.2f}% (ONNX Runtime {res['runtimes']['onnxruntime']} CPU, "
+           f"{res.get('onnx_scoring', 'fused integer kernels')}; CPU {res.get('cpu', {}).get('model', '?')}"
+           + ("" if res.get("cpu", {}).get("int8_exact", True) else ", no VNNI/AMX: OpenVINO's INT8 kernels saturate "
+              "(7-bit weights), so its INT8 rows read lower than the graph")
            + (f", OpenVINO {res['runtimes']['openvino']}" if "openvino" in res["runtimes"] else "") + ").\n",
            "| row | top-1 | drop (pt) [95% CI] | top-1 agreement [95% CI] | mean cos | worst cos "
            "| weight GEMMs Q/DQ on both inputs | attention BMMs Q/DQ | FP32 compute ops (strongly typed); LN FP32 "
@@ -952,6 +990,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop-pct", type=float, default=CROP_PCT,
                    help=f"export's crop_pct (default {CROP_PCT}: this model's own, resize 248; 0.875 = resize 256, "
                         "the earlier studies' export; use another --work)")
+    p.add_argument("--fused-qdq", action="store_true",
+                   help="score ONNX graphs with ONNX Runtime's fused integer kernels (its default) instead of Q/DQ "
+                        "as written; on a CPU without VNNI/AMX those saturate (an error of the CPU, not the graph)")
     p.add_argument("--protocol", choices=("heldout", "halves"), default="heldout",
                    help="heldout (default): calibrate on build-engine's 256-photo sample of imagenet-dev-500, score "
                         "on imagenet-val-dev + the other 244; halves: imagenet-dev-500's even/odd rows (issue 10)")
