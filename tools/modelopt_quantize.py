@@ -1,4 +1,4 @@
-"""INT8 Q/DQ quantization of a vit-deploy FP32 ONNX with NVIDIA ModelOpt, on CPU only.
+"""INT8 or FP8 Q/DQ quantization of a vit-deploy FP32 ONNX with NVIDIA ModelOpt, on CPU only.
 
 Maintainer tool for the quantizer comparison (tools/compare_quantizers.py, docs/quantizers.md);
 the product itself quantizes with its own quantizer (vit_deploy/onnx/quantize.py).
@@ -36,8 +36,13 @@ What ModelOpt 0.47 does with these settings (read from modelopt/onnx/quantizatio
 - it also drops MatMuls it judges too small for TensorRT INT8 kernels (GEMV: M or N == 1, or
   K or N < 16; e.g. a 10-class head), unless enable_gemv_detection_for_trt=False.
 - the graph is upgraded to opset >= 19; high_precision_dtype="fp16" (its default) would also
-  convert everything else to FP16. Here it is "fp32" so that only the INT8 error is measured
-  (the product makes FP16 a separate graph).
+  convert everything else to FP16. Here it is "fp32" unless asked, so that only the INT8 error is
+  measured (the product makes FP16 a separate graph).
+- fp8 (quantize_mode="fp8", modelopt/onnx/quantization/fp8.py) is the INT8 path above with the
+  same placement, then every INT8 Q/DQ rewritten to FLOAT8E4M3FN with scale * 448 / 127
+  (int8_to_fp8, whose docstring says it is right for max-calibrated graphs only) and opset 21.
+  Its calibration default is nevertheless "entropy", as for int8 (quantize(): calibration_method
+  or "entropy"); pass "max" for what its docstring and NVIDIA's ViT FP8 recipe use.
 - nodes_to_exclude entries are regular expressions applied with re.match (a prefix match):
   "/blocks.1/attn/MatMul" would also exclude "/blocks.1/attn/MatMul_1" and "/blocks.10/...",
   so exact names are passed here as re.escape(name) + "$".
@@ -140,25 +145,28 @@ def quantize_with_modelopt(
     *,
     batch: int = 8,
     op_types: list[str] | None = None,
+    op_types_to_exclude: list[str] | None = None,
+    quantize_mode: str = "int8",
     disable_mha_qdq: bool = False,
     gemv_detection: bool = True,
     high_precision_dtype: str = "fp32",
     log_level: str = "WARNING",
 ) -> dict[str, Any]:
-    """Write ModelOpt's INT8 Q/DQ graph of ``fp32_onnx`` to ``out_onnx``; return the settings used.
+    """Write ModelOpt's INT8 (or FP8) Q/DQ graph of ``fp32_onnx`` to ``out_onnx``; return the settings used.
 
     ``calib``: float32 [N, C, H, W], already preprocessed. ``method``: max/minmax or entropy.
     ``exclude_nodes``: exact node names to keep out of INT8 (escaped for ModelOpt's regex match).
     ``op_types``: None = ModelOpt's own TensorRT-oriented placement; a list (e.g. MatMul, Gemm,
     Conv) = Q/DQ on the inputs of every node of those types instead (its GEMV/MHA/explicit
-    exclusions still apply).
+    exclusions still apply). ``op_types_to_exclude``: op types it must not quantize (e.g. Add).
+    ``quantize_mode``: "int8" or "fp8".
     Calibration runs on ONNX Runtime's CPUExecutionProvider only.
     """
     import onnx
     from modelopt.onnx.quantization import quantize
 
     if method not in METHODS:
-        raise ValueError(f"ModelOpt INT8 calibration method must be one of {sorted(METHODS)}, not {method!r}")
+        raise ValueError(f"ModelOpt calibration method must be one of {sorted(METHODS)}, not {method!r}")
     fp32_onnx, out_onnx = Path(fp32_onnx), Path(out_onnx)
     out_onnx.parent.mkdir(parents=True, exist_ok=True)
     calib = np.ascontiguousarray(calib, dtype=np.float32)
@@ -174,12 +182,13 @@ def quantize_with_modelopt(
     with contextlib.redirect_stdout(sys.stderr):  # ORT's calibrators print(); keep stdout for results
         quantize(
             onnx_path=str(fp32_onnx),
-            quantize_mode="int8",
+            quantize_mode=quantize_mode,
             calibration_data={name: calib},
             calibration_method=METHODS[method],
             calibration_shapes=f"{name}:" + "x".join(map(str, shape)),
             calibration_eps=["cpu"],
             op_types_to_quantize=list(op_types) if op_types else None,
+            op_types_to_exclude=list(op_types_to_exclude) if op_types_to_exclude else None,
             nodes_to_exclude=list(patterns),  # ModelOpt appends to this list: pass a copy
             disable_mha_qdq=disable_mha_qdq,
             high_precision_dtype=high_precision_dtype,
@@ -194,9 +203,9 @@ def quantize_with_modelopt(
     return {
         "quantizer": "modelopt.onnx.quantization.quantize (nvidia-modelopt "
         f"{_version('nvidia-modelopt')}, onnxruntime {_version('onnxruntime-gpu') or _version('onnxruntime')})",
-        "quantize_mode": "int8",
-        "activations": "int8 symmetric per-tensor (ActivationSymmetric=True, zero point 0)",
-        "weights": "int8 symmetric per-channel (per_channel=True, float weight -> Q -> DQ)",
+        "quantize_mode": quantize_mode,
+        "activations": f"{quantize_mode} symmetric per-tensor (ActivationSymmetric=True, zero point 0)",
+        "weights": f"{quantize_mode} symmetric per-channel (per_channel=True)",
         "placement": (f"inputs of every {'/'.join(op_types)} (op_types_to_quantize)" if op_types
                       else "ModelOpt TensorRT partitioner (op_types_to_quantize=None)"),
         "calibration_method": METHODS[method],
@@ -204,6 +213,7 @@ def quantize_with_modelopt(
         "calibration_batch": batch,
         "calibration_eps": ["cpu"],
         "exclude_nodes": list(exclude_nodes),
+        "op_types_to_exclude": list(op_types_to_exclude or []),
         "exclude_patterns": patterns,
         "disable_mha_qdq": disable_mha_qdq,
         "gemv_detection": gemv_detection,
