@@ -64,7 +64,7 @@ def mutate(manifest: dict, path: tuple, value=None, drop: bool = False) -> dict:
 
 CASES = [  # (path, value or DROP, the field the message names, what it says)
     (("kind",), "pdf", "kind", "must be one of 'onnx', 'tensorrt', got 'pdf'"),
-    (("precision",), 8, "precision", "must be one of 'fp32', 'fp16', 'int8', got 8"),
+    (("precision",), 8, "precision", "must be one of 'fp32', 'fp16', 'int8', 'fp8', got 8"),
     (("files",), {}, "files", "must be a non-empty list of objects, got {}"),
     (("files", 0, "path"), 3, "files[0].path", "must be a relative file path (a string), got 3"),
     (("files", 0, "bytes"), "12", "files[0].bytes", "must be a non-negative integer, got '12'"),

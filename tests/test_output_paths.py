@@ -59,7 +59,7 @@ def test_inspect_report_replaces_only_its_own_report_without_force(art, run_cli,
         code, _, err = run_cli("inspect", str(art), "--sensitivity", "--calib", str(PHOTOS), "--calib-count", "8",
                                "--report", str(report))
         assert code == 0, err
-        assert set(json.loads(report.read_text())) >= {"fp32_graph", "layers", "tensors", "int8"}
+        assert set(json.loads(report.read_text())) >= {"fp32_graph", "layers", "tensors", "quantized", "precision"}
     code, _, err = run_cli("inspect", str(art), "--sensitivity", "--calib", str(PHOTOS), "--calib-count", "8",
                            "--report", str(notes), "--force")
     assert code == 0 and "layers" in json.loads(notes.read_text()), err
