@@ -10,6 +10,7 @@ floor(S * 248 / 224)). Intervals: 95% bootstrap (parity.metrics), the changes pa
     python tools/measure_dynamic_res.py --work /tmp/dynres --precisions ""          # FP32, all 1,508 photos
     python tools/measure_dynamic_res.py --work /tmp/dynres --images ../shared/realdata/imagenet-val-dev \\
         --max-photos 300                                                              # + FP16 and INT8
+    python tools/measure_dynamic_res.py --work /tmp/dynres --precisions int8,fp8 ...   # the quantized ones
 
 FP32 over the 1,508 photos: about 25 minutes on 2 shared cores; FP16 (slow on ONNX Runtime's CPU)
 and INT8 on 300 photos about 15. The INT8 graph is made with the default budget; where it misses
@@ -27,6 +28,7 @@ import numpy as np
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 SIZES = (224, 288, 384)
+QUANTIZED = ("int8", "fp8")
 CHUNK = 32
 
 
@@ -44,7 +46,7 @@ def build(work: Path, weights: Path, calib: Path, calib_count: int, sizes: tuple
     for precision in precisions:
         out = work / f"ti16-224-dyn-{precision}"
         if not (out / "manifest.json").is_file():
-            calib_opts = {"calib": str(calib), "calib_images": calib_count} if precision == "int8" else {}
+            calib_opts = {"calib": str(calib), "calib_images": calib_count} if precision in QUANTIZED else {}
             build_precision_artifact(PrecisionOptions(precision, fp32, out, **calib_opts))
         made[precision] = out
     return made
@@ -69,7 +71,8 @@ def run_all(artifacts: dict[str, Path], items: list[tuple[Path, int, str]], size
     from vit_deploy.images.decode import load_rgb, preprocess
     from vit_deploy.images.sizes import preprocessing_at
 
-    runners = {k: runtime.open(v, "onnxruntime", threads=threads) for k, v in artifacts.items()}
+    runners = {k: runtime.open(v, "onnxruntime", threads=threads, exact_qdq=k in QUANTIZED)
+               for k, v in artifacts.items()}
     prep = runners["fp32"].preprocessing
     at = {s: preprocessing_at(prep, s) for s in sizes}
     logits: dict[str, dict[int, list[np.ndarray]]] = {k: {s: [] for s in sizes} for k in runners}
@@ -112,17 +115,22 @@ def summarize(logits: dict[str, dict[int, np.ndarray]], labels: np.ndarray, subs
 
 
 def markdown(name: str, rows: dict[str, dict]) -> str:
-    lines = [f"**{name}**", "", "| size | photos | FP32 top-1 [95%] | vs first size (pt) [95%] | FP16 drop (pt) [95%] "
-             "| INT8 drop (pt) [95%] | INT8 agreement |", "|---|--:|--:|--:|--:|--:|--:|"]
+    others = [k for k in next(iter(rows.values())) if isinstance(next(iter(rows.values()))[k], dict)]
+    head = "".join(f" {p.upper()} drop (pt) [95%] |" + (f" {p.upper()} agreement |" if p in QUANTIZED else "")
+                   for p in others)
+    cols = 4 + sum(2 if p in QUANTIZED else 1 for p in others)
+    lines = [f"**{name}**", "", "| size | photos | FP32 top-1 [95%] | vs first size (pt) [95%] |" + head,
+             "|---|" + "--:|" * (cols - 1)]
     for s, r in rows.items():
         lo, hi = r["fp32_top1_ci95"]
         dlo, dhi = r["fp32_drop_vs_first_size_ci95"]
         cells = [f"{s}x{s}", str(r["photos"]), f"{100 * r['fp32_top1']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]",
                  f"{r['fp32_drop_vs_first_size']:+.2f} [{dlo:+.2f}, {dhi:+.2f}]"]
-        for precision in ("fp16", "int8"):
-            p = r.get(precision)
-            cells.append(f"{p['drop']:+.2f} [{p['drop_ci95'][0]:+.2f}, {p['drop_ci95'][1]:+.2f}]" if p else "-")
-        cells.append(f"{100 * r['int8']['agreement']:.1f}%" if "int8" in r else "-")
+        for precision in others:
+            p = r[precision]
+            cells.append(f"{p['drop']:+.2f} [{p['drop_ci95'][0]:+.2f}, {p['drop_ci95'][1]:+.2f}]")
+            if precision in QUANTIZED:
+                cells.append(f"{100 * p['agreement']:.1f}%")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -134,7 +142,7 @@ def main() -> None:
     ap.add_argument("--images", type=Path, nargs="+",
                     default=[REALDATA / "imagenet-val-dev", REALDATA / "imagenet-dev-500"])
     ap.add_argument("--calib", type=Path, default=REALDATA / "imagenet-dev-500",
-                    help="INT8 calibration photos (its INT8 drop is reported on the other sets only)")
+                    help="INT8/FP8 calibration photos (their drops are reported on the other sets only)")
     ap.add_argument("--calib-count", type=int, default=256)
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--precisions", default="fp16,int8", help="graphs besides FP32")
@@ -158,7 +166,8 @@ def main() -> None:
     report = {}
     for name in [*dict.fromkeys(sets), "all"]:
         subset = np.ones(len(items), bool) if name == "all" else sets == name
-        chosen = logits if name != calib_name and name != "all" else {k: v for k, v in logits.items() if k != "int8"}
+        chosen = (logits if name != calib_name and name != "all"
+                  else {k: v for k, v in logits.items() if k not in QUANTIZED})
         report[name] = summarize(chosen, labels, subset, sizes)
         print("\n" + markdown(f"{name} ({int(subset.sum())} photos)", report[name]))
     (args.work / "results.json").write_text(json.dumps(report, indent=2))

@@ -13,10 +13,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from vit_deploy.images.synthetic import random_images
 from vit_deploy.onnx import calibrate, qdq, smoothquant
 from vit_deploy.onnx import quantize as quant
 from vit_deploy.onnx.calibrate import choose_amax
 from vit_deploy.onnx.formats import FP8, INT8
+from vit_deploy.specs import Preprocessing
 
 INT8_LEVELS = 127
 
@@ -70,7 +72,8 @@ def test_statistics_do_not_depend_on_the_batch(fp32, images):
     session = ort.InferenceSession(calibrate._exposing(model, tensors), providers=["CPUExecutionProvider"])
     values = dict(zip(tensors, session.run(tensors, {"images": images}), strict=True))
     for name in tensors:
-        expected = np.abs(values[name]).reshape(-1, values[name].shape[-1]).max(axis=0)
+        v = np.abs(values[name])  # per channel: the last axis, or axis 1 of the [N, C, H, W] image input
+        expected = v.max(axis=(0, 2, 3)) if v.ndim == 4 else v.reshape(-1, v.shape[-1]).max(axis=0)
         np.testing.assert_allclose(one[name], expected, rtol=1e-6)
         np.testing.assert_allclose(four[name], expected, rtol=1e-6)
     np.testing.assert_array_equal(sample_one[tensors[1]][0], sample_four[tensors[1]][0])
@@ -94,6 +97,38 @@ def test_statistics_do_not_depend_on_the_batch(fp32, images):
     scaled = calibrate.histograms(tap, {name: top_scaled}, images, 3, divisors={name: scales})[name]
     expected = np.histogram(np.abs(values[name] / scales), bins=calibrate.HISTOGRAM_BINS, range=(0, top_scaled))[0]
     assert np.abs(scaled - expected).sum() <= 2  # float rounding at bin edges only
+
+
+def test_statistics_over_several_sizes_are_those_of_each_size_together(tiny_dynamic):
+    """A dynamic-resolution graph calibrated at 32 and 64 px: each statistic equals the one over both sizes'
+    tensors taken from a plain ONNX Runtime run at each size, and the SmoothQuant sample holds rows of both."""
+    import onnxruntime as ort
+
+    from vit_deploy.artifact import read_manifest
+
+    folder = tiny_dynamic["fp32"]
+    model = onnx.load(str(folder / read_manifest(folder)["files"][0]["path"]))
+    tensors = [layer.activation for layer in qdq.weight_layers(model)]
+    sized = [random_images(6, 32, Preprocessing(32, 32), seed=1), random_images(4, 64, Preprocessing(64, 64), seed=2)]
+    tap = calibrate.Tap(model, tensors)
+    absmax, samples = calibrate.channel_absmax(tap, sized, 2, sampled=tensors[1:2])
+    session = ort.InferenceSession(calibrate._exposing(model, tensors), providers=["CPUExecutionProvider"])
+    runs = [dict(zip(tensors, session.run(tensors, {"images": x}), strict=True)) for x in sized]
+    for name in tensors:
+        each = [np.abs(r[name]) for r in runs]
+        per_size = [v.max(axis=(0, 2, 3)) if v.ndim == 4 else v.reshape(-1, v.shape[-1]).max(axis=0) for v in each]
+        np.testing.assert_allclose(absmax[name], np.maximum(*per_size), rtol=1e-6)
+    rows, weights = samples[tensors[1]]
+    tokens = [r[tensors[1]].shape[1] for r in runs]  # 17 at 32 px, 65 at 64 px
+    # all 6 + 4 images are sampled (16 per size at most), each with every row (4 largest + up to 64 others)
+    assert tokens == [17, 65] and len(rows) == 6 * 17 + 4 * 65
+    assert weights.sum() == pytest.approx(6 * 17 + 4 * 65)
+    top = {name: float(absmax[name].max()) for name in tensors}
+    together = calibrate.histograms(tap, top, sized, 3)
+    for name in tensors:
+        alone = [calibrate.histograms(tap, top, [x], 3)[name] for x in sized]
+        np.testing.assert_array_equal(together[name], alone[0] + alone[1])
+        assert together[name].sum() == sum(r[name].size for r in runs)
 
 
 def test_the_class_token_row_joins_every_sample_with_its_share(fp32, images):

@@ -22,8 +22,8 @@ def test_fp16_and_int8_graphs_keep_the_range_and_pass_at_every_size(tiny_dynamic
         assert v["image_sizes"] == SIZES and v["passed"], (precision, v["failures"])
         assert all(r["passed"] for r in v["rows"]) and len(v["rows"]) == len(SIZES)
     int8 = read_manifest(tiny_dynamic["int8"])
-    # calibrated at the native size only (the stopgap), checked on the calibration photos at every square size
-    assert int8["calibration"]["image_size"] == [32, 32]
+    # calibrated at the native size and both ends of the range, checked on the calibration photos at every size
+    assert int8["calibration"]["sizes"] == [[32, 32], [16, 16], [64, 64]]
     inputs = int8["validation"]["inputs"]
     assert "calibration images at 32x32" in inputs and "images from" in inputs and "16x16" in inputs
     assert "(resized whole) at 16x64" in inputs  # real photos at the non-square sizes too

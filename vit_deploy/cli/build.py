@@ -193,7 +193,9 @@ def precision_text(s: dict[str, Any]) -> str:
         lines.append(f"  tensorrt  {art.section('tensorrt_readiness')['summary']}")
     if art.section("calibration"):
         c = art.section("calibration")
-        lines.append(f"  calib     {c['images']} images ({c['skipped']} skipped), {c['method']}, batch {c['batch']}")
+        at = f" at {', '.join(f'{h}x{w}' for h, w in c['sizes'])}" if len(c.get("sizes", [])) > 1 else ""
+        lines.append(f"  calib     {c['images']} images{at} ({c['skipped']} skipped), {c['method']}, "
+                     f"batch {c['batch']}")
 
     def bound(key: str) -> str:
         return f" (>= {tol[key]})" if tol.get(key) is not None else ""

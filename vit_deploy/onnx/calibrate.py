@@ -14,6 +14,10 @@ Both passes read one ONNX Runtime session (``Tap``).
    so the result does not depend on the batch size or the image order (unlike a calibrator that
    widens its range as batches arrive).
 
+A dynamic-resolution graph is calibrated at several sizes: ``images`` may be one array per size
+(``Images``). Every statistic is over all of them; each run holds one size, and the SmoothQuant
+sample takes its images from every size alike.
+
 From a histogram, ``choose_amax`` picks the clipping range of a symmetric scale for a quantized
 format (``formats.py``): ``minmax`` (no clipping), ``percentile``, ``entropy`` (TensorRT's INT8
 KL-divergence rule) or ``mse`` (the range that minimises the expected squared error: clipping plus
@@ -39,6 +43,17 @@ MSE_FLOAT_STRIDE = 4  # FP8's rounding error is computed at every 4th candidate 
 SAMPLE_IMAGES = 32  # rows kept per tensor for choosing SmoothQuant strengths: 32 images x (4 + 64) tokens
 SAMPLE_ROWS = 64
 SAMPLE_TOP_ROWS = 4
+
+Images = np.ndarray | Sequence[np.ndarray]  # float32 [N, 3, H, W], or one such array per image size
+
+
+def image_arrays(images: Images) -> list[np.ndarray]:
+    """``images`` as a list of arrays, one per size (a single array is one size)."""
+    return [images] if isinstance(images, np.ndarray) else list(images)
+
+
+def image_count(images: Images) -> int:
+    return sum(len(a) for a in image_arrays(images))
 
 
 def _exposing(model: onnx.ModelProto, tensors: Sequence[str]) -> bytes:
@@ -71,28 +86,38 @@ class Tap:
                                             providers=["CPUExecutionProvider"])
 
     def batches(
-        self, images: np.ndarray, batch: int, tick: Callable[[int], None] | None = None,
-    ) -> Iterable[tuple[int, dict[str, np.ndarray]]]:
-        """(index of the batch's first image, the watched tensors' values) for each batch."""
-        # every watched tensor of a batch is held at once (b16 at 384: ~150 MB per image), so the run
-        # batch is capped by tokens; the statistics do not depend on it, only the memory does
-        tokens = max(int(np.prod(images.shape[2:])) // 256, 1)  # ~ patches at 16 px
-        batch = max(1, min(batch, RUN_TOKENS // tokens))
-        for i, chunk in enumerate(batches(images, batch)):
-            values = self.session.run(self.tensors, {INPUT_NAME: chunk})
-            if tick is not None:
-                tick(len(chunk))
-            yield i * batch, dict(zip(self.tensors, values, strict=True))
+        self, images: Images, batch: int, tick: Callable[[int], None] | None = None,
+    ) -> Iterable[tuple[int, int, dict[str, np.ndarray]]]:
+        """(which array, index of the batch's first image in it, the watched tensors' values) per batch."""
+        for which, array in enumerate(image_arrays(images)):
+            # every watched tensor of a batch is held at once (b16 at 384: ~150 MB per image), so the run
+            # batch is capped by tokens; the statistics do not depend on it, only the memory does
+            tokens = max(int(np.prod(array.shape[2:])) // 256, 1)  # ~ patches at 16 px
+            size = max(1, min(batch, RUN_TOKENS // tokens))
+            for i, chunk in enumerate(batches(array, size)):
+                values = self.session.run(self.tensors, {INPUT_NAME: chunk})
+                if tick is not None:
+                    tick(len(chunk))
+                yield which, i * size, dict(zip(self.tensors, values, strict=True))
+
+
+def _per_channel_absmax(value: np.ndarray) -> np.ndarray:
+    """max |x| per channel: axis 1 of an image-like [N, C, H, W] tensor (the patch embedding's input,
+    whose last axis is the width and changes with the size), else the last axis ([N, tokens, C])."""
+    if value.ndim == 4:
+        return np.abs(value).max(axis=(0, 2, 3))
+    return np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
 
 
 def channel_absmax(
-    tap: Tap, images: np.ndarray, batch: int, tick: Callable[[int], None] | None = None,
+    tap: Tap, images: Images, batch: int, tick: Callable[[int], None] | None = None,
     sampled: Sequence[str] = (), key_row: int | None = None, key_share: float = 0.0,
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """max |x| per channel (last axis) of each tensor over all images, and for the tensors in
+    """max |x| per channel (``_per_channel_absmax``) of each tensor over all images, and for the tensors in
     ``sampled`` a weighted sample of their rows: (rows, weights).
 
-    The sample takes, from each of the first ``SAMPLE_IMAGES`` images, the ``SAMPLE_TOP_ROWS`` rows
+    The sample takes, from each of the first ``SAMPLE_IMAGES`` images (shared out among the sizes when
+    there are several), the ``SAMPLE_TOP_ROWS`` rows
     with the largest |x| (weight 1) and ``SAMPLE_ROWS`` of the others at random (weighted by how
     many rows each stands for). A trained ViT keeps its largest activations in a few tokens
     (ViT-Ti: 4 of 197, the corner patches); a uniform sample misses them, and with them the error
@@ -106,20 +131,22 @@ def channel_absmax(
     absmax: dict[str, np.ndarray] = {}
     rows_of: dict[str, list[np.ndarray]] = {name: [] for name in sampled}
     weights_of: dict[str, list[np.ndarray]] = {name: [] for name in sampled}
-    for start, outputs in tap.batches(images, batch, tick):
+    per_array = max(SAMPLE_IMAGES // len(image_arrays(images)), 1)
+    for which, start, outputs in tap.batches(images, batch, tick):
         for name, value in outputs.items():
-            m = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
+            m = _per_channel_absmax(value)
             absmax[name] = m if name not in absmax else np.maximum(absmax[name], m)
             if name not in rows_of:
                 continue
             keyed = key_row is not None and value.ndim == 3
-            for offset, rows in enumerate(value[: max(SAMPLE_IMAGES - start, 0)]):
+            for offset, rows in enumerate(value[: max(per_array - start, 0)]):
                 rows = rows.reshape(-1, value.shape[-1])
                 order = np.argsort(-np.abs(rows).max(axis=1), kind="stable")
                 if keyed:
                     order = order[order != key_row]
                 top, others = order[:SAMPLE_TOP_ROWS], order[SAMPLE_TOP_ROWS:]
-                picked = np.random.default_rng(start + offset).permutation(others)[:SAMPLE_ROWS]
+                seed = start + offset if which == 0 else [which, start + offset]
+                picked = np.random.default_rng(seed).permutation(others)[:SAMPLE_ROWS]
                 weights = np.concatenate([np.ones(len(top)), np.full(len(picked), len(others) / max(len(picked), 1))])
                 chosen = np.concatenate([top, picked])
                 if keyed:  # the key row weighs key_share of the image: w / (total + w) = key_share
@@ -133,7 +160,7 @@ def channel_absmax(
 
 
 def histograms(
-    tap: Tap, amax: dict[str, float], images: np.ndarray, batch: int,
+    tap: Tap, amax: dict[str, float], images: Images, batch: int,
     tick: Callable[[int], None] | None = None, divisors: dict[str, np.ndarray] | None = None,
     bins: int = HISTOGRAM_BINS,
 ) -> dict[str, np.ndarray]:
@@ -144,7 +171,7 @@ def histograms(
     """
     counts = {name: np.zeros(bins, dtype=np.int64) for name in amax}
     divisors = divisors or {}
-    for _, outputs in tap.batches(images, batch, tick):
+    for _, _, outputs in tap.batches(images, batch, tick):
         for name in amax:
             value = outputs[name] / divisors[name] if name in divisors else outputs[name]
             counts[name] += np.histogram(np.abs(value), bins=bins, range=(0.0, max(float(amax[name]), 1e-12)))[0]

@@ -119,7 +119,7 @@ def attention_matmuls(model: onnx.ModelProto) -> list[str]:
 def quantize(
     fp32_path: Path,
     out_path: Path,
-    calib_images: np.ndarray,
+    calib_images: calibrate.Images,
     *,
     precision: str = "int8",
     method: str | None = None,
@@ -135,6 +135,9 @@ def quantize(
     budget: Budget | None = None,
 ) -> dict[str, Any]:
     """Calibrate on ``calib_images`` and write the ``precision`` Q/DQ graph to ``out_path``.
+
+    ``calib_images``: one float32 array, or one per image size for a dynamic-resolution graph (the
+    ranges, the SmoothQuant strengths and the budget check then cover every size).
 
     ``method``: the range rule (None: the format's default). ``smooth``: SmoothQuant (None: the
     format's default, ``QuantFormat.smoothquant``). ``head_size``: the attention head size
@@ -160,7 +163,7 @@ def quantize(
     check_ranges(ranges, plan, target)
     check = None
     if budget is not None and budget.max_float_layers != 0:
-        kept_float, check = fit_budget(model, plan, ranges, calib_images[:BUDGET_CHECK_IMAGES], budget, progress)
+        kept_float, check = fit_budget(model, plan, ranges, _first(calib_images, BUDGET_CHECK_IMAGES), budget, progress)
         if kept_float:
             plan = plan_quantization(model, fmt, target, num_tokens, head_size, attention,
                                      list(float_layers) + kept_float)
@@ -170,9 +173,18 @@ def quantize(
     return policy | {"budget_check": check, "calibration_cache": cache}
 
 
-def run_graph(model: onnx.ModelProto, images: np.ndarray, batch: int = 4) -> np.ndarray:
+def _first(images: calibrate.Images, count: int) -> calibrate.Images:
+    """The first ``count`` images, shared out among the sizes when there are several."""
+    if isinstance(images, np.ndarray):
+        return images[:count]
+    arrays = list(images)
+    return [a[: max(count // len(arrays), 1)] for a in arrays]
+
+
+def run_graph(model: onnx.ModelProto, images: calibrate.Images, batch: int = 4) -> np.ndarray:
     """Logits of an in-memory graph on ONNX Runtime's CPU provider, Q/DQ evaluated as written (no fused
-    integer kernels: ``runtime.onnxruntime_runner.EXACT_QDQ_OPTION``)."""
+    integer kernels: ``runtime.onnxruntime_runner.EXACT_QDQ_OPTION``); one row per image, the sizes in
+    order when ``images`` holds several."""
     import onnxruntime as ort
 
     from ..runtime.onnxruntime_runner import EXACT_QDQ_OPTION
@@ -181,11 +193,12 @@ def run_graph(model: onnx.ModelProto, images: np.ndarray, batch: int = 4) -> np.
     options = ort.SessionOptions()
     options.add_session_config_entry(EXACT_QDQ_OPTION, "1")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(None, {INPUT_NAME: chunk})[0] for chunk in batches(images, batch)])
+    return np.concatenate([session.run(None, {INPUT_NAME: chunk})[0]
+                           for array in calibrate.image_arrays(images) for chunk in batches(array, batch)])
 
 
 def fit_budget(
-    model: onnx.ModelProto, plan: dict[str, Any], ranges: dict[str, Any], images: np.ndarray, budget: Budget,
+    model: onnx.ModelProto, plan: dict[str, Any], ranges: dict[str, Any], images: calibrate.Images, budget: Budget,
     progress: Progress | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
     """The fewest weight layers to leave in float for the graph to meet ``budget`` on ``images``.
@@ -198,6 +211,7 @@ def fit_budget(
     from ..parity.metrics import compare_logits
 
     reference = run_graph(model, images)
+    count = calibrate.image_count(images)
     everything = [layer.node for layer in plan["layers"]]
 
     def measure(kept: list[str]) -> dict[str, float]:
@@ -205,7 +219,7 @@ def fit_budget(
         return compare_logits(reference, run_graph(finished_graph(model, plan, ranges, only=only), images))
 
     def record(kept: list[str], metrics: dict[str, float]) -> dict[str, Any]:
-        return {"images": len(images), "float_layers": kept, "top1_agreement": metrics["top1_agreement"],
+        return {"images": count, "float_layers": kept, "top1_agreement": metrics["top1_agreement"],
                 "mean_cosine": metrics["mean_cosine"], "budget": vars(budget)}
 
     metrics = measure([])
@@ -229,14 +243,14 @@ def fit_budget(
             return kept, record(kept, metrics)
     tried = ", ".join(qdq.layer_label(n) for n in kept) or "none"
     raise BudgetNotMet(
-        f"the {label} graph misses the accuracy budget ({'; '.join(budget.misses(metrics))} on {len(images)} "
+        f"the {label} graph misses the accuracy budget ({'; '.join(budget.misses(metrics))} on {count} "
         f"calibration images) even with {len(kept)} layer(s) in float: {tried}. To build it: "
         f"{budget.hint(metrics, plan['format'].name)}; or see `vit-deploy inspect --sensitivity`, or use --fp16"
     )
 
 
 def calibration(
-    model: onnx.ModelProto, plan: dict[str, Any], images: np.ndarray, batch: int, method: str, smooth: bool,
+    model: onnx.ModelProto, plan: dict[str, Any], images: calibrate.Images, batch: int, method: str, smooth: bool,
     cache_path: Path | None = None, progress: Progress | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """``calibrate_ranges`` through the cache file when one is given; (ranges, whether they were cached)."""
@@ -348,7 +362,7 @@ def plan_quantization(
 
 
 def calibrate_ranges(
-    model: onnx.ModelProto, plan: dict[str, Any], images: np.ndarray, batch: int, method: str, smooth: bool,
+    model: onnx.ModelProto, plan: dict[str, Any], images: calibrate.Images, batch: int, method: str, smooth: bool,
     tick: Any = None,
 ) -> dict[str, Any]:
     """Smoothing scales per group and the clipping range per activation tensor (two passes).

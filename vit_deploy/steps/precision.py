@@ -19,7 +19,7 @@ from ..artifact import Artifact, file_entry, latest_export, new_manifest, packag
 from ..errors import ArtifactError, UsageError
 from ..fileio import check_can_write, staged_directory
 from ..progress import Progress
-from ..specs import INT8_TARGETS, PRECISIONS, QUANTIZED_PRECISIONS, tolerance
+from ..specs import INT8_TARGETS, PRECISIONS, QUANTIZED_PRECISIONS, ResolutionRange, tolerance
 from .validate import checked
 
 if TYPE_CHECKING:
@@ -186,7 +186,8 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
         if quantized:
             with progress.step(f"Loading calibration images from {opts.calib}"):
                 calib = load_image_set(
-                    opts.calib, cfg.preprocessing, opts.calib_images, opts.calib_batch, opts.seed, progress
+                    opts.calib, cfg.preprocessing, opts.calib_images, opts.calib_batch, opts.seed, progress,
+                    sizes=calibration_sizes(parent.resolution_range),
                 )
             if calib.skipped:
                 progress.note(f"  warning: skipped {len(calib.skipped)} unusable file(s), e.g. {calib.skipped[0][0]}")
@@ -205,17 +206,18 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
                 f"-v{CACHE_VERSION}.json"  # no target: its settings (the watched tensors) are checked inside
             )
             cached = cache.is_file()
-            label = f"Calibrating ({method}, {len(calib.files)} images) and quantizing to {opts.precision.upper()}"
+            at = f" at {', '.join(f'{h}x{w}' for h, w in calib.sizes)}" if len(calib.sizes) > 1 else ""
+            label = f"Calibrating ({method}, {len(calib.files)} images{at}) and quantizing to {opts.precision.upper()}"
             budget = quantization_budget(opts.accuracy_budget, opts.max_float_layers,
                                          bool(parent.checkpoint.get("pretrained")), opts.precision, opts.budget_cosine)
-            # a dynamic-resolution graph: the attention rule must hold at the largest size it takes.
-            # Calibrated at the native size only (a stopgap until the quantizer takes several sizes).
+            # a dynamic-resolution graph: the attention rule must hold at the largest size it takes
             sizes = parent.resolution_range
             tokens = cfg.num_tokens if sizes is None else (sizes.max // cfg.patch_size) ** 2 + 1
             with progress.step(label + (" [cached ranges]" if cached else "")), \
-                    progress.counter(0 if cached else 2 * len(calib.files), "images through 2 calibration passes"):
+                    progress.counter(0 if cached else 2 * len(calib.files) * len(calib.sizes),
+                                     "images through 2 calibration passes"):
                 policy = quantize(
-                    parent_file, stage / name, calib.images, precision=opts.precision, method=method,
+                    parent_file, stage / name, calib.per_size(), precision=opts.precision, method=method,
                     num_tokens=tokens, head_size=cfg.dim // cfg.heads, batch=opts.calib_batch,
                     cache_path=cache, progress=progress, target=opts.target, budget=budget,
                     quantize_attention=opts.quantize_attention,
@@ -238,7 +240,7 @@ def build_precision_artifact(opts: PrecisionOptions, progress: Progress | None =
             precision_policy=policy,
             tensorrt_readiness=_readiness_record(report, for_tensorrt),
             calibration=calib and calib.summary() | {"method": policy["calibration_method"], "batch": opts.calib_batch,
-                                                      "image_size": [cfg.img_size, cfg.img_size]},
+                                                      "sizes": [list(size) for size in calib.sizes]},
             # the backend it was made for: runtime.open, compare and predict use it when it is installed
             **({"runtime": {"backend": "openvino"}} if not for_tensorrt else {}),
             versions=package_versions("torch", "onnx", "onnxruntime", "onnxsim", "numpy"),
@@ -276,6 +278,15 @@ def _readiness_record(report: dict[str, Any], for_tensorrt: bool) -> dict[str, A
 def parent_ref(parent: Artifact) -> dict[str, Any]:
     """The parent record of a precision graph: the export's folder (absolute), model file and its sha256."""
     return {**parent.parent_ref(), "path": str(parent.directory.absolute())}
+
+
+def calibration_sizes(sizes: ResolutionRange | None) -> list[tuple[int, int]]:
+    """The sizes a quantized graph is calibrated at: the native one alone, or for a dynamic-resolution graph
+    also both ends of its range (square, each photo center-cropped at each): the activation ranges must hold
+    wherever the graph runs, and the largest size has the most tokens (the attention's widest ranges)."""
+    if sizes is None:
+        return []
+    return list(dict.fromkeys((s, s) for s in (sizes.native, sizes.min, sizes.max)))
 
 
 def validate_precision(opts: PrecisionOptions, staged: Artifact, calib: Any, progress: Progress) -> dict[str, Any]:
