@@ -7,7 +7,9 @@ code to ``cli.main``. Progress goes to stderr; stdout carries the table, or JSON
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import click
 
@@ -77,7 +79,8 @@ def bench(
     found automatically. With --calib, bench also builds the OpenVINO + NNCF INT8 peer from the
     export (cached in the vit-deploy cache, keyed by the model and the calibration set).
     """
-    from ..bench.report import OUTPUT_SUFFIXES, format_table, format_targets, targets, write_outputs
+    from ..bench import report
+    from ..bench.report import OUTPUT_SUFFIXES, format_targets, targets
     from ..bench.run import SCHEMA, BenchOptions, run_bench
     from ..fileio import check_output_set
 
@@ -90,12 +93,20 @@ def bench(
         extra=_command_line("bench"),
     )
     result = run_bench(opts, Progress(enabled=True))
-    written = write_outputs(result, out)
+    _report(report, result, out, as_json, lambda: "\nTargets:\n" + format_targets(targets(result)))
+
+
+def _report(module: ModuleType, result: dict, out: Path, as_json: bool,
+            after_table: Callable[[], str] | None = None) -> None:
+    """Write the result's files with ``module`` (``bench.report`` or ``bench.resolution``), then print it: JSON,
+    or the table (and ``after_table``'s text) and what was written."""
+    written = module.write_outputs(result, out)
     if as_json:
         echo_json(result)
         return
-    click.echo(format_table(result))
-    click.echo("\nTargets:\n" + format_targets(targets(result)))
+    click.echo(module.format_table(result))
+    if after_table is not None:
+        click.echo(after_table())
     plot = f", {written['plot']}" if written["plot"] else ""
     click.echo(f"\nwrote {written['json']}, {written['markdown']}{plot}")
     if written["plot_note"]:
@@ -129,7 +140,8 @@ def bench_res(
     ARTIFACTS: the dynamic-resolution artifact first, then any fixed-size artifacts of the same model and
     precision (one per size) to compare it with: does the dynamic graph cost anything?
     """
-    from ..bench.resolution import ResolutionBenchOptions, format_table, run_resolution_bench, write_outputs
+    from ..bench import resolution
+    from ..bench.resolution import ResolutionBenchOptions, run_resolution_bench
 
     square = tuple(h for h, _ in parse_image_sizes(sizes)) if sizes else ()
     if sizes and any(h != w for h, w in parse_image_sizes(sizes)):
@@ -137,16 +149,7 @@ def bench_res(
     opts = ResolutionBenchOptions(dynamic=artifacts[0], fixed=tuple(artifacts[1:]), sizes=square, batch=batch,
                                   backend=backend, device=device, threads=threads, repeats=repeats,
                                   min_time=min_time, warmup=warmup, seed=seed)
-    result = run_resolution_bench(opts, Progress(enabled=True))
-    written = write_outputs(result, out)
-    if as_json:
-        echo_json(result)
-        return
-    click.echo(format_table(result))
-    plot = f", {written['plot']}" if written["plot"] else ""
-    click.echo(f"\nwrote {written['json']}, {written['markdown']}{plot}")
-    if written["plot_note"]:
-        click.echo(written["plot_note"], err=True)
+    _report(resolution, run_resolution_bench(opts, Progress(enabled=True)), out, as_json)
 
 
 @click.command("bench-build")
