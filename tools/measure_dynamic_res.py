@@ -1,9 +1,9 @@
-"""Top-1 of one dynamic-resolution export of the real ViT-Ti at several sizes, FP32 / FP16 / INT8; prints markdown.
+"""Top-1 of one dynamic-resolution export of the real ViT-Ti at several sizes, FP32, FP16, INT8, FP8; prints markdown.
 
 The numbers in docs/precision.md ("One export, several sizes"). One ``--dynamic-res`` export of the
-real ViT-Ti/16 (../shared/realdata, trained at 224, crop_pct 0.9), its FP16 graph and its INT8 graph
-(calibrated at the native size only: the stopgap until the quantizer calibrates over several sizes),
-each run on ONNX Runtime (CPU) over every labelled photo at each size. At a size S the photo goes
+real ViT-Ti/16 (../shared/realdata, trained at 224, crop_pct 0.9), its FP16 graph and its INT8 / FP8
+graphs (calibrated at the native size and both ends of the range, as build-engine does), each run on
+ONNX Runtime (CPU; Q/DQ evaluated as written) over every labelled photo at each size. At a size S the photo goes
 through the manifest's preprocessing moved to S (``images.sizes.preprocessing_at``: crop S, resize
 floor(S * 248 / 224)). Intervals: 95% bootstrap (parity.metrics), the changes paired per photo.
 
