@@ -89,7 +89,8 @@ def _run(ray, opts, artifact_dir: str, kind: str, todo: list[str], on_result: Ca
         BatchPredictor, batch_size=opts.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_kwargs={"artifact": artifact_dir, "backend": opts.backend, "top_k": opts.top_k,
-                               "logits": opts.logits, "labels_file": opts.labels_file, "threads": threads},
+                               "logits": opts.logits, "labels_file": opts.labels_file, "threads": threads,
+                               "embedding": opts.embedding},
         **slot)
     for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         on_result(table)

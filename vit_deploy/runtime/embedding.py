@@ -46,6 +46,18 @@ def refusal(artifact: Artifact, backend: str | None) -> str | None:
     return None
 
 
+def check_available(artifact: Artifact, backend: str | None) -> None:
+    """UsageError or ArtifactError unless ``backend`` can give ``artifact``'s embedding, without loading a runtime.
+
+    For an ONNX graph this finds the head's input (and for a smoothed INT8 graph checks its parent), so a
+    bulk run that could not write the column is refused before anything is written.
+    """
+    if reason := refusal(artifact, backend):
+        raise UsageError(reason)
+    if artifact.kind == "onnx" and backend != "pytorch":
+        head_input(artifact)
+
+
 @dataclass(frozen=True)
 class HeadInput:
     """Where an ONNX graph's head reads its input, and how to turn that tensor into the embedding."""
