@@ -10,15 +10,18 @@ adapter): the same runner code serves one process and a cluster.
   ``s3://bucket/prefix`` (every image key under it, read by the workers with boto3).
 - **Output**: a folder of Parquet files ``part-*.parquet`` (one dataset: ``pandas.read_parquet(OUT)``)
   with one row per image: ``image``, ``error`` (null when it ran), ``top_classes``, ``top_scores``
-  (softmax probabilities, most likely first), ``top_label`` and, with ``--logits``, ``logits``.
-  Beside them ``_bulk.json`` records the artifact (its model file's sha256), source and settings.
+  (softmax probabilities, most likely first), ``top_label``, with ``--logits`` ``logits`` and with
+  ``--embedding`` ``embedding`` (the pre-head embedding: the class token after the final LayerNorm,
+  float32 [dim], from the same pass; runtime/embedding.py). Beside them ``_bulk.json`` records the
+  artifact (its model file's sha256), source and settings.
 - **Nothing lost, nothing twice.** This process writes every part (atomically, each a few thousand
   rows as results stream in), keyed by image: a rerun skips the images already in a part
   (resumable; a part is whole or absent), a result that arrives twice (a retried Ray task) is
   written once, and the run fails if any image has no row. An image that cannot be read or
   decoded gets a row with its ``error``; the run goes on.
 - **Refused**: an output written for another artifact or other settings, an output folder that
-  holds other files.
+  holds other files, ``--embedding`` from a TensorRT engine (it binds the logits only): all before
+  anything is written.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class BulkOptions:
     batch_size: int = 32
     workers: int | None = None  # Ray: runner actors (default: one per CPU, or per GPU for engines)
     logits: bool = False
+    embedding: bool = False  # also the pre-head embedding, per image
     backend: str | None = None
     labels_file: str | None = None
     threads: int | None = None  # runtime threads per runner (None: the runtime's default here, 1 per Ray worker)
@@ -130,7 +134,7 @@ class BatchPredictor:
     """``{"image": ids}`` -> a pyarrow table of results; one runner per instance (one per Ray actor / worker slot)."""
 
     def __init__(self, artifact: str, backend: str | None, top_k: int, logits: bool, labels_file: str | None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, embedding: bool = False) -> None:
         from . import runtime
         from .predict import class_names
 
@@ -138,6 +142,13 @@ class BatchPredictor:
         self.names = class_names(self.runner.num_classes, labels_file)
         self.top_k = min(top_k, self.runner.num_classes)
         self.logits = logits
+        self.embedding = embedding
+        self.outputs = ("logits", "embedding") if embedding else ("logits",)
+        try:
+            self.runner.check_outputs(self.outputs)  # a runner that cannot give them fails here, before any image
+        except Exception:
+            self.runner.close()
+            raise
         self._s3 = None
 
     def __call__(self, batch: Any):
@@ -161,21 +172,27 @@ class BatchPredictor:
         scores: list[list[float] | None] = [None] * len(images)
         labels: list[str | None] = [None] * len(images)
         logits_col: list[list[float] | None] = [None] * len(images)
+        embedding_col: list[list[float] | None] = [None] * len(images)
         if arrays:
-            logits = self.runner.infer(np.stack([a for _, a in arrays])).astype(np.float32)
+            found = self.runner.infer(np.stack([a for _, a in arrays]), outputs=self.outputs)
+            logits = found["logits"].astype(np.float32)
             probs = softmax(logits.astype(np.float64))
-            for (i, _), row, p in zip(arrays, logits, probs, strict=True):
+            for j, ((i, _), row, p) in enumerate(zip(arrays, logits, probs, strict=True)):
                 order = np.argsort(-p, kind="stable")[:self.top_k]
                 classes[i], scores[i] = order.tolist(), p[order].astype(np.float32).tolist()
                 labels[i] = self.names[order[0]]
                 if self.logits:
                     logits_col[i] = row.tolist()
+                if self.embedding:
+                    embedding_col[i] = found["embedding"][j].astype(np.float32).tolist()
         columns = {"image": pa.array(images, pa.string()), "error": pa.array(errors, pa.string()),
                    "top_classes": pa.array(classes, pa.list_(pa.int32())),
                    "top_scores": pa.array(scores, pa.list_(pa.float32())),
                    "top_label": pa.array(labels, pa.string())}
         if self.logits:
             columns["logits"] = pa.array(logits_col, pa.list_(pa.float32()))
+        if self.embedding:
+            columns["embedding"] = pa.array(embedding_col, pa.list_(pa.float32()))
         return pa.table(columns)
 
 
@@ -183,7 +200,7 @@ class BatchPredictor:
 
 def _state(opts: BulkOptions, artifact_sha: str) -> dict[str, Any]:
     return {"schema": STATE_SCHEMA, "artifact_sha256": artifact_sha, "source": opts.source,
-            "top_k": opts.top_k, "logits": opts.logits, "labels_file": opts.labels_file}
+            "top_k": opts.top_k, "logits": opts.logits, "embedding": opts.embedding, "labels_file": opts.labels_file}
 
 
 def prepare_output(opts: BulkOptions, artifact_sha: str) -> set[str]:
@@ -205,7 +222,8 @@ def prepare_output(opts: BulkOptions, artifact_sha: str) -> set[str]:
         if have.get("artifact_sha256") != artifact_sha:
             raise UsageError(f"--output {out} holds predictions of another artifact (model sha256 "
                              f"{str(have.get('artifact_sha256'))[:12]}...); choose another --output folder")
-        changed = [k for k in ("top_k", "logits", "labels_file") if have.get(k) != want[k]]
+        have.setdefault("embedding", False)  # written before --embedding existed: no embedding column
+        changed = [k for k in ("top_k", "logits", "embedding", "labels_file") if have.get(k) != want[k]]
         if changed:
             raise UsageError(f"--output {out} was written with other settings ({', '.join(changed)}: "
                              f"{', '.join(str(have.get(k)) for k in changed)}); use them again to resume, or choose "
@@ -277,6 +295,10 @@ def run_bulk(opts: BulkOptions) -> dict[str, Any]:
         if (value is not None or name not in ("threads", "workers")) and (not isinstance(value, int) or value < 1):
             raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
     art = artifact_view.open(opts.artifact, verify=True)  # once here; the workers skip it
+    if opts.embedding:  # refused before the output folder is touched (and on Ray, before the cluster is)
+        from .runtime.embedding import check_available
+
+        check_available(art, opts.backend)
     model_sha = next(e["sha256"] for e in art.manifest["files"] if e["role"] == "model")
     images = list_images(opts.source)
     done = prepare_output(opts, model_sha)
@@ -287,7 +309,7 @@ def run_bulk(opts: BulkOptions) -> dict[str, Any]:
     if todo:
         if opts.ray_address is None:
             predictor = BatchPredictor(str(art.directory), opts.backend, opts.top_k, opts.logits, opts.labels_file,
-                                       opts.threads)
+                                       opts.threads, opts.embedding)
             try:
                 for i in range(0, len(todo), opts.batch_size):
                     writer.add(predictor({"image": todo[i:i + opts.batch_size]}))

@@ -69,6 +69,12 @@ def run_on_ray(opts, artifact_dir: str, kind: str, todo: list[str], on_result: C
             ray.shutdown()
 
 
+def predictor_kwargs(opts, artifact_dir: str, threads: int) -> dict[str, Any]:
+    """What each actor's :class:`~vit_deploy.bulk.BatchPredictor` is made with: the settings of an in-process run."""
+    return {"artifact": artifact_dir, "backend": opts.backend, "top_k": opts.top_k, "logits": opts.logits,
+            "labels_file": opts.labels_file, "threads": threads, "embedding": opts.embedding}
+
+
 def _run(ray, opts, artifact_dir: str, kind: str, todo: list[str], on_result: Callable[[Any], None]) -> str:
     from .bulk import BatchPredictor
 
@@ -88,8 +94,7 @@ def _run(ray, opts, artifact_dir: str, kind: str, todo: list[str], on_result: Ca
     ds = ds.map_batches(
         BatchPredictor, batch_size=opts.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=workers),
-        fn_constructor_kwargs={"artifact": artifact_dir, "backend": opts.backend, "top_k": opts.top_k,
-                               "logits": opts.logits, "labels_file": opts.labels_file, "threads": threads},
+        fn_constructor_kwargs=predictor_kwargs(opts, artifact_dir, threads),
         **slot)
     for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         on_result(table)

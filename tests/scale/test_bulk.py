@@ -6,6 +6,7 @@ in-process run on the same images (the same rows).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -98,6 +99,82 @@ def test_rerun_resumes_and_foreign_outputs_are_refused(tiny_artifacts, image_fol
     assert code == 1 and "holds files that are not vit-deploy predictions" in err
 
 
+def test_embedding_column_only_with_the_option_and_a_changed_option_is_refused(tiny_artifacts, image_folder, tmp_path,
+                                                                               run_cli):
+    """The column holds what the head reads: the PyTorch model's class token after its final norm, and the
+    head's own weights turn it into the logits column."""
+    import torch
+
+    from vit_deploy import artifact as artifact_view
+    from vit_deploy.images.decode import load_batch
+    from vit_deploy.parity.reference import reference_model
+
+    art = str(tiny_artifacts["fp32"])
+    out, plain = tmp_path / "out", tmp_path / "plain"
+    code, _, err = run_cli("predict", art, "--source", str(image_folder), "--output", str(out), "--embedding",
+                           "--logits", "--batch-size", "5")
+    assert code == 0, err
+    rows = _rows(out)
+    assert str(pq.read_schema(next(out.glob("part-*.parquet"))).field("embedding").type) == "list<element: float>"
+    ok = sorted(k for k, r in rows.items() if r["error"] is None)
+    assert len(ok) == 12 and all(rows[k]["embedding"] is None for k in rows if k not in ok)
+    model = reference_model(artifact_view.open(art))
+    with torch.no_grad():
+        x = torch.from_numpy(load_batch(ok, artifact_view.open(art).preprocessing))
+        want = model.norm(model.blocks(torch.cat([model.cls_token.expand(len(x), -1, -1),
+                                                  model.patch_embed.proj(x).flatten(2).transpose(1, 2)], 1)
+                                       + model.pos_embed))[:, 0].numpy()
+    got = np.array([rows[k]["embedding"] for k in ok], dtype=np.float32)
+    assert got.shape == (12, 32)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+    w, b = model.head.weight.detach().numpy(), model.head.bias.detach().numpy()
+    np.testing.assert_allclose(got @ w.T + b, np.array([rows[k]["logits"] for k in ok]), rtol=1e-5, atol=1e-5)
+
+    code, _, err = run_cli("predict", art, "--source", str(image_folder), "--output", str(plain))
+    assert code == 0, err
+    assert "embedding" not in pq.read_schema(next(plain.glob("part-*.parquet"))).names
+    # a resume with the option changed either way is refused, as a --logits change is
+    code, _, err = run_cli("predict", art, "--source", str(image_folder), "--output", str(out), "--logits")
+    assert code == 1 and "was written with other settings (embedding: True)" in err
+    code, _, err = run_cli("predict", art, "--source", str(image_folder), "--output", str(plain), "--embedding")
+    assert code == 1 and "was written with other settings (embedding: False)" in err
+    # an output written before the option existed (no key in _bulk.json) holds no embedding: resumes without it
+    state = json.loads((plain / "_bulk.json").read_text())
+    del state["embedding"]
+    (plain / "_bulk.json").write_text(json.dumps(state))
+    code, stdout, err = run_cli("predict", art, "--source", str(image_folder), "--output", str(plain), "--json")
+    assert code == 0 and json.loads(stdout)["skipped"] == 14, err
+    code, _, err = run_cli("predict", art, "a.png", "--embedding")
+    assert code == 1 and "--embedding are for bulk mode" in err
+
+
+def test_ray_actors_get_the_embedding_setting(tiny_artifacts, image_folder, tmp_path):
+    """Ray's actors are made from predictor_kwargs: the same column as in this process (no cluster needed)."""
+    from vit_deploy.bulk import BatchPredictor, BulkOptions
+    from vit_deploy.bulk_ray import predictor_kwargs
+
+    opts = BulkOptions(tiny_artifacts["int8"], str(image_folder), tmp_path / "out", embedding=True)
+    predictor = BatchPredictor(**predictor_kwargs(opts, str(tiny_artifacts["int8"]), 1))
+    try:
+        table = predictor({"image": [str(p) for p in sorted(image_folder.glob("0*.png"))[:3]]})
+    finally:
+        predictor.runner.close()
+    assert "embedding" in table.column_names and "logits" not in table.column_names
+    assert [len(e) for e in table.column("embedding").to_pylist()] == [32, 32, 32]
+
+
+def test_embedding_from_an_engine_is_refused_before_anything_is_written(tiny_artifacts, image_folder, tmp_path,
+                                                                        run_cli):
+    from helpers import engine_manifest_without_plan
+
+    engine = engine_manifest_without_plan(tiny_artifacts["fp16"], tmp_path / "engine")
+    out = tmp_path / "out"
+    code, _, err = run_cli("predict", str(engine), "--source", str(image_folder), "--output", str(out), "--embedding")
+    assert code == 1 and not out.exists()
+    assert len(err.strip().splitlines()) == 1 and "only output is the logits binding" in err
+    assert f"vit-deploy predict {tiny_artifacts['fp16']}" in err and "--backend pytorch" in err
+
+
 def test_s3_source_gives_the_same_rows(tiny_artifacts, image_folder, bucket, tmp_path, run_cli):
     import boto3
 
@@ -181,7 +258,7 @@ def test_ray_cluster_matches_in_process_with_a_worker_killed(tiny_artifacts, tmp
         shutil.copy(path, folder / path.name)
 
     code, _, err = run_cli("predict", str(tiny_artifacts["fp32"]), "--source", str(folder), "--output",
-                           str(tmp_path / "local"), "--logits", "--batch-size", "4")
+                           str(tmp_path / "local"), "--logits", "--embedding", "--batch-size", "4")
     assert code == 0, err
 
     first_result = threading.Event()
@@ -205,7 +282,7 @@ def test_ray_cluster_matches_in_process_with_a_worker_killed(tiny_artifacts, tmp
         killer.start()
         start = time.monotonic()
         code, stdout, err = run_cli("predict", str(tiny_artifacts["fp32"]), "--source", str(folder), "--output",
-                                    str(tmp_path / "ray"), "--logits", "--batch-size", "4", "--ray",
+                                    str(tmp_path / "ray"), "--logits", "--embedding", "--batch-size", "4", "--ray",
                                     cluster.address, "--json")
         killer.join()
     assert code == 0, err
@@ -220,6 +297,7 @@ def test_ray_cluster_matches_in_process_with_a_worker_killed(tiny_artifacts, tmp
         assert remote[image]["top_classes"] == row["top_classes"] and remote[image]["error"] == row["error"]
         if row["logits"] is not None:
             np.testing.assert_allclose(remote[image]["logits"], row["logits"], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(remote[image]["embedding"], row["embedding"], rtol=1e-5, atol=1e-6)
 
 
 def test_a_store_fault_stops_the_run_and_a_rerun_finishes_it(tiny_artifacts, image_folder, bucket, tmp_path, run_cli,

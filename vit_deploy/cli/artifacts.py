@@ -150,11 +150,14 @@ def inspect(
 @click.option("--batch-size", type=BatchSize, default=32, show_default=True, help="Bulk mode: images per batch.")
 @click.option("--workers", type=Count, default=None, help="Bulk mode on Ray: runners (default: one per CPU/GPU).")
 @click.option("--logits", is_flag=True, help="Bulk mode: also write each image's logits.")
+@click.option("--embedding", is_flag=True,
+              help="Bulk mode: also write each image's pre-head embedding (the class token after the final "
+                   "LayerNorm, what the head reads; not from a TensorRT engine).")
 @json_option
 def predict(
     paths: tuple[str, ...], artifact: Path | None, backend: str | None, top_k: int, labels_file: str | None,
     short_side: int | None, source: str | None, output: Path | None, ray_address: str | None, batch_size: int,
-    workers: int | None, logits: bool, as_json: bool,
+    workers: int | None, logits: bool, embedding: bool, as_json: bool,
 ) -> None:
     """Top-k classes with probabilities for each image, from ARTIFACT.
 
@@ -175,10 +178,11 @@ def predict(
         from .scale import bulk_predict
 
         return bulk_predict(artifact, source, output, ray_address=ray_address, top_k=top_k, batch_size=batch_size,
-                            workers=workers, logits=logits, backend=backend, labels_file=labels_file,
-                            as_json=as_json)
-    if ray_address is not None or workers is not None or logits:
-        raise UsageError("--ray, --workers and --logits are for bulk mode: give --source and --output too")
+                            workers=workers, logits=logits, embedding=embedding, backend=backend,
+                            labels_file=labels_file, as_json=as_json)
+    if ray_address is not None or workers is not None or logits or embedding:
+        raise UsageError("--ray, --workers, --logits and --embedding are for bulk mode: give --source and --output "
+                         "too")
     if not images:
         raise UsageError("give the artifact folder, then one or more images: vit-deploy predict ARTIFACT IMAGE...")
     results = run_predict(images, artifact, top_k=top_k, backend=backend, labels_file=labels_file,

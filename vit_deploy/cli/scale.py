@@ -79,13 +79,13 @@ def k8s(repository: str, out: Path, name: str | None, namespace: str | None, ima
 
 def bulk_predict(artifact: Path, source: str, output: Path, *, ray_address: str | None, top_k: int,
                  batch_size: int, workers: int | None, logits: bool, backend: str | None,
-                 labels_file: str | None, as_json: bool) -> None:
+                 labels_file: str | None, as_json: bool, embedding: bool = False) -> None:
     """``predict --source``: every image of SOURCE into a Parquet dataset, in-process or on a Ray cluster."""
     from ..bulk import BulkOptions, run_bulk
 
     summary = run_bulk(BulkOptions(artifact, source, output, ray_address=ray_address, top_k=top_k,
-                                   batch_size=batch_size, workers=workers, logits=logits, backend=backend,
-                                   labels_file=labels_file))
+                                   batch_size=batch_size, workers=workers, logits=logits, embedding=embedding,
+                                   backend=backend, labels_file=labels_file))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

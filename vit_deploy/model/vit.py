@@ -83,7 +83,7 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT classifier: ``forward(images [B, 3, H, W]) -> logits [B, num_classes]``.
+    """ViT classifier: ``forward(images [B, 3, H, W]) -> logits [B, num_classes]``; ``features`` -> [B, dim].
 
     The position embeddings are held at ``cfg.pos_embed_grid`` (the ``img_size`` grid, or for a
     --dynamic-res export the checkpoint's own). For an input of another grid (H x W multiples of the
@@ -120,11 +120,18 @@ class VisionTransformer(nn.Module):
         nn.init.normal_(self.cls_token, std=1e-6)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The pre-head embedding [B, dim]: the class token after the final LayerNorm, what ``head`` reads.
+
+        (The same ops in the same order as before this was split out of ``forward``: the exported graph is unchanged.)
+        """
         x, grid_h, grid_w = self.patch_embed(images)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         x = torch.cat((cls, x), dim=1) + self._pos_embed(grid_h, grid_w)
         x = self.norm(self.blocks(x))
-        return self.head(x[:, 0])
+        return x[:, 0]
 
     def _pos_embed(self, grid_h: Any, grid_w: Any) -> torch.Tensor:
         if torch.jit.is_tracing():

@@ -34,6 +34,7 @@ import onnx
 from ..batching import batches
 from .export import INPUT_NAME
 from .formats import INT8, QuantFormat
+from .graph import exposing as _exposing
 
 HISTOGRAM_BINS = 2048
 RUN_TOKENS = 1200  # tokens per calibration run (16 px patches): batch 6 at 224 px, 2 at 384
@@ -54,18 +55,6 @@ def image_arrays(images: Images) -> list[np.ndarray]:
 
 def image_count(images: Images) -> int:
     return sum(len(a) for a in image_arrays(images))
-
-
-def _exposing(model: onnx.ModelProto, tensors: Sequence[str]) -> bytes:
-    """The model, serialized with ``tensors`` as extra graph outputs (type left open: ONNX Runtime
-    infers it). The outputs are added and removed again rather than copying a 350 MB proto."""
-    present = {o.name for o in model.graph.output}
-    extra = [name for name in dict.fromkeys(tensors) if name not in present]
-    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in extra)
-    try:
-        return model.SerializeToString()
-    finally:
-        del model.graph.output[len(model.graph.output) - len(extra):]
 
 
 class Tap:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,21 @@ def io_signature(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
 def has_symbolic_batch(model: onnx.ModelProto, name: str = "batch") -> bool:
     sig = io_signature(model)
     return all(e["shape"] and e["shape"][0] == name for e in sig["inputs"] + sig["outputs"])
+
+
+def exposing(model: onnx.ModelProto, tensors: Sequence[str]) -> bytes:
+    """The model, serialized with ``tensors`` as extra graph outputs (type left open: ONNX Runtime
+    infers it). The outputs are added and removed again rather than copying a 350 MB proto.
+
+    Calibration reads intermediate tensors this way, and the runtime the pre-head embedding; the
+    file on disk is never changed."""
+    present = {o.name for o in model.graph.output}
+    extra = [name for name in dict.fromkeys(tensors) if name not in present]
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in extra)
+    try:
+        return model.SerializeToString()
+    finally:
+        del model.graph.output[len(model.graph.output) - len(extra):]
 
 
 def topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -77,6 +77,12 @@ class SmoothGroup:
         return sorted({layer.activation for layer in self.layers})
 
 
+def folded_name(node: str, index: int) -> str:
+    """The name of the copy of ``node``'s input ``index`` that carries folded scales: how a reader of the
+    quantized graph (the runtime's embedding) tells a smoothed LayerNorm or GEMM from an untouched one."""
+    return f"{node}_smoothed_{index}"
+
+
 def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     found: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -244,7 +250,7 @@ def fold(model: onnx.ModelProto, groups: list[SmoothGroup]) -> onnx.ModelProto:
     def replace(node: onnx.NodeProto, index: int, array: np.ndarray) -> None:
         """Give ``node`` its own copy of the input: onnxsim merges equal initializers (a random
         init's LayerNorm ones, zero biases), and one reader's scales must not reach the others."""
-        name = f"{node.name}_smoothed_{index}"
+        name = folded_name(node.name, index)
         tensor = numpy_helper.from_array(array.astype(np.float32), name)
         if name in inits:
             inits[name].CopyFrom(tensor)

@@ -13,6 +13,11 @@ on TensorRT, an ONNX graph on ONNX Runtime (``provider="cpu" | "cuda" | "tensorr
 PyTorch reference the artifact was made from. Before anything is loaded, the artifact's files
 are checked against the sha256 in its manifest. Every runner checks inputs the same way and
 splits batches larger than ``max_batch`` (for engines: the optimization profile's maximum).
+
+The pre-head embedding (the class token after the final LayerNorm, float32 [batch, dim]) comes
+from the same pass: ``runner.embed(images)``, or ``runner.infer(images, outputs=("logits",
+"embedding"))`` for both; ONNX graphs, OpenVINO and the PyTorch reference give it, a TensorRT
+engine refuses it (embedding.py).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from ..artifact import Artifact
 from ..errors import UsageError
 from ..specs import RUNTIME_BACKENDS
 from .base import Runner, check_images
+from .embedding import OUTPUTS
+from .embedding import check_available as check_embedding
 
 BACKENDS = RUNTIME_BACKENDS
 DEFAULT_BACKEND = {"tensorrt": "tensorrt", "onnx": "onnxruntime"}
@@ -36,7 +43,7 @@ DEVICES = ("cpu", "cuda")  # torch device types the pytorch backend runs on ("cu
 log = logging.getLogger(__name__)
 _fallbacks_said: set[str] = set()  # each "not installed, running on X instead" is said once per process
 
-__all__ = ["BACKENDS", "Runner", "check_images", "open"]
+__all__ = ["BACKENDS", "OUTPUTS", "Runner", "check_embedding", "check_images", "open"]
 
 
 def open(  # noqa: A001 - the documented name: vit_deploy.runtime.open(artifact)

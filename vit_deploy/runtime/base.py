@@ -3,6 +3,9 @@
 A backend implements only ``_run(batch)`` for one batch that is already checked and within its
 limits; :meth:`Runner.infer` does the rest, the same way for every backend, so a TensorRT
 engine, an ONNX graph and the PyTorch reference accept and refuse exactly the same inputs.
+A backend that can also give the pre-head embedding (``infer(images, outputs=("logits",
+"embedding"))``, ``embed(images)``; see embedding.py) implements ``_run_outputs`` and
+``_prepare_embedding``; the others refuse it in one line.
 A dynamic-resolution artifact takes any size in its range (``Runner.size_range``); one array is
 one size, and a list of images of several sizes is split by size and answered in input order.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +23,7 @@ from ..artifact import Artifact
 from ..batching import batches
 from ..errors import UsageError
 from ..specs import ResolutionRange
+from .embedding import EMBEDDING, LOGITS, OUTPUTS
 
 
 def _is_torch(x: Any) -> bool:
@@ -89,7 +94,7 @@ class Runner(ABC):
     :class:`~vit_deploy.artifact.Artifact` it runs), ``backend``, ``precision``, ``num_classes``,
     ``chw`` (the native size of a dynamic-resolution artifact), ``size_range`` (the sizes it takes;
     None: ``chw`` only), ``preprocessing``, ``input_name``, ``output_name``, ``min_batch`` and
-    ``max_batch`` (None: a whole batch at once).
+    ``max_batch`` (None: a whole batch at once), ``embedding_dim`` (the model's width).
 
     Thread safety: ``infer`` may be called from several threads at once and gives the same
     results as sequential calls; each backend documents how (a thread-safe session, or a lock).
@@ -111,51 +116,76 @@ class Runner(ABC):
         self.output_name: str = artifact.output_name
         self.min_batch = 1
         self.max_batch = max_batch  # None: whole batches go through at once
+        self.embedding_dim: int = int(artifact.model["dim"])
         self._closed = False
         self._running = 0  # infer calls in flight: close() frees the backend only when none is
         self._state = threading.Condition()
 
     # -- the interface ---------------------------------------------------------------------
-    def infer(self, images: Any) -> Any:
-        """Logits for ``images``.
+    def infer(self, images: Any, outputs: Sequence[str] | None = None) -> Any:
+        """Logits for ``images`` (or, with ``outputs``, the named outputs of one pass).
 
         Args:
             images: float32 [batch, C, H, W] (numpy or torch, CPU or CUDA), preprocessed as
                 ``input_metadata`` says; checked first (UsageError names what was expected). For a
                 dynamic-resolution artifact also a list of images ([C, H, W]) or batches of several
                 sizes: each size runs as its own batch, and the rows come back in input order.
+            outputs: None for the logits alone; else names from ``("logits", "embedding")``, answered
+                as a dict from one pass over the model. ``embedding`` is the pre-head embedding,
+                float32 [batch, embedding_dim]: the class token after the final LayerNorm, what the
+                classifier head reads (refused in one line where the backend cannot give it).
 
         Returns:
-            float32 [batch, classes]: numpy for numpy input, torch on the input's device for torch input.
-            Batches above ``max_batch`` are split and the results joined.
+            float32 [batch, classes]: numpy for numpy input, torch on the input's device for torch input
+            (with ``outputs``: ``{name: such an array}``). Batches above ``max_batch`` are split and the results joined.
         """
+        names = self._output_names(outputs)
         if isinstance(images, list | tuple):
-            return self._infer_by_size(images)
-        self.check(images)
-        with self._state:
-            if self._closed:
-                raise UsageError(f"this {self.backend} runner is closed; open the artifact again")
-            self._running += 1
-        try:
-            outputs = [self._run_padded(b) for b in batches(images, self.max_batch or images.shape[0])]
-        finally:
+            answer = self._infer_by_size(images, names)
+        else:
+            self.check(images)
             with self._state:
-                self._running -= 1
-                self._state.notify_all()
-        if len(outputs) == 1:
-            return outputs[0]
-        if _is_torch(images):
-            import torch
+                if self._closed:
+                    raise UsageError(f"this {self.backend} runner is closed; open the artifact again")
+                self._running += 1
+            try:
+                self.check_outputs(names)
+                parts = [self._run_padded(b, names) for b in batches(images, self.max_batch or images.shape[0])]
+            finally:
+                with self._state:
+                    self._running -= 1
+                    self._state.notify_all()
+            join = _torch_cat if _is_torch(images) else np.concatenate
+            answer = {n: parts[0][n] if len(parts) == 1 else join([p[n] for p in parts]) for n in names}
+        return answer[LOGITS] if outputs is None else answer
 
-            return torch.cat(outputs)
-        return np.concatenate(outputs)
+    def embed(self, images: Any) -> Any:
+        """The pre-head embedding, float32 [batch, embedding_dim]: ``infer(images, outputs=("embedding",))``."""
+        return self.infer(images, outputs=(EMBEDDING,))[EMBEDDING]
+
+    def check_outputs(self, outputs: Sequence[str]) -> None:
+        """UsageError unless this runner gives every output named (loads what the embedding needs, once)."""
+        if EMBEDDING in self._output_names(outputs):
+            self._prepare_embedding()
+
+    @staticmethod
+    def _output_names(outputs: Sequence[str] | None) -> tuple[str, ...]:
+        if outputs is None:
+            return (LOGITS,)
+        if isinstance(outputs, str) or not all(isinstance(n, str) for n in outputs):
+            raise UsageError(f"outputs must be a list of names from {', '.join(OUTPUTS)}, e.g. ('logits', "
+                             f"'embedding'); got {outputs!r}")
+        unknown = [n for n in outputs if n not in OUTPUTS]
+        if unknown or not outputs:
+            raise UsageError(f"unknown outputs {unknown or outputs!r}; choose from {', '.join(OUTPUTS)}")
+        return tuple(dict.fromkeys(outputs))
 
     def check(self, images: Any, what: str = "images") -> None:
         """UsageError, naming what was expected, unless ``images`` is one batch this runner takes."""
         check_images(images, self.chw, what, self.size_range)
 
-    def _infer_by_size(self, items: list[Any] | tuple[Any, ...]) -> Any:
-        """Logits for images ([C, H, W]) and batches ([N, C, H, W]) of mixed sizes, one run per size, input order."""
+    def _infer_by_size(self, items: list[Any] | tuple[Any, ...], names: tuple[str, ...]) -> dict[str, Any]:
+        """Outputs for images ([C, H, W]) and batches ([N, C, H, W]) of mixed sizes, one run per size, input order."""
         if not items:
             raise UsageError("images are an empty list; give at least one image [C, H, W] or batch [N, C, H, W]")
         as_torch = [_is_torch(x) for x in items]
@@ -172,12 +202,12 @@ class Runner(ABC):
         answers: list[Any] = [None] * len(batched)
         join = _torch_cat if as_torch[0] else np.concatenate
         for members in by_size.values():
-            logits = self.infer(join([batched[i] for i in members]))
+            result = self.infer(join([batched[i] for i in members]), outputs=names)
             start = 0
             for i in members:
-                answers[i] = logits[start:start + batched[i].shape[0]]
+                answers[i] = {n: result[n][start:start + batched[i].shape[0]] for n in names}
                 start += batched[i].shape[0]
-        return join(answers)
+        return {n: join([a[n] for a in answers]) for n in names}
 
     @property
     def input_metadata(self) -> dict[str, Any]:
@@ -230,12 +260,22 @@ class Runner(ABC):
     def _release(self) -> None:
         """Free sessions, engines and device memory."""
 
-    def _run_padded(self, batch: Any) -> Any:
+    def _run_outputs(self, batch: Any, names: tuple[str, ...]) -> dict[str, Any]:
+        """The named outputs for one checked batch; a backend that gives the embedding overrides this."""
+        assert names == (LOGITS,), "check_outputs refuses the embedding first"
+        return {LOGITS: self._run(batch)}
+
+    def _prepare_embedding(self) -> None:
+        """Make the embedding available (once; thread safe), or UsageError saying why it cannot be."""
+        raise UsageError(f"backend {self.backend!r} gives no embedding; use backend 'onnxruntime' on an ONNX graph or "
+                         "'pytorch'")
+
+    def _run_padded(self, batch: Any, names: tuple[str, ...] = (LOGITS,)) -> dict[str, Any]:
         # An engine profile may start above 1; a short last chunk is padded with copies of its
         # first image (real data, so nothing unusual reaches the kernels) and the rows dropped.
         n = batch.shape[0]
         if n >= self.min_batch:
-            return self._run(batch)
+            return self._run_outputs(batch, names)
         pad = self.min_batch - n
         if _is_torch(batch):
             import torch
@@ -243,7 +283,7 @@ class Runner(ABC):
             padded = torch.cat([batch, batch[:1].expand(pad, *batch.shape[1:])])
         else:
             padded = np.concatenate([batch, np.repeat(batch[:1], pad, axis=0)])
-        return self._run(padded)[:n]
+        return {name: value[:n] for name, value in self._run_outputs(padded, names).items()}
 
 
 def as_numpy(images: Any) -> np.ndarray:

@@ -1,15 +1,19 @@
 """ONNX graphs (FP32, FP16, INT8, FP8) on ONNX Runtime: CPU, CUDA or TensorRT execution provider.
 
 ``InferenceSession.run`` is thread-safe (ONNX Runtime's documented guarantee), so one session
-serves every thread.
+serves every thread. The first call that asks for the embedding replaces it, once, by a session
+over the same graph with the head's input exposed as a second output (embedding.py): the logits
+are computed exactly as before, and calls already running finish on the old session.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from ..artifact import Artifact
 from ..errors import ArtifactError, UsageError
+from . import embedding
 from .base import Runner, as_numpy, like_input
 
 # provider option -> ONNX Runtime providers in priority order (CPU last: ORT's own fallback for
@@ -26,6 +30,8 @@ PROVIDERS = {  # the keys are specs.ORT_PROVIDERS
 # ViT-Ti's INT8 mean cosine read 0.9917 fused vs 0.9934 as written, on an AVX2-only machine). This session
 # option keeps Q/DQ as written: the arithmetic TensorRT performs (exact integer products), for any CPU.
 EXACT_QDQ_OPTION = "session.disable_quant_qdq"
+# A graph given as bytes finds the external data file its weights name (a graph over 2 GB) in this folder.
+EXTERNAL_DATA_FOLDER_OPTION = "session.model_external_initializers_file_folder_path"
 
 
 class OnnxRuntimeRunner(Runner):
@@ -53,11 +59,17 @@ class OnnxRuntimeRunner(Runner):
         if exact_qdq:
             options.add_session_config_entry(EXACT_QDQ_OPTION, "1")
         self.provider = provider
-        path = artifact.model_file
+        self._options, self._providers = options, [p for p in PROVIDERS[provider] if p in available]
+        self.session = self._session(str(artifact.model_file))
+        self._head: embedding.HeadInput | None = None  # set once the session also exposes the head's input
+        self._head_lock = threading.Lock()
+
+    def _session(self, model: str | bytes):
+        import onnxruntime as ort
+
+        path = self.artifact.model_file
         try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=[p for p in PROVIDERS[provider] if p in available]
-            )
+            return ort.InferenceSession(model, self._options, providers=self._providers)
         except Exception as e:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...) for bad files
             raise ArtifactError(
                 f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0]}; "
@@ -67,6 +79,31 @@ class OnnxRuntimeRunner(Runner):
     def _run(self, batch: Any) -> Any:
         logits = self.session.run([self.output_name], {self.input_name: as_numpy(batch)})[0]
         return like_input(logits, batch)
+
+    def _prepare_embedding(self) -> None:
+        if self._head is not None:
+            return
+        with self._head_lock:
+            if self._head is not None:
+                return
+            from ..onnx.graph import exposing
+
+            path = self.artifact.model_file
+            graph = embedding.load_graph(path)
+            head = embedding.head_input(self.artifact, graph)
+            # the bytes hold no weight kept in an external data file: ORT reads it from beside the graph
+            self._options.add_session_config_entry(EXTERNAL_DATA_FOLDER_OPTION, str(path.parent))
+            self.session = self._session(exposing(graph, [head.tensor]))
+            self._head = head  # after the session: a call that sees the head also sees the session exposing it
+
+    def _run_outputs(self, batch: Any, names: tuple[str, ...]) -> dict[str, Any]:
+        if embedding.EMBEDDING not in names:
+            return {embedding.LOGITS: self._run(batch)}
+        head = self._head  # read before the session (see _prepare_embedding)
+        assert head is not None, "check_outputs prepares the embedding first"
+        logits, raw = self.session.run([self.output_name, head.tensor], {self.input_name: as_numpy(batch)})
+        found = {embedding.LOGITS: logits, embedding.EMBEDDING: head.value(raw)}
+        return {n: like_input(found[n], batch) for n in names}
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "providers": self.session.get_providers()}

@@ -12,6 +12,8 @@ the CPU-target INT8 graph (attention float) runs fastest with OpenVINO's default
 graphs run in f32, so ``fp32`` still means FP32; FP16 graphs get OpenVINO's default.
 Thread safety: the compiled model is shared and each thread
 gets its own infer request (OpenVINO's requests are not thread safe, compiled models are).
+The embedding: the first call asking for it compiles the graph once more with the head's input
+(embedding.py) added as an output (``Model.add_outputs``), and that model then serves every call.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from ..artifact import Artifact
 from ..errors import ArtifactError, UsageError
+from . import embedding
 from .base import Runner, as_numpy, like_input
 
 
@@ -55,32 +58,62 @@ class OpenVinoRunner(Runner):
             raise UsageError(
                 "backend 'openvino' needs the openvino package: pip install 'vit-deploy[cpu]' (or pip install openvino)"
             ) from None
+        self._ov = ov
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         hint = inference_precision(artifact)
         if hint:
             config["INFERENCE_PRECISION_HINT"] = hint
-        path = artifact.model_file
+        self.config = config
+        self.compiled = self._compile()
+        self._local = threading.local()
+        self._head: embedding.HeadInput | None = None  # set once the compiled model also outputs the head's input
+        self._head_lock = threading.Lock()
+
+    def _compile(self, extra_output: str | None = None):
+        ov, path = self._ov, self.artifact.model_file
         try:
-            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+            core = ov.Core()
+            if extra_output is None:
+                return core.compile_model(str(path), "CPU", self.config)
+            model = core.read_model(str(path))
+            model.add_outputs([extra_output])  # by tensor name: the ONNX graph's names are kept
+            return core.compile_model(model, "CPU", self.config)
         except RuntimeError as e:
             raise ArtifactError(
                 f"OpenVINO {ov.__version__} cannot load {path}: {str(e).strip().splitlines()[0]}; "
                 "re-create the artifact, or run it with backend 'onnxruntime'"
             ) from e
-        self.config = config
-        self._local = threading.local()
 
     def _request(self):
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        return request
+        compiled = self.compiled
+        if getattr(self._local, "compiled", None) is not compiled:  # none yet, or one of the model before the swap
+            self._local.request, self._local.compiled = compiled.create_infer_request(), compiled
+        return self._local.request
 
     def _run(self, batch: Any) -> Any:
         result = self._request().infer({0: as_numpy(batch)})
         return like_input(result[0].copy(), batch)  # copy: the request reuses its output buffer
+
+    def _prepare_embedding(self) -> None:
+        if self._head is not None:
+            return
+        with self._head_lock:
+            if self._head is None:
+                head = embedding.head_input(self.artifact)
+                self.compiled = self._compile(head.tensor)
+                self._head = head  # after the model: a call that sees the head also sees the model giving it
+
+    def _run_outputs(self, batch: Any, names: tuple[str, ...]) -> dict[str, Any]:
+        if embedding.EMBEDDING not in names:
+            return {embedding.LOGITS: self._run(batch)}
+        head = self._head  # read before the compiled model (see _prepare_embedding)
+        assert head is not None, "check_outputs prepares the embedding first"
+        result = self._request().infer({0: as_numpy(batch)})
+        # the added output comes after the graph's own; value() copies it out of the request's buffer
+        found = {embedding.LOGITS: result[0].copy(), embedding.EMBEDDING: head.value(result[1]).copy()}
+        return {n: like_input(found[n], batch) for n in names}
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "openvino": openvino_version(), "config": self.config}

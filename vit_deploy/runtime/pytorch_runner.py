@@ -4,7 +4,8 @@ The model is rebuilt from the artifact's manifest (variant, resolution, classes,
 with its sha256), so any artifact can be run as PyTorch FP32: the reference every other
 backend is compared with. ``autocast="bfloat16"`` runs it under CPU/GPU autocast (a peer the
 benchmarks compare against; the reference itself is always FP32). Forward passes in
-``torch.inference_mode`` share no mutable state, so concurrent calls need no lock.
+``torch.inference_mode`` share no mutable state, so concurrent calls need no lock. The embedding
+is the model's own ``features`` (what ``forward`` hands to the head), from the same pass.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from ..artifact import Artifact
 from ..errors import UsageError
 from ..parity.reference import reference_model
+from . import embedding
 from .base import Runner, _is_torch
 
 AUTOCAST_DTYPES = ("bfloat16", "float16")
@@ -47,6 +49,13 @@ class PyTorchRunner(Runner):
         self.precision = f"fp32+autocast-{autocast}" if autocast else "fp32"
 
     def _run(self, batch: Any) -> Any:
+        return self._run_outputs(batch, (embedding.LOGITS,))[embedding.LOGITS]
+
+    def _prepare_embedding(self) -> None:
+        if not callable(getattr(self.model, "features", None)):  # a model handed in by a caller, not vit-deploy's
+            raise UsageError(f"the PyTorch model of {self.directory} has no features() giving its pre-head embedding")
+
+    def _run_outputs(self, batch: Any, names: tuple[str, ...]) -> dict[str, Any]:
         import torch
 
         x = batch if _is_torch(batch) else torch.from_numpy(batch)
@@ -55,10 +64,16 @@ class PyTorchRunner(Runner):
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            logits = self.model(x.to(self.device)).float()
+            x = x.to(self.device)
+            if embedding.EMBEDDING in names:
+                features = self.model.features(x)
+                found = {embedding.EMBEDDING: features, embedding.LOGITS: self.model.head(features)}
+            else:
+                found = {embedding.LOGITS: self.model(x)}
+        found = {n: found[n].float() for n in names}
         if _is_torch(batch):
-            return logits.to(batch.device)
-        return logits.cpu().numpy()
+            return {n: v.to(batch.device) for n, v in found.items()}
+        return {n: v.cpu().numpy() for n, v in found.items()}
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "device": str(self.device)}

@@ -4,7 +4,8 @@ Before the plan is deserialized, the manifest's record of the build (TensorRT ve
 capability, compatibility flags) is checked against this machine, because TensorRT itself has
 no preflight: a mismatching plan either fails to deserialize with a terse log line or is
 refused here with both sides named. The engine wrapper (vit_deploy/trt/engine.py) owns the
-device buffers and the lock that makes concurrent calls safe.
+device buffers and the lock that makes concurrent calls safe. A plan binds the logits only, so
+the embedding is refused, naming the ONNX graph and the PyTorch reference that give it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..artifact import Artifact
-from ..errors import EngineUnavailable
+from ..errors import EngineUnavailable, UsageError
+from . import embedding
 from .base import Runner
 
 
@@ -42,6 +44,9 @@ class TensorRTRunner(Runner):
 
     def _run(self, batch: Any) -> Any:
         return self.engine.infer(batch)
+
+    def _prepare_embedding(self) -> None:
+        raise UsageError(embedding.refusal(self.artifact, self.backend))
 
     def describe(self) -> dict[str, Any]:
         trt = self.artifact.section("tensorrt")
