@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from helpers import PHOTOS
 
@@ -56,3 +58,25 @@ def test_int8_attention_rule_sees_the_largest_size(tiny_dynamic, tmp_path, monke
     build_precision_artifact(PrecisionOptions("int8", tiny_dynamic["fp32"], tmp_path / "int8", calib=str(PHOTOS),
                                               calib_images=8, calib_batch=4))
     assert seen["num_tokens"] == (64 // 8) ** 2 + 1  # 65 at 64x64, not 17 at the native 32x32
+
+
+def test_calibration_photos_score_no_accuracy_at_any_size(tiny_dynamic, tmp_path, private_cache):
+    """A quantized graph checked on its own calibration photos: cosine and agreement at every size, accuracy at
+    none (it was fitted to them), though the folder has labels; --val with the same labels scores it everywhere."""
+    from vit_deploy.steps.precision import PrecisionOptions, build_precision_artifact
+
+    digits = Path(__file__).resolve().parents[2] / "assets" / "digits" / "heldout"
+    labelled = tmp_path / "labelled"  # digits 0-4: the tiny model has 5 classes
+    labelled.mkdir()
+    rows = [line.split(",") for line in (digits / "labels.csv").read_text().splitlines()[1:]]
+    kept = [(name, label) for name, label in rows if int(label) < 5][:16]
+    for name, _ in kept:
+        (labelled / name).symlink_to(digits / name)
+    (labelled / "labels.csv").write_text("file,label\n" + "".join(f"{n},{label}\n" for n, label in kept))
+    for val, scored in ((None, False), (str(labelled), True)):
+        s = build_precision_artifact(PrecisionOptions("int8", tiny_dynamic["fp32"], tmp_path / f"int8-{scored}",
+                                                      calib=str(labelled), calib_images=16, calib_batch=4,
+                                                      val_images=val, max_float_layers=0))
+        rows = s["validation"]["rows"]
+        assert len(rows) == len(SIZES)
+        assert all(("accuracy_drop_points" in r["metrics"]) is scored for r in rows), (val, rows)

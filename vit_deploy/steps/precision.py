@@ -10,7 +10,7 @@ calibration set, what TensorRT will run each op in (the readiness report) and th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -293,7 +293,8 @@ def validate_precision(opts: PrecisionOptions, staged: Artifact, calib: Any, pro
     """The staged graph on ONNX Runtime vs the PyTorch FP32 model, at batch 8, on real images where given.
 
     Inputs: ``--val-images`` (with accuracy when the folder has labels.csv), else the
-    ``--calib`` images, else seeded random images. A dynamic-resolution graph is checked at every
+    ``--calib`` images (a quantized graph's calibration photos: no accuracy, it was fitted to them), else
+    seeded random images. A dynamic-resolution graph is checked at every
     size of its range's ``check_sizes`` (real images at every size: see ``validate.image_sources``). The
     reference is the PyTorch model rebuilt from the manifest; if its checkpoint is gone, the parent
     FP32 graph (validated against PyTorch at export) stands in, and the manifest says so.
@@ -306,11 +307,15 @@ def validate_precision(opts: PrecisionOptions, staged: Artifact, calib: Any, pro
         role = "validation" if opts.val_images else "calibration"
         images = image_sources(opts.val_images or opts.calib, staged, sizes, RANDOM_VALIDATION_IMAGES,
                                OTHER_SIZE_IMAGES, seed=opts.seed, role=role, progress=progress)
-    else:  # the calibration images, in memory at the native size; the same sample again at the other sizes
+    else:  # the calibration images, in memory at the native size; the same sample again at the other sizes.
+        # The graph was fitted to these photos, so their labels score nothing fairly: cosine and agreement are
+        # checked, accuracy only on --val (at every size alike; 256 photos per size would also make the drop's
+        # own noise, about +-1.5 points, trip a 1-point bound at one size in four)
         images = [ImageSource(calib.images, f"the {len(calib.files)} calibration images")]
         if sizes[1:]:
-            images += image_sources(opts.calib, staged, sizes[1:], OTHER_SIZE_IMAGES, OTHER_SIZE_IMAGES,
-                                    seed=opts.seed, max_images=opts.calib_images, role="calibration", progress=progress)
+            images += [replace(source, labels=None) for source in image_sources(
+                opts.calib, staged, sizes[1:], OTHER_SIZE_IMAGES, OTHER_SIZE_IMAGES, seed=opts.seed,
+                max_images=opts.calib_images, role="calibration", progress=progress)]
     reference = fp32_reference(staged)
     with runtime.open(staged, "onnxruntime", verify=False, exact_qdq=True) as runner, reference.runner:
         return validate(runner, reference, images, (VALIDATION_BATCH,), tolerance(opts.precision)).to_dict()
