@@ -25,9 +25,9 @@ from vit_deploy.images.sets import load_image_set
 from vit_deploy.onnx.formats import FORMATS
 from vit_deploy.onnx.fp16 import convert_fp16
 from vit_deploy.onnx.graph import save_model
+from vit_deploy.onnx.qdq import EXACT_QDQ_OPTION
 from vit_deploy.onnx.quantize import quantize
 from vit_deploy.parity.metrics import accuracy, compare_logits
-from vit_deploy.runtime.onnxruntime_runner import EXACT_QDQ_OPTION
 
 FP16_POLICIES = {
     "all FP16": (),

@@ -198,6 +198,12 @@ class BatchPredictor:
 
 # -- the output folder ---------------------------------------------------------------------------------------------
 
+def predictor_kwargs(opts: BulkOptions, artifact_dir: str, threads: int | None) -> dict[str, Any]:
+    """What a :class:`BatchPredictor` is made with, in this process and in every Ray actor alike."""
+    return {"artifact": artifact_dir, "backend": opts.backend, "top_k": opts.top_k, "logits": opts.logits,
+            "labels_file": opts.labels_file, "threads": threads, "embedding": opts.embedding}
+
+
 def _state(opts: BulkOptions, artifact_sha: str) -> dict[str, Any]:
     return {"schema": STATE_SCHEMA, "artifact_sha256": artifact_sha, "source": opts.source,
             "top_k": opts.top_k, "logits": opts.logits, "embedding": opts.embedding, "labels_file": opts.labels_file}
@@ -308,8 +314,7 @@ def run_bulk(opts: BulkOptions) -> dict[str, Any]:
     engine = "this process"
     if todo:
         if opts.ray_address is None:
-            predictor = BatchPredictor(str(art.directory), opts.backend, opts.top_k, opts.logits, opts.labels_file,
-                                       opts.threads, opts.embedding)
+            predictor = BatchPredictor(**predictor_kwargs(opts, str(art.directory), opts.threads))
             try:
                 for i in range(0, len(todo), opts.batch_size):
                     writer.add(predictor({"image": todo[i:i + opts.batch_size]}))
@@ -320,7 +325,8 @@ def run_bulk(opts: BulkOptions) -> dict[str, Any]:
             from .bulk_ray import run_on_ray
 
             try:
-                engine = run_on_ray(opts, str(art.directory), art.kind, todo, writer.add)
+                engine = run_on_ray(opts, art.kind, todo, writer.add, BatchPredictor,
+                                    lambda threads: predictor_kwargs(opts, str(art.directory), threads))
             finally:
                 writer.flush()
     missing = [image for image in todo if image not in writer.done]

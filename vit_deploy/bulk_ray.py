@@ -53,14 +53,19 @@ def connect(ray, address: str) -> None:
                          "version matches this one") from e
 
 
-def run_on_ray(opts, artifact_dir: str, kind: str, todo: list[str], on_result: Callable[[Any], None]) -> str:
-    """Predict ``todo`` on the cluster at ``opts.ray_address``; ``on_result`` gets each result table as it arrives."""
+def run_on_ray(opts, kind: str, todo: list[str], on_result: Callable[[Any], None], predictor: type,
+               predictor_kwargs: Callable[[int], dict[str, Any]]) -> str:
+    """Predict ``todo`` on the cluster at ``opts.ray_address``; ``on_result`` gets each result table as it arrives.
+
+    ``predictor``: the per-batch class each actor runs (``bulk.BatchPredictor``), made with
+    ``predictor_kwargs(threads)``: this module only maps it onto Ray, and knows nothing of what it predicts.
+    """
     ray = import_ray()
     # Ray prints worker deaths and cluster messages on stdout; stdout holds only our summary (--json)
     with contextlib.redirect_stdout(sys.stderr):
         connect(ray, opts.ray_address)
         try:
-            return _run(ray, opts, artifact_dir, kind, todo, on_result)
+            return _run(ray, opts, kind, todo, on_result, predictor, predictor_kwargs)
         except ray.exceptions.RayError as e:  # a batch failed for good (e.g. the store is down): one line
             cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise ArtifactError(f"the Ray run failed ({cause}); the parts written so far are kept: fix that and "
@@ -69,15 +74,8 @@ def run_on_ray(opts, artifact_dir: str, kind: str, todo: list[str], on_result: C
             ray.shutdown()
 
 
-def predictor_kwargs(opts, artifact_dir: str, threads: int) -> dict[str, Any]:
-    """What each actor's :class:`~vit_deploy.bulk.BatchPredictor` is made with: the settings of an in-process run."""
-    return {"artifact": artifact_dir, "backend": opts.backend, "top_k": opts.top_k, "logits": opts.logits,
-            "labels_file": opts.labels_file, "threads": threads, "embedding": opts.embedding}
-
-
-def _run(ray, opts, artifact_dir: str, kind: str, todo: list[str], on_result: Callable[[Any], None]) -> str:
-    from .bulk import BatchPredictor
-
+def _run(ray, opts, kind: str, todo: list[str], on_result: Callable[[Any], None], predictor: type,
+         predictor_kwargs: Callable[[int], dict[str, Any]]) -> str:
     gpu = kind == "tensorrt"
     threads = opts.threads or 1
     resources = ray.cluster_resources()
@@ -92,9 +90,9 @@ def _run(ray, opts, artifact_dir: str, kind: str, todo: list[str], on_result: Ca
     ds = ray.data.from_items([{"image": image} for image in todo], override_num_blocks=blocks)
     slot = {"num_gpus": 1} if gpu else {"num_cpus": threads}
     ds = ds.map_batches(
-        BatchPredictor, batch_size=opts.batch_size, batch_format="pyarrow",
+        predictor, batch_size=opts.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=workers),
-        fn_constructor_kwargs=predictor_kwargs(opts, artifact_dir, threads),
+        fn_constructor_kwargs=predictor_kwargs(threads),
         **slot)
     for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         on_result(table)

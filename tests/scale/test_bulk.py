@@ -150,8 +150,7 @@ def test_embedding_column_only_with_the_option_and_a_changed_option_is_refused(t
 
 def test_ray_actors_get_the_embedding_setting(tiny_artifacts, image_folder, tmp_path):
     """Ray's actors are made from predictor_kwargs: the same column as in this process (no cluster needed)."""
-    from vit_deploy.bulk import BatchPredictor, BulkOptions
-    from vit_deploy.bulk_ray import predictor_kwargs
+    from vit_deploy.bulk import BatchPredictor, BulkOptions, predictor_kwargs
 
     opts = BulkOptions(tiny_artifacts["int8"], str(image_folder), tmp_path / "out", embedding=True)
     predictor = BatchPredictor(**predictor_kwargs(opts, str(tiny_artifacts["int8"]), 1))

@@ -27,7 +27,7 @@ def publish(repository: Path, destination: str, force: bool, as_json: bool) -> N
     Credentials, region and endpoint come from the standard AWS settings (AWS_ENDPOINT_URL for
     S3-compatible stores such as MinIO). --force replaces only a repository vit-deploy published.
     """
-    from ..serving.remote import publish_repository
+    from ..serving.publish import publish_repository
 
     summary = publish_repository(repository, destination, force=force)
     if as_json:

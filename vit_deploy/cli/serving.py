@@ -55,7 +55,7 @@ def triton_repo(ctx, artifacts, out, backend, name, version, as_versions, instan
                 preferred_batch, queue_delay_us, threads, no_cuda_graphs, allow_failed, force, as_json) -> None:
     """Write a Triton model repository from artifact folders (hash-checked first)."""
     from ..errors import UsageError
-    from ..serving.remote import write_repository_anywhere
+    from ..serving.publish import write_repository_anywhere
     from ..serving.repository import RepoOptions
 
     preferred = None

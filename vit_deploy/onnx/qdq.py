@@ -26,6 +26,12 @@ from onnx import helper, numpy_helper
 
 from .formats import INT8, QuantFormat
 
+# ONNX Runtime fuses DequantizeLinear -> MatMul -> ... into its integer kernels (MatMulIntegerToFloat,
+# QLinear*); on x86 CPUs without VNNI those use 16-bit saturating multiply-adds and lose accuracy (the real
+# ViT-Ti's INT8 mean cosine read 0.9917 fused vs 0.9934 as written, on an AVX2-only machine). This session
+# option keeps Q/DQ as written: the arithmetic TensorRT performs (exact integer products), for any CPU.
+EXACT_QDQ_OPTION = "session.disable_quant_qdq"
+
 
 @dataclass(frozen=True)
 class WeightLayer:

@@ -183,15 +183,14 @@ def _first(images: calibrate.Images, count: int) -> calibrate.Images:
 
 def run_graph(model: onnx.ModelProto, images: calibrate.Images, batch: int = 4) -> np.ndarray:
     """Logits of an in-memory graph on ONNX Runtime's CPU provider, Q/DQ evaluated as written (no fused
-    integer kernels: ``runtime.onnxruntime_runner.EXACT_QDQ_OPTION``); one row per image, the sizes in
+    integer kernels: ``qdq.EXACT_QDQ_OPTION``); one row per image, the sizes in
     order when ``images`` holds several."""
     import onnxruntime as ort
 
-    from ..runtime.onnxruntime_runner import EXACT_QDQ_OPTION
     from .export import INPUT_NAME
 
     options = ort.SessionOptions()
-    options.add_session_config_entry(EXACT_QDQ_OPTION, "1")
+    options.add_session_config_entry(qdq.EXACT_QDQ_OPTION, "1")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return np.concatenate([session.run(None, {INPUT_NAME: chunk})[0]
                            for array in calibrate.image_arrays(images) for chunk in batches(array, batch)])

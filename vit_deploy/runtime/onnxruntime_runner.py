@@ -13,6 +13,7 @@ from typing import Any
 
 from ..artifact import Artifact
 from ..errors import ArtifactError, UsageError
+from ..onnx.qdq import EXACT_QDQ_OPTION
 from . import embedding
 from .base import Runner, as_numpy, like_input
 
@@ -25,11 +26,6 @@ PROVIDERS = {  # the keys are specs.ORT_PROVIDERS
 }
 
 
-# ONNX Runtime fuses DequantizeLinear -> MatMul -> ... into its integer kernels (MatMulIntegerToFloat,
-# QLinear*); on x86 CPUs without VNNI those use 16-bit saturating multiply-adds and lose accuracy (the real
-# ViT-Ti's INT8 mean cosine read 0.9917 fused vs 0.9934 as written, on an AVX2-only machine). This session
-# option keeps Q/DQ as written: the arithmetic TensorRT performs (exact integer products), for any CPU.
-EXACT_QDQ_OPTION = "session.disable_quant_qdq"
 # A graph given as bytes finds the external data file its weights name (a graph over 2 GB) in this folder.
 EXTERNAL_DATA_FOLDER_OPTION = "session.model_external_initializers_file_folder_path"
 

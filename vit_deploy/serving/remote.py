@@ -1,76 +1,16 @@
-"""Triton model repositories on object storage: ``triton-repo --out s3://...``, ``vit-deploy publish``, ``serve s3://...``.
+"""Reading a Triton model repository on object storage: ``serve s3://...`` and the Kubernetes manifests.
 
-The repository is written locally exactly as for a folder (:mod:`.repository`, in a temporary
-folder), then published with :class:`vit_deploy.objectstore.Publisher` (staged, verified, made
-visible; the lock and the overwrite checks are taken before the slow local steps). Triton reads
-it straight from the store: :func:`triton_source` gives the ``--model-repository`` URL in Triton's
-own form (``s3://host:port/bucket/prefix`` for an S3-compatible endpoint) and the credentials
-Triton's S3 client reads from its environment.
+Triton reads the repository straight from the store: :func:`triton_source` gives the
+``--model-repository`` URL in Triton's own form (``s3://host:port/bucket/prefix`` for an
+S3-compatible endpoint) and the credentials Triton's S3 client reads from its environment;
+:func:`config_texts` reads each model's config. Writing one there is :mod:`.publish`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import tempfile
-from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from .. import objectstore
-from ..errors import ArtifactError
-from ..fileio import REPOSITORY_MARKER
-from .config import parse_config
-
-
-def write_repository_anywhere(opts) -> dict[str, Any]:
-    """:func:`.repository.write_repository` to a local folder, or to ``s3://`` when ``opts.out`` is a URL."""
-    from .repository import write_repository
-
-    if not objectstore.is_url(str(opts.out)):
-        return write_repository(dataclasses.replace(opts, out=Path(opts.out)))
-    location = objectstore.parse(str(opts.out))
-    with _publisher(location, opts.force) as publisher, tempfile.TemporaryDirectory(prefix="vit-deploy-repo-") as tmp:
-        summary = write_repository(dataclasses.replace(opts, out=Path(tmp) / "repository", force=False))
-        published = publisher.publish(Path(tmp) / "repository")
-    return {**summary, "repository": location.url, "published": published}
-
-
-def _publisher(location: objectstore.S3Location, force: bool) -> objectstore.Publisher:
-    from ..progress import Progress
-
-    return objectstore.Publisher(location, force, progress=Progress(enabled=True))
-
-
-def check_local_repository(folder: Path) -> list[str]:
-    """The models of a local Triton repository (every top-level folder has a config.pbtxt that parses)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ArtifactError(f"{folder} is not a folder; write a repository with vit-deploy triton-repo first")
-    models, stray = [], []
-    for entry in sorted(folder.iterdir()):
-        if entry.name == REPOSITORY_MARKER:
-            continue
-        config = entry / "config.pbtxt"
-        if not config.is_file():
-            stray.append(entry.name)
-            continue
-        parse_config(config.read_text(errors="replace"))
-        models.append(entry.name)
-    if stray or not models:
-        what = f"holds {', '.join(stray[:3])}, which are not model folders with a config.pbtxt" if stray else \
-            "holds no model"
-        raise ArtifactError(f"{folder} is not a Triton model repository ({what}); write one with vit-deploy "
-                            "triton-repo, or publish only the repository folder")
-    return models
-
-
-def publish_repository(local: Path, destination: str, force: bool = False) -> dict[str, Any]:
-    """``vit-deploy publish``: an existing local repository to ``s3://bucket/folder``."""
-    location = objectstore.parse(destination, "DESTINATION")
-    models = check_local_repository(local)
-    with _publisher(location, force) as publisher:
-        published = publisher.publish(Path(local))
-    return {**published, "models": models}
 
 
 def triton_source(location: objectstore.S3Location) -> tuple[str, dict[str, str]]:
