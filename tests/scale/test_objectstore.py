@@ -153,6 +153,42 @@ def test_access_denied_names_the_permissions():
     assert "access denied (AccessDenied: Access Denied)" in text and "s3:PutObject" in text
 
 
+def _enforce_iam(endpoint: str, after: str) -> None:
+    """moto checks IAM policies from the next request on (``after`` = "0"), or never again ("inf")."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=after.encode(), method="POST",
+                                     headers={"Content-Type": "text/plain"})
+    urllib.request.urlopen(request, timeout=10).read()
+
+
+def test_access_denied_by_the_server_is_one_line_naming_the_permissions(tiny_artifacts, s3_env, bucket, run_cli,
+                                                                        monkeypatch):
+    """A user whose policy allows reading only, on a server that enforces IAM: the publish is refused in one line
+    naming the permissions it needs, and nothing lands."""
+    import uuid
+
+    iam = boto3.client("iam")
+    user = f"reader-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="read-only", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"], "Resource": "*"}]}))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    _enforce_iam(s3_env, "0")
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        code, out, err = _repo(run_cli, tiny_artifacts["fp32"], f"s3://{bucket}/models")
+    finally:
+        _enforce_iam(s3_env, "inf")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "access denied" in err and "s3:PutObject" in err, err
+    assert _objects(bucket) == {}  # not even the lock
+
+
 def test_publish_an_existing_local_repository(tiny_artifacts, bucket, tmp_path, run_cli):
     local = tmp_path / "repo"
     assert _repo(run_cli, tiny_artifacts["fp32"], local, "--name", "tiny")[0] == 0
