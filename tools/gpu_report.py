@@ -46,12 +46,15 @@ def read_results(out: Path) -> dict[str, Any]:
     return results
 
 
+def _steps(results: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
+    """The results of the steps named ``prefix...`` that ran (a step that failed has only its error), by name."""
+    return [(key, r) for key, r in sorted(results.items()) if key.startswith(prefix) and "error" not in r]
+
+
 def compare_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per engine compared with PyTorch (``vit-deploy compare --json``), worst over its batch sizes."""
     rows = []
-    for key, r in sorted(results.items()):
-        if not key.startswith("compare-") or "error" in r:
-            continue
+    for key, r in _steps(results, "compare-"):
         metrics = [row.get("metrics") or {} for row in r.get("rows") or []]
 
         def worst(name: str, pick=min, metrics=metrics):
@@ -95,9 +98,7 @@ def bench_rows(results: dict[str, Any], peaks: dict[str, float] | None) -> list[
     """Per model, engine and batch: img/s, the speed-up over the FP16 engine, and the share of the dense peak of
     the engine's precision (the model's FLOPs per image x img/s)."""
     rows = []
-    for key, r in sorted(results.items()):
-        if not key.startswith("bench-") or "error" in r:
-            continue
+    for key, r in _steps(results, "bench-"):
         gflop = ((r.get("model") or {}).get("flops") or {}).get("gflop")
         speeds: dict[str, dict[int, float]] = {}
         for row in r.get("rows") or []:
@@ -118,9 +119,7 @@ def bench_rows(results: dict[str, Any], peaks: dict[str, float] | None) -> list[
 def engine_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per engine build: its layers' precisions and whether attention ran as a fused kernel (the inspector's)."""
     rows = []
-    for key, r in sorted(results.items()):
-        if not key.startswith("engine-") or "error" in r:
-            continue
+    for key, r in _steps(results, "engine-"):
         engine = r.get("engine") or {}
         inspector = (engine.get("tensorrt") or {}).get("inspector") or {}
         fused = inspector.get("fused_attention") or {}

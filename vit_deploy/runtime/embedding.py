@@ -17,6 +17,8 @@ Every backend that gives it gives the same thing, float32 [batch, dim]:
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,27 @@ class HeadInput:
         """The embedding, float32 [batch, dim], from the exposed tensor's value."""
         out = np.asarray(raw, dtype=np.float32)  # an FP16 graph's value comes back float32
         return out * self.scales if self.scales is not None else out
+
+
+class ExposedHead:
+    """A runner's head input, found and exposed once (thread safe): ``prepare(expose)`` runs ``expose`` (which
+    makes the session or model that also outputs the head's input, and returns the :class:`HeadInput`) on the
+    first call only. ``head`` is set after the new session exists, so a call that reads ``head`` first (as
+    ``_run_outputs`` does) always finds the session giving it; calls already running finish on the old one."""
+
+    def __init__(self) -> None:
+        self.head: HeadInput | None = None
+        self._lock = threading.Lock()
+
+    def prepare(self, expose: Callable[[], HeadInput]) -> None:
+        if self.head is None:
+            with self._lock:
+                if self.head is None:
+                    self.head = expose()
+
+    def ready(self) -> HeadInput:
+        assert self.head is not None, "check_outputs prepares the embedding first"
+        return self.head
 
 
 def load_graph(path: Path):

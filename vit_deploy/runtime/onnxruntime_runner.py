@@ -8,7 +8,6 @@ are computed exactly as before, and calls already running finish on the old sess
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from ..artifact import Artifact
@@ -57,8 +56,7 @@ class OnnxRuntimeRunner(Runner):
         self.provider = provider
         self._options, self._providers = options, [p for p in PROVIDERS[provider] if p in available]
         self.session = self._session(str(artifact.model_file))
-        self._head: embedding.HeadInput | None = None  # set once the session also exposes the head's input
-        self._head_lock = threading.Lock()
+        self._exposed = embedding.ExposedHead()
 
     def _session(self, model: str | bytes):
         import onnxruntime as ort
@@ -77,26 +75,23 @@ class OnnxRuntimeRunner(Runner):
         return like_input(logits, batch)
 
     def _prepare_embedding(self) -> None:
-        if self._head is not None:
-            return
-        with self._head_lock:
-            if self._head is not None:
-                return
-            from ..onnx.graph import exposing
+        self._exposed.prepare(self._expose_head)
 
-            path = self.artifact.model_file
-            graph = embedding.load_graph(path)
-            head = embedding.head_input(self.artifact, graph)
-            # the bytes hold no weight kept in an external data file: ORT reads it from beside the graph
-            self._options.add_session_config_entry(EXTERNAL_DATA_FOLDER_OPTION, str(path.parent))
-            self.session = self._session(exposing(graph, [head.tensor]))
-            self._head = head  # after the session: a call that sees the head also sees the session exposing it
+    def _expose_head(self) -> embedding.HeadInput:
+        from ..onnx.graph import exposing
+
+        path = self.artifact.model_file
+        graph = embedding.load_graph(path)
+        head = embedding.head_input(self.artifact, graph)
+        # the bytes hold no weight kept in an external data file: ORT reads it from beside the graph
+        self._options.add_session_config_entry(EXTERNAL_DATA_FOLDER_OPTION, str(path.parent))
+        self.session = self._session(exposing(graph, [head.tensor]))
+        return head
 
     def _run_outputs(self, batch: Any, names: tuple[str, ...]) -> dict[str, Any]:
         if embedding.EMBEDDING not in names:
             return {embedding.LOGITS: self._run(batch)}
-        head = self._head  # read before the session (see _prepare_embedding)
-        assert head is not None, "check_outputs prepares the embedding first"
+        head = self._exposed.ready()  # before the session (embedding.ExposedHead)
         logits, raw = self.session.run([self.output_name, head.tensor], {self.input_name: as_numpy(batch)})
         found = {embedding.LOGITS: logits, embedding.EMBEDDING: head.value(raw)}
         return {n: like_input(found[n], batch) for n in names}

@@ -68,8 +68,7 @@ class OpenVinoRunner(Runner):
         self.config = config
         self.compiled = self._compile()
         self._local = threading.local()
-        self._head: embedding.HeadInput | None = None  # set once the compiled model also outputs the head's input
-        self._head_lock = threading.Lock()
+        self._exposed = embedding.ExposedHead()
 
     def _compile(self, extra_output: str | None = None):
         ov, path = self._ov, self.artifact.model_file
@@ -97,19 +96,17 @@ class OpenVinoRunner(Runner):
         return like_input(result[0].copy(), batch)  # copy: the request reuses its output buffer
 
     def _prepare_embedding(self) -> None:
-        if self._head is not None:
-            return
-        with self._head_lock:
-            if self._head is None:
-                head = embedding.head_input(self.artifact)
-                self.compiled = self._compile(head.tensor)
-                self._head = head  # after the model: a call that sees the head also sees the model giving it
+        self._exposed.prepare(self._expose_head)
+
+    def _expose_head(self) -> embedding.HeadInput:
+        head = embedding.head_input(self.artifact)
+        self.compiled = self._compile(head.tensor)
+        return head
 
     def _run_outputs(self, batch: Any, names: tuple[str, ...]) -> dict[str, Any]:
         if embedding.EMBEDDING not in names:
             return {embedding.LOGITS: self._run(batch)}
-        head = self._head  # read before the compiled model (see _prepare_embedding)
-        assert head is not None, "check_outputs prepares the embedding first"
+        head = self._exposed.ready()  # before the compiled model (embedding.ExposedHead)
         result = self._request().infer({0: as_numpy(batch)})
         # the added output comes after the graph's own; value() copies it out of the request's buffer
         found = {embedding.LOGITS: result[0].copy(), embedding.EMBEDDING: head.value(result[1]).copy()}

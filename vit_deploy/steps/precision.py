@@ -307,15 +307,17 @@ def validate_precision(opts: PrecisionOptions, staged: Artifact, calib: Any, pro
         role = "validation" if opts.val_images else "calibration"
         images = image_sources(opts.val_images or opts.calib, staged, sizes, RANDOM_VALIDATION_IMAGES,
                                OTHER_SIZE_IMAGES, seed=opts.seed, role=role, progress=progress)
-    else:  # the calibration images, in memory at the native size; the same sample again at the other sizes.
-        # The graph was fitted to these photos, so their labels score nothing fairly: cosine and agreement are
-        # checked, accuracy only on --val (at every size alike; 256 photos per size would also make the drop's
+    else:  # the calibration images: in memory at the sizes they were calibrated at, the same sample loaded at the
+        # others. The graph was fitted to these photos, so their labels score nothing fairly: cosine and agreement
+        # are checked, accuracy only on --val (at every size alike; 256 photos per size would also make the drop's
         # own noise, about +-1.5 points, trip a 1-point bound at one size in four)
-        images = [ImageSource(calib.images, f"the {len(calib.files)} calibration images")]
-        if sizes[1:]:
-            images += [replace(source, labels=None) for source in image_sources(
-                opts.calib, staged, sizes[1:], OTHER_SIZE_IMAGES, OTHER_SIZE_IMAGES, seed=opts.seed,
-                max_images=opts.calib_images, role="calibration", progress=progress)]
+        described = f"the {len(calib.files)} calibration images"
+        missing = [size for size in sizes[1:] if size not in calib.sizes]
+        loaded = dict(zip(missing, image_sources(
+            opts.calib, staged, missing, OTHER_SIZE_IMAGES, OTHER_SIZE_IMAGES, seed=opts.seed,
+            max_images=opts.calib_images, role="calibration", progress=progress), strict=True)) if missing else {}
+        images = [replace(loaded[size], labels=None) if size in loaded else ImageSource(calib.at(*size), described)
+                  for size in sizes]
     reference = fp32_reference(staged)
     with runtime.open(staged, "onnxruntime", verify=False, exact_qdq=True) as runner, reference.runner:
         return validate(runner, reference, images, (VALIDATION_BATCH,), tolerance(opts.precision)).to_dict()
